@@ -1,0 +1,72 @@
+"""Reverse-mode differentiation of an ONNX graph, from a score back to chosen tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..errors import LayerError, UnsupportedModelError, UnsupportedOpError
+from ..model import ancestors, differentiable_closure
+from .builder import GradBuilder
+from .rules import RULES, supported_ops
+
+
+def add_gradients(graph: gs.Graph, score: gs.Variable, seed: gs.Variable, targets: list[str],
+                  opset: int) -> dict[str, gs.Variable]:
+    """Insert nodes computing d(sum(seed * score)) / d(target) for each target tensor.
+
+    Only nodes on a differentiable path from a target to the score are differentiated;
+    no parameter gradient is formed. Returns the gradient tensor of each target.
+    """
+    active = differentiable_closure(graph, set(targets))
+    needed = ancestors(graph, score.name, active)
+    for name in targets:
+        if name not in needed:
+            raise LayerError(
+                f"The score does not depend on layer tensor {name!r} through differentiable "
+                "ops, so its gradient is zero everywhere. Choose a layer below the output."
+            )
+    builder = GradBuilder(graph, opset)
+    pending: dict[str, list] = {score.name: [seed]}
+    path = [n for n in graph.nodes if any(o.name in needed for o in n.outputs)]
+    for node in reversed(path):
+        out_grads = []
+        for out in node.outputs:
+            total = _total(builder, pending.get(out.name))
+            pending[out.name] = [total] if total is not None else []
+            out_grads.append(total)
+        wants = [t.name in needed and not isinstance(t, gs.Constant) for t in node.inputs]
+        if all(g is None for g in out_grads) or not any(wants):
+            continue
+        rule = RULES.get(node.op)
+        if rule is None:
+            raise UnsupportedOpError(
+                f"Op {node.op} (node {node.name!r}) lies between a target layer and the score, "
+                f"and onnx-cam has no gradient rule for it. Choose a layer above it, or ask "
+                f"for a rule. Supported ops: {', '.join(supported_ops())}."
+            )
+        try:
+            in_grads = rule(builder, node, out_grads, wants)
+        except ValueError as exc:
+            raise UnsupportedModelError(
+                f"Cannot differentiate {node.op} node {node.name!r}: {exc}."
+            ) from None
+        for tensor, want, grad in zip(node.inputs, wants, in_grads):
+            if want and grad is not None:
+                pending.setdefault(tensor.name, []).append(grad)
+    return {name: _total(builder, pending.get(name)) for name in targets}
+
+
+def _total(builder: GradBuilder, grads: list | None):
+    if not grads:
+        return None
+    return builder.add_all(grads)
+
+
+def seed_from_prediction(builder: GradBuilder, score: gs.Variable) -> gs.Variable:
+    """A one-hot seed on each row's arg-max: explains the predicted class in the same run."""
+    classes = score.shape[1]
+    index = builder.op("ArgMax", [score], {"axis": 1, "keepdims": 1}, dtype=np.int64)
+    eye = builder.const(np.eye(classes, dtype=np.float32))
+    flat = builder.op("Reshape", [index, builder.ints([-1])], dtype=np.int64)
+    return builder.op("Gather", [eye, flat], {"axis": 0})

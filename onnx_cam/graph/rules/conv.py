@@ -1,0 +1,64 @@
+"""Gradient of Conv (1D/2D/3D, any strides, pads, dilations, groups): a ConvTranspose."""
+
+from __future__ import annotations
+
+from ..builder import spatial_dims
+from . import register
+
+
+def explicit_pads(node, in_dims, out_dims, kernel, strides, dilations) -> list[int]:
+    """The forward op's pads as [begin..., end...], resolving auto_pad."""
+    n = len(in_dims)
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad in ("NOTSET", ""):
+        return list(node.attrs.get("pads", [0] * (2 * n)))
+    if auto_pad == "VALID":
+        return [0] * (2 * n)
+    begin, end = [], []
+    for size, out, k, s, d in zip(in_dims, out_dims, kernel, strides, dilations):
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else large)
+        end.append(large if auto_pad == "SAME_UPPER" else small)
+    return begin + end
+
+
+def transposed_geometry(in_dims, out_dims, kernel, strides, dilations, pads):
+    """Pads and output_padding for a ConvTranspose that maps out_dims back onto in_dims.
+
+    The transposed op spans (out - 1) * s + (k - 1) * d + 1 positions starting at -pad_begin;
+    cropping pad_begin in front and the overhang at the end lands exactly on the input, and
+    input positions no window reached (floor mode) come back as zeros via output_padding.
+    """
+    n = len(in_dims)
+    ends, extra = [], []
+    for i in range(n):
+        span = (out_dims[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+        overhang = span - pads[i] - in_dims[i]
+        ends.append(max(overhang, 0))
+        extra.append(max(-overhang, 0))
+    return list(pads[:n]) + ends, extra
+
+
+def conv_geometry(node, x, y, kernel):
+    in_dims, out_dims = spatial_dims(x), spatial_dims(y)
+    n = len(in_dims)
+    strides = list(node.attrs.get("strides", [1] * n))
+    dilations = list(node.attrs.get("dilations", [1] * n))
+    pads = explicit_pads(node, in_dims, out_dims, kernel, strides, dilations)
+    t_pads, extra = transposed_geometry(in_dims, out_dims, kernel, strides, dilations, pads)
+    return {"strides": strides, "dilations": dilations, "pads": t_pads, "output_padding": extra,
+            "kernel_shape": list(kernel)}
+
+
+@register("Conv")
+def conv(b, node, grads, wants):
+    x, w = node.inputs[:2]
+    if any(wants[1:]):
+        raise ValueError("the convolution's weights or bias depend on a target layer")
+    kernel = list(w.shape[2:])
+    attrs = conv_geometry(node, x, node.outputs[0], kernel)
+    attrs["group"] = node.attrs.get("group", 1)
+    return [b.op("ConvTranspose", [grads[0], w], attrs)] + [None] * (len(node.inputs) - 1)

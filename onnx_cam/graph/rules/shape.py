@@ -1,0 +1,122 @@
+"""Gradients of ops that move values without changing them (reshape, transpose, slicing...)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..builder import rank, static_shape
+from . import register
+
+
+def _rest(node):
+    return [None] * (len(node.inputs) - 1)
+
+
+@register("Identity", "Dropout")
+def identity(b, node, grads, wants):
+    return [grads[0]] + _rest(node)
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(b, node, grads, wants):
+    return [b.reshape_like(grads[0], node.inputs[0])] + _rest(node)
+
+
+@register("Expand")
+def expand(b, node, grads, wants):
+    return [b.unbroadcast(grads[0], node.outputs[0], node.inputs[0]), None]
+
+
+@register("Cast")
+def cast(b, node, grads, wants):
+    to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(node.inputs[0].dtype))
+    return [b.op("Cast", [grads[0]], {"to": to})]
+
+
+@register("Transpose")
+def transpose(b, node, grads, wants):
+    perm = node.attrs.get("perm", list(reversed(range(rank(node.inputs[0])))))
+    return [b.op("Transpose", [grads[0]], {"perm": list(np.argsort(perm))})]
+
+
+@register("Concat")
+def concat(b, node, grads, wants):
+    axis = node.attrs["axis"] % rank(node.outputs[0])
+    result, offset = [], 0
+    for x, want in zip(node.inputs, wants):
+        size = static_shape(x)[axis]
+        if not isinstance(size, int):
+            raise ValueError("Concat along a dynamic axis")
+        if want:
+            result.append(b.op("Slice", [grads[0], b.ints([offset]), b.ints([offset + size]),
+                                         b.ints([axis])]))
+        else:
+            result.append(None)
+        offset += size
+    return result
+
+
+@register("Split")
+def split(b, node, grads, wants):
+    axis = node.attrs.get("axis", 0)
+    parts = [g if g is not None else b.zeros_like(out) for g, out in zip(grads, node.outputs)]
+    return [b.op("Concat", parts, {"axis": axis})] + _rest(node)
+
+
+def _constant_ints(tensor, what):
+    if not isinstance(tensor, gs.Constant):
+        raise ValueError(f"the {what} are computed at run time")
+    return [int(v) for v in tensor.values.reshape(-1)]
+
+
+@register("Slice")
+def slice_(b, node, grads, wants):
+    x = node.inputs[0]
+    shape = static_shape(x)
+    starts = _constant_ints(node.inputs[1], "slice starts")
+    ends = _constant_ints(node.inputs[2], "slice ends")
+    axes = (_constant_ints(node.inputs[3], "slice axes") if len(node.inputs) > 3
+            and node.inputs[3].name else list(range(len(starts))))
+    steps = (_constant_ints(node.inputs[4], "slice steps") if len(node.inputs) > 4
+             and node.inputs[4].name else [1] * len(starts))
+    if any(s != 1 for s in steps):
+        raise ValueError("Slice with a step other than 1 is not supported")
+    pads = [0] * (2 * len(shape))
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= len(shape)
+        size = shape[axis]
+        if not isinstance(size, int):
+            raise ValueError("Slice along a dynamic axis")
+        first, stop, _ = slice(start, end, step).indices(size)
+        pads[axis] = first
+        pads[len(shape) + axis] = size - max(stop, first)
+    return [b.op("Pad", [grads[0], b.ints(pads)])] + _rest(node)
+
+
+@register("Pad")
+def pad(b, node, grads, wants):
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise ValueError(f"Pad in {mode!r} mode is not supported")
+    x = node.inputs[0]
+    r = rank(x)
+    pads = _constant_ints(node.inputs[1], "pads")
+    axes = (_constant_ints(node.inputs[3], "pad axes") if len(node.inputs) > 3
+            and node.inputs[3].name else list(range(r)))
+    n = len(axes)
+    starts, ends = [], []
+    for i, axis in enumerate(axes):
+        begin, end = pads[i], pads[n + i]
+        if begin < 0 or end < 0:
+            raise ValueError("Pad with negative pads is not supported")
+        starts.append(begin)
+        size = static_shape(x)[axis % r]
+        if not isinstance(size, int):
+            raise ValueError("Pad along a dynamic axis")
+        ends.append(begin + size)
+    sliced = b.op("Slice", [grads[0], b.ints(starts), b.ints(ends),
+                            b.ints([a % r for a in axes])])
+    return [sliced] + _rest(node)

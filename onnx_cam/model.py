@@ -1,0 +1,262 @@
+"""Load and validate an ONNX model; its input, score (logits), head and candidate layers."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import shape_inference, version_converter
+
+from .errors import LayerError, ModelLoadError, UnsupportedModelError
+
+LAYER_MAP_KEY = "onnx_cam.layer_map"
+HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
+MIN_OPSET = 16  # ScatterElements(reduction="add"), used by the MaxPool gradient
+# Ops whose outputs carry no gradient: the differentiable path never crosses them.
+NON_DIFFERENTIABLE = frozenset({
+    "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
+    "LessOrEqual", "Not", "And", "Or", "Xor", "NonZero", "ConstantOfShape", "Range",
+    "IsNaN", "IsInf", "Sign", "Floor", "Ceil", "Round", "RandomNormalLike", "RandomUniformLike",
+    "EyeLike", "OneHot",
+})
+SPATIAL_OPS = frozenset({"Conv", "ConvTranspose"})
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A candidate target layer: an ONNX tensor with spatial extent."""
+
+    name: str                      # the name shown to users (framework name when known)
+    tensor: str                    # the ONNX tensor name
+    op: str                        # the op that produces it
+    shape: tuple                   # (N, C, *spatial), N symbolic
+    aliases: tuple = field(default=())  # every name that resolves to this tensor
+
+
+def load_proto(source) -> onnx.ModelProto:
+    """Read a model from a path, bytes or ModelProto; never executes code."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        try:
+            return onnx.load_from_string(bytes(source))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"The bytes given are not a serialized ONNX model ({exc}). "
+                "Pass the contents of an .onnx file, a path, or an onnx.ModelProto."
+            ) from None
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"No model file at {path!r}. Check the path.")
+        try:
+            return onnx.load(path)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{path!r} is not a readable ONNX model ({type(exc).__name__}: {exc}). "
+                "Export the model to ONNX first (onnx_cam.converters.export_torch for torch)."
+            ) from None
+    raise ModelLoadError(
+        f"Cannot load a model from a {type(source).__name__}. "
+        "Pass a path, bytes, an onnx.ModelProto, or a torch.nn.Module with example_input=."
+    )
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+class Model:
+    """A validated ONNX model with everything onnx-cam needs to know about it."""
+
+    def __init__(self, source, output: str | None = None):
+        proto = load_proto(source)
+        try:
+            onnx.checker.check_model(proto)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"The ONNX checker rejects this model: {exc}. Re-export it with a current exporter."
+            ) from None
+        opset = _default_opset(proto)
+        if opset < MIN_OPSET:
+            try:
+                proto = version_converter.convert_version(proto, 17)
+            except Exception as exc:
+                raise UnsupportedModelError(
+                    f"The model uses opset {opset}; onnx-cam needs opset >= {MIN_OPSET} and the "
+                    f"automatic upgrade failed ({exc}). Re-export with opset_version=17."
+                ) from None
+        self.proto = proto
+        self.opset = max(opset, 17) if opset < MIN_OPSET else opset
+        self.layer_map: dict[str, str] = json.loads(
+            {p.key: p.value for p in proto.metadata_props}.get(LAYER_MAP_KEY, "{}")
+        )
+        initializers = {i.name for i in proto.graph.initializer}
+        inputs = [i for i in proto.graph.input if i.name not in initializers]
+        if len(inputs) != 1:
+            raise UnsupportedModelError(
+                f"The model has {len(inputs)} inputs ({[i.name for i in inputs]}); onnx-cam "
+                "explains models with one input tensor."
+            )
+        self.input_name = inputs[0].name
+        dims = inputs[0].type.tensor_type.shape.dim
+        self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        if len(self.input_shape) not in (3, 4, 5):
+            raise UnsupportedModelError(
+                f"The model input {self.input_name!r} has rank {len(self.input_shape)}; onnx-cam "
+                "explains (N, C, T), (N, C, H, W) and (N, C, D, H, W) inputs."
+            )
+        outputs = [o.name for o in proto.graph.output]
+        self.output_name = output or outputs[0]
+        if self.output_name not in outputs:
+            raise UnsupportedModelError(
+                f"The model has no output {self.output_name!r}; its outputs are {outputs}."
+            )
+        self._graphs: dict[tuple, gs.Graph] = {}
+        graph = self.graph(self.default_spatial_shape())
+        self.head, self.score_name = _find_head(graph, self.output_name)
+        self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map)
+
+    # ---- shapes -------------------------------------------------------------------------
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.input_shape) - 2
+
+    @property
+    def channels(self) -> int | None:
+        return self.input_shape[1]
+
+    def default_spatial_shape(self) -> tuple[int, ...]:
+        spatial = self.input_shape[2:]
+        if any(d is None for d in spatial):
+            # dynamic spatial axes: the catalogue is built on a nominal size; explain() builds
+            # the graph again for each size it meets
+            spatial = tuple(d if d is not None else 64 for d in spatial)
+        return tuple(spatial)
+
+    def graph(self, spatial_shape: tuple[int, ...]) -> gs.Graph:
+        """The model's graph with the input's spatial axes fixed, shapes inferred, folded.
+
+        Returns a fresh copy each call so callers may rewrite it.
+        """
+        key = tuple(spatial_shape)
+        if key not in self._graphs:
+            self._graphs[key] = self._prepare_graph(key)
+        return self._graphs[key].copy()
+
+    def _prepare_graph(self, spatial_shape: tuple[int, ...]) -> gs.Graph:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        inp = next(i for i in proto.graph.input if i.name == self.input_name)
+        dims = inp.type.tensor_type.shape.dim
+        dims[0].Clear()
+        dims[0].dim_param = "N"
+        for d, size in zip(list(dims)[2:], spatial_shape):
+            d.Clear()
+            d.dim_value = int(size)
+        del proto.graph.value_info[:]
+        try:
+            proto = shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"ONNX shape inference fails on this model for spatial shape {spatial_shape}: "
+                f"{exc}. Check that the input size is one the model accepts."
+            ) from None
+        graph = gs.import_onnx(proto)
+        graph.fold_constants(error_ok=True).cleanup()
+        # folding can turn shape subgraphs into constants; shapes downstream are still valid
+        return graph.toposort()
+
+    # ---- layers -------------------------------------------------------------------------
+    def resolve_layer(self, name: str) -> Layer:
+        """Find a candidate layer by display name, framework name, tensor name or node name."""
+        for layer in self.layers:
+            if name == layer.name or name in layer.aliases:
+                return layer
+        graph = self.graph(self.default_spatial_shape())
+        tensor = self.layer_map.get(name, name)
+        node = next((n for n in graph.nodes if n.name == name), None)
+        if node is not None:
+            tensor = node.outputs[0].name
+        known = graph.tensors()
+        hint = ", ".join(layer.name for layer in self.layers[:8])
+        if tensor in known:
+            raise LayerError(
+                f"Layer {name!r} (tensor {tensor!r}, shape {known[tensor].shape}) cannot be "
+                "explained: a CAM layer needs channel and spatial axes (N, C, *spatial) and must "
+                f"lie on the path to the score. Candidate layers, deepest first: {hint}."
+            )
+        raise LayerError(
+            f"Unknown layer {name!r}. Name a layer by framework name, ONNX tensor name or node "
+            f"name; see Explainer.layers. Candidate layers, deepest first: {hint}."
+        )
+
+
+def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:
+    """The final Softmax / LogSoftmax / Sigmoid, if any, and the tensor before it."""
+    tensor = graph.tensors()[output_name]
+    while tensor.inputs and tensor.inputs[0].op == "Identity":
+        tensor = tensor.inputs[0].inputs[0]
+    if tensor.inputs and tensor.inputs[0].op in HEADS:
+        node = tensor.inputs[0]
+        return node.op, node.inputs[0].name
+    return None, tensor.name
+
+
+def differentiable_closure(graph: gs.Graph, sources: set[str]) -> set[str]:
+    """Names of the float tensors that depend differentiably on any of `sources`."""
+    active = set(sources)
+    for node in graph.nodes:  # graph is topologically sorted
+        if node.op in NON_DIFFERENTIABLE:
+            continue
+        if any(t.name in active for t in node.inputs):
+            for out in node.outputs:
+                if out.dtype is None or np.issubdtype(np.dtype(out.dtype), np.floating):
+                    active.add(out.name)
+    return active
+
+
+def ancestors(graph: gs.Graph, target: str, within: set[str]) -> set[str]:
+    """Tensors in `within` from which `target` is reachable through tensors in `within`."""
+    tensors = graph.tensors()
+    seen, stack = set(), [target]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in within:
+            continue
+        seen.add(name)
+        for node in tensors[name].inputs:
+            stack.extend(t.name for t in node.inputs if t.name in within)
+    return seen
+
+
+def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
+                      layer_map: dict[str, str]) -> list[Layer]:
+    """Tensors with spatial extent downstream of a Conv and upstream of the score."""
+    rank = len(graph.tensors()[input_name].shape)
+    conv_outputs = {n.outputs[0].name for n in graph.nodes if n.op in SPATIAL_OPS}
+    reaches_score = ancestors(graph, score, differentiable_closure(graph, conv_outputs))
+    aliases: dict[str, list[str]] = {}
+    for framework_name, tensor in layer_map.items():
+        aliases.setdefault(tensor, []).append(framework_name)
+    layers = []
+    for node in reversed(graph.nodes):
+        for out in node.outputs:
+            shape = out.shape
+            if out.name not in reaches_score or shape is None or len(shape) != rank:
+                continue
+            spatial = shape[2:]
+            if all(isinstance(d, int) and d == 1 for d in spatial):
+                continue
+            names = sorted(aliases.get(out.name, []), key=lambda s: (s.count("."), len(s)))
+            display = names[0] if names else out.name
+            layers.append(Layer(display, out.name, node.op, tuple(shape),
+                                tuple(names) + (out.name, node.name)))
+    return layers
