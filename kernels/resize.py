@@ -6,10 +6,11 @@ arrays), then a single parallel loop over output rows ``(n, d, h)`` writes the o
 records each row's min and max (used by :func:`resize_normalize`).
 
 Arithmetic follows ``torch.nn.functional.interpolate`` on CPU in float32: ``scale = in / out``,
-``src = max(scale * (dst + 0.5) - 0.5, 0)``, ``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``,
-``lambda = src - i0``; taps are combined innermost axis (W) first. A tap whose weight is exactly
-0 is skipped (this is what makes the padded axes free), so a NaN or inf neighbour that gets
-weight 0 does not leak into the output, unlike in PyTorch.
+``src = max(scale * (dst + 0.5) - 0.5, 0)`` (multiply-subtract rounded once, like PyTorch's
+FMA kernels), ``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``, ``lambda = src - i0``; taps
+are combined innermost axis (W) first, in plain float32 (results agree with PyTorch to a few
+ulp). A tap whose weight is exactly 0 is skipped (this is what makes the padded axes free), so
+a NaN or inf neighbour that gets weight 0 does not leak into the output, unlike in PyTorch.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ def _axis_table(in_size: int, out_size: int, length: int) -> tuple[NDArray, NDAr
     """Source indices ``(2, length)`` int64 and weights ``(2, length)`` float32 for one axis."""
     f32 = np.float32
     scale = f32(in_size) / f32(out_size)
-    dst = np.arange(out_size, dtype=f32)
-    src = np.maximum(scale * (dst + f32(0.5)) - f32(0.5), f32(0.0))
+    dst = np.arange(out_size, dtype=f32) + f32(0.5)
+    # One rounding after multiply-subtract, as PyTorch's (FMA-contracted) AVX2 CPU kernels do;
+    # the product of two float32 values is exact in float64.
+    src = (np.float64(scale) * dst.astype(np.float64) - 0.5).astype(f32)
+    src = np.maximum(src, f32(0.0))
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
     lam = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0))

@@ -1,1 +1,23 @@
 """onnx-cam: class-activation maps for CNNs, computed on the model's ONNX graph."""
+
+from .errors import (
+    InputError,
+    LayerError,
+    MethodError,
+    ModelLoadError,
+    OnnxCamError,
+    TargetError,
+    UnsupportedModelError,
+    UnsupportedOpError,
+)
+from .explainer import Explainer
+from .explanation import Explanation
+from .runtime import RuntimeOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Explainer", "Explanation", "RuntimeOptions", "OnnxCamError", "ModelLoadError",
+    "UnsupportedModelError", "UnsupportedOpError", "LayerError", "InputError", "TargetError",
+    "MethodError", "__version__",
+]

@@ -11,13 +11,14 @@ from .builder import GradBuilder
 from .rules import RULES, supported_ops
 
 
-def add_gradients(graph: gs.Graph, score: gs.Variable, seed: gs.Variable, targets: list[str],
-                  opset: int) -> dict[str, gs.Variable]:
+def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
+                  targets: list[str]) -> dict[str, gs.Variable]:
     """Insert nodes computing d(sum(seed * score)) / d(target) for each target tensor.
 
     Only nodes on a differentiable path from a target to the score are differentiated;
     no parameter gradient is formed. Returns the gradient tensor of each target.
     """
+    graph = builder.graph
     active = differentiable_closure(graph, set(targets))
     needed = ancestors(graph, score.name, active)
     for name in targets:
@@ -26,7 +27,6 @@ def add_gradients(graph: gs.Graph, score: gs.Variable, seed: gs.Variable, target
                 f"The score does not depend on layer tensor {name!r} through differentiable "
                 "ops, so its gradient is zero everywhere. Choose a layer below the output."
             )
-    builder = GradBuilder(graph, opset)
     pending: dict[str, list] = {score.name: [seed]}
     path = [n for n in graph.nodes if any(o.name in needed for o in n.outputs)]
     for node in reversed(path):

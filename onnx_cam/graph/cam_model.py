@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..errors import UnsupportedModelError
 from ..model import Model
 from .autodiff import add_gradients, seed_from_prediction
 from .builder import GradBuilder
@@ -40,18 +41,17 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     tensors = graph.tensors()
     score = tensors[model.score_name]
     if score.shape is None or len(score.shape) != 2:
-        raise_shape = score.shape
-        from ..errors import UnsupportedModelError
         raise UnsupportedModelError(
-            f"The score tensor {score.name!r} has shape {raise_shape}; onnx-cam needs "
+            f"The score tensor {score.name!r} has shape {score.shape}; onnx-cam needs "
             "(N, classes) scores. Choose the model output that holds class scores."
         )
+    builder = GradBuilder(graph, model.opset)
     if seed_from == "input":
         seed = gs.Variable(SEED, dtype=np.float32, shape=list(score.shape))
         graph.inputs.append(seed)
     else:
-        seed = seed_from_prediction(GradBuilder(graph, model.opset), score)
-    grads = add_gradients(graph, score, seed, list(layers), model.opset)
+        seed = seed_from_prediction(builder, score)
+    grads = add_gradients(builder, score, seed, list(layers))
     score_out = _expose(graph, score, SCORE)
     acts, grad_names = [], []
     for i, name in enumerate(layers):

@@ -1,0 +1,358 @@
+"""Export a ``torch.nn.Module`` to ONNX together with a module-name -> tensor-name map.
+
+The model is exported with the legacy TorchScript exporter (``dynamo=False``) and *without*
+constant folding, so every module keeps its own output tensor (with folding, BatchNorm is
+merged into the preceding Conv and the tensor named after ``conv1`` is really BN's output).
+
+The map is stored in ``metadata_props["onnx_cam.layer_map"]`` as a JSON object
+``{qualname: tensor_name}``, the qualnames being those of ``module.named_modules()``
+(``""`` is the root module and maps to the first graph output).
+
+How a module's tensor is found
+------------------------------
+The exporter names every node after the scope path of the module call that emitted it, e.g.
+``/layer1/layer1.0/relu_1/Relu``. Each component is the module's qualname from its last
+non-numeric atom (``conv1``, ``layer1.0``, ``downsample.1``), plus ``_k`` when the same path
+was already used (the k-th further call). :func:`_resolve_scope` walks these components down
+the real module tree; the ``_k`` suffix sits on the innermost component only, so calls of an
+enclosing module cannot be told apart by name. Hence:
+
+* **Repeated calls**: a module maps to the output of its LAST call. It is taken as the output
+  of the last graph node (graph order = execution order) emitted inside any of its calls,
+  nested sub-modules included.
+* **Checked against eager**: the module is run once eagerly with forward hooks; a tensor is
+  recorded only if its ONNX shape agrees with the real output's shape.
+* **Tuple outputs**: the map holds the tensor of the FIRST element; it is recorded only when
+  exactly one tensor leaving the module has that element's shape, otherwise left out.
+* **Modules without nodes** (Dropout / Identity in eval, ``contiguous()``...): mapped only when
+  the eager run shows the module returned, unchanged (same object, same version counter), a
+  tensor that already has a name: the graph input or the last-call output of a mapped module.
+  Otherwise (and for modules whose scope name is ambiguous) the module is left out of the map.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import warnings
+from typing import Any
+
+import onnx
+
+LAYER_MAP_KEY = "onnx_cam.layer_map"
+_CALL_SUFFIX = re.compile(r"(.+)_(\d+)")
+
+
+def export_torch(
+    module: Any,
+    example_input: Any,
+    path: str | None = None,
+    *,
+    opset: int = 17,
+    input_name: str = "input",
+    output_name: str = "output",
+) -> onnx.ModelProto:
+    """Export ``module`` to ONNX with a dynamic batch axis and a module -> tensor map.
+
+    Args:
+        module: a ``torch.nn.Module``; exported in eval mode, training flags restored afterwards.
+        example_input: one batch-first input, a ``torch.Tensor`` or a numpy array.
+        path: if given, the model is also saved there (single file).
+        opset: ONNX opset, at least 17.
+        input_name: name of the graph input.
+        output_name: name of the first graph output; further outputs get ``_1``, ``_2``...
+
+    Returns:
+        The ``onnx.ModelProto`` with ``onnx_cam.*`` entries in ``metadata_props``.
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(
+            f"export_torch needs a torch.nn.Module, got {type(module).__name__}; "
+            "pass the model object itself."
+        )
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old; use opset=17 or newer.")
+    x = _as_tensor(example_input, module)
+
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        events, n_outputs = _eager_calls(module, x)
+        model = _export(module, x, opset, input_name, output_name, n_outputs)
+    finally:
+        for m, training in flags:
+            m.training = training
+
+    names = {id(m): q for q, m in module.named_modules()}
+    calls: dict[str, int] = {}
+    for q, _, _ in events:
+        calls[q] = calls.get(q, 0) + 1
+    owned, ambiguous = _node_owners(model.graph, module, names, calls)
+    owned = {
+        q: idx for q, idx in owned.items()
+        if not any(q == a or q.startswith(a + ".") for a in ambiguous)
+    }
+    layer_map = _call_outputs(model, owned, events, input_name)
+    layer_map[""] = model.graph.output[0].name
+
+    meta = {
+        LAYER_MAP_KEY: json.dumps(layer_map, sort_keys=True),
+        "onnx_cam.source": "torch",
+        "onnx_cam.layout": "channels_first",
+        "onnx_cam.torch_version": str(torch.__version__),
+    }
+    kept = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    if path is not None:
+        onnx.save(model, str(path))
+    return model
+
+
+def _as_tensor(example_input: Any, module: Any) -> Any:
+    """Return ``example_input`` as a torch tensor (numpy floats get the model's float dtype)."""
+    import numpy as np
+    import torch
+
+    if isinstance(example_input, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(example_input))
+        if x.is_floating_point():
+            floats = [p.dtype for p in module.parameters() if p.is_floating_point()]
+            x = x.to(floats[0] if floats else torch.float32)
+    elif isinstance(example_input, torch.Tensor):
+        x = example_input
+    else:
+        raise ValueError(
+            f"example_input must be a torch.Tensor or numpy array, got "
+            f"{type(example_input).__name__}; pass one batch-first input, e.g. "
+            "torch.randn(1, C, H, W)."
+        )
+    if x.ndim < 2:
+        raise ValueError(
+            f"example_input has shape {tuple(x.shape)}; it must be batch-first with at least "
+            "2 dimensions (N, C, ...). Add a batch axis, e.g. x[None]."
+        )
+    return x
+
+
+def _tensors(obj: Any) -> list[Any]:
+    """The tensors in a (nested) tuple / list / dict output, in order."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+def _eager_calls(module: Any, x: Any) -> tuple[list[tuple[str, list[Any], int]], int]:
+    """Run ``module`` once; return its module calls in completion order and its output count.
+
+    Each call is ``(qualname, output tensors, version counter of the first one)``; the tensors
+    are kept alive so that object identity stays meaningful.
+    """
+    import torch
+
+    events: list[tuple[str, list[Any], int]] = []
+
+    def hook(qualname: str):
+        def record(_mod: Any, _inp: Any, out: Any) -> None:
+            tensors = _tensors(out)
+            events.append((qualname, tensors, tensors[0]._version if tensors else -1))
+        return record
+
+    x = x.clone()
+    events.append(("<input>", [x], x._version))
+    handles = [m.register_forward_hook(hook(q)) for q, m in module.named_modules()]
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as err:
+        raise RuntimeError(
+            f"running {type(module).__name__} on example_input {tuple(x.shape)} failed: {err}. "
+            "Check that example_input has the shape and dtype the model expects."
+        ) from err
+    finally:
+        for h in handles:
+            h.remove()
+    n_outputs = len(_tensors(out))
+    if n_outputs == 0:
+        raise RuntimeError(
+            f"{type(module).__name__} returned no tensor; only models whose output is a tensor "
+            "or a tuple/list/dict of tensors can be exported."
+        )
+    return events, n_outputs
+
+
+def _export(
+    module: Any, x: Any, opset: int, input_name: str, output_name: str, n_outputs: int
+) -> onnx.ModelProto:
+    """Run the legacy TorchScript exporter into memory, batch axis dynamic everywhere."""
+    import torch
+
+    outputs = [output_name] + [f"{output_name}_{i}" for i in range(1, n_outputs)]
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
+            warnings.filterwarnings("ignore", message="The feature will be removed")
+            torch.onnx.export(
+                module, (x,), buf, dynamo=False, do_constant_folding=False,
+                opset_version=opset, input_names=[input_name], output_names=outputs,
+                dynamic_axes={name: {0: "N"} for name in [input_name, *outputs]},
+            )
+    except Exception as err:
+        raise RuntimeError(
+            f"torch.onnx.export (TorchScript exporter, opset {opset}) failed for "
+            f"{type(module).__name__}: {err}. Make the forward traceable (no data-dependent "
+            "Python control flow, only tensor inputs/outputs) or try another opset."
+        ) from err
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _exporter_name(qualname: str) -> str:
+    """The scope component the exporter uses for a module: qualname from its last word atom."""
+    atoms = qualname.split(".")
+    for i in range(len(atoms) - 1, -1, -1):
+        if not atoms[i].isnumeric():
+            return ".".join(atoms[i:])
+    return qualname
+
+
+def _resolve_scope(
+    components: list[str],
+    root: Any,
+    names: dict[int, str],
+    calls: dict[str, int],
+    everything: list[tuple[str, Any]],
+) -> tuple[list[str], set[str]]:
+    """Walk scope components down the module tree from ``root``.
+
+    A component names a child of the current module by the child's exporter name or local
+    attribute name, exactly or with a ``_<digits>`` call suffix stripped (exact wins). If no
+    child matches, a unique module of ``everything`` (``(exporter name, module)`` of the whole
+    tree) is accepted: a module called from outside its parent. The walk stops at the first
+    component that does not resolve to exactly one module.
+
+    Returns the qualnames of the modules passed, outermost first, and the qualnames made
+    ambiguous (``conv_1`` could be the child ``conv_1`` or the second call of ``conv``).
+    """
+    path: list[str] = []
+    current = root
+    for comp in components:
+        children = [
+            (key, m) for local, m in current.named_children()
+            for key in (local, _exporter_name(names[id(m)]))
+        ]
+        suffixed = _CALL_SUFFIX.fullmatch(comp)
+        base = suffixed.group(1) if suffixed else None
+        found = None
+        for pool in (children, everything):
+            exact = {id(m): m for key, m in pool if key == comp}
+            stripped = {id(m): m for key, m in pool if key == base and id(m) not in exact}
+            if exact and any(calls.get(names[i], 0) > 1 for i in stripped):
+                return path, {names[i] for i in [*exact, *stripped]}
+            cands = exact or stripped
+            if len(cands) == 1:
+                found = next(iter(cands.values()))
+            if cands:
+                break
+        if found is None:
+            break
+        path.append(names[id(found)])
+        current = found
+    return path, set()
+
+
+def _node_owners(
+    graph: onnx.GraphProto, root: Any, names: dict[int, str], calls: dict[str, int]
+) -> tuple[dict[str, list[int]], set[str]]:
+    """For each module qualname, the indices of the top-level nodes emitted inside its calls."""
+    owned: dict[str, list[int]] = {}
+    ambiguous: set[str] = set()
+    everything = [(_exporter_name(q), m) for q, m in root.named_modules() if q]
+    for i, node in enumerate(graph.node):
+        if not node.name.startswith("/"):
+            continue  # unscoped helper nodes, e.g. Identity aliases of shared initializers
+        # "/layer1/layer1.0/conv1/Conv": before the first "/" is the root, the last part the op
+        path, amb = _resolve_scope(
+            node.name.split("/")[1:-1], root, names, calls, everything
+        )
+        ambiguous |= amb
+        for q in path:
+            owned.setdefault(q, []).append(i)
+    return owned, ambiguous
+
+
+def _shape_ok(dims: list[int | None] | None, shape: tuple[int, ...]) -> bool:
+    """ONNX dims (None = unknown) agree with an eager shape; unknown rank agrees with anything."""
+    if dims is None:
+        return True
+    if len(dims) != len(shape):
+        return False
+    return all(d is None or d == s for d, s in zip(dims, shape, strict=True))
+
+
+def _call_outputs(
+    model: onnx.ModelProto,
+    owned: dict[str, list[int]],
+    events: list[tuple[str, list[Any], int]],
+    input_name: str,
+) -> dict[str, str]:
+    """Map each module to its last call's output tensor (see the module docstring)."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes: dict[str, list[int | None] | None] = {}
+    for vi in [*inferred.value_info, *inferred.output]:
+        if vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    consumers: dict[str, set[int]] = {}
+    for i, node in enumerate(graph.node):
+        for t in node.input:
+            consumers.setdefault(t, set()).add(i)
+    for out in graph.output:
+        consumers.setdefault(out.name, set()).add(-1)
+
+    last = {q: k for k, (q, _, _) in enumerate(events)}
+    layer_map: dict[str, str] = {}
+    for q, idx in owned.items():
+        if q not in last:
+            continue
+        tensors = events[last[q]][1]
+        if not tensors:
+            continue
+        if len(tensors) == 1:  # the used outputs of the module's last node
+            cands = [t for t in graph.node[idx[-1]].output if t and consumers.get(t)]
+        else:  # every tensor leaving the module, searched for the first element's shape
+            inside = set(idx)
+            cands = [
+                t for i in idx for t in graph.node[i].output
+                if t and consumers.get(t, set()) - inside
+            ]
+        cands = [t for t in cands if _shape_ok(shapes.get(t), tuple(tensors[0].shape))]
+        if len(cands) == 1:
+            layer_map[q] = cands[0]
+
+    # modules without nodes: pass-through of an already named, unmodified tensor
+    known: dict[int, tuple[int, str | None]] = {}
+    for k, (q, tensors, version) in enumerate(events):
+        if not tensors:
+            continue
+        if q == "<input>":
+            known[id(tensors[0])] = (version, input_name)
+        elif q in owned:
+            known[id(tensors[0])] = (version, layer_map.get(q) if k == last[q] else None)
+        elif k == last[q] and len(tensors) == 1:
+            seen_version, name = known.get(id(tensors[0]), (-1, None))
+            if name is not None and seen_version == version:
+                layer_map[q] = name
+    return layer_map

@@ -1,0 +1,235 @@
+"""Explainer: targets, batching and orchestration from an input array to an Explanation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import kernels
+from .errors import InputError, LayerError, TargetError, UnsupportedModelError
+from .explanation import Explanation
+from .graph.cam_model import CamModel, build_cam_model
+from .methods import get_method
+from .model import Layer, Model
+from .runtime import RuntimeOptions, make_session
+
+
+def _as_model_source(model, example_input):
+    """Accept a path / bytes / ModelProto, or convert a framework model on the way."""
+    module_type = type(model).__module__
+    if module_type.startswith("torch"):
+        if example_input is None:
+            raise InputError("A torch model needs example_input= (a batch the model accepts) "
+                             "to be exported to ONNX.")
+        from .converters import export_torch
+        return export_torch(model, example_input)
+    return model
+
+
+class Explainer:
+    """Explains one ONNX model (or a torch module, exported on the way).
+
+    >>> exp = Explainer("model.onnx")
+    >>> res = exp.explain(x, targets=None, layers="auto", methods=["gradcam", "hirescam"])
+    """
+
+    def __init__(self, model, *, example_input=None, class_names: Sequence[str] | None = None,
+                 output: str | None = None, runtime: RuntimeOptions | None = None):
+        self.model = Model(_as_model_source(model, example_input), output=output)
+        self.runtime = runtime or RuntimeOptions()
+        self.class_names = list(class_names) if class_names is not None else None
+        self._sessions: dict[tuple, tuple] = {}
+        if not self.model.layers:
+            raise UnsupportedModelError(
+                "The model has no layer a CAM can be computed on: no tensor with channel and "
+                "spatial axes below a convolution lies on the path to the score."
+            )
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise TargetError(f"class_names has {len(self.class_names)} names but the model "
+                              f"scores {self.num_classes} classes.")
+
+    # ---- what the model offers --------------------------------------------------------
+    @property
+    def layers(self) -> list[str]:
+        """Candidate target layers, deepest first."""
+        return [layer.name for layer in self.model.layers]
+
+    @property
+    def head(self) -> str | None:
+        """The final Softmax / LogSoftmax / Sigmoid whose input is explained, if any."""
+        return self.model.head
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.graph(self.model.default_spatial_shape())
+                   .tensors()[self.model.score_name].shape[1])
+
+    def __repr__(self) -> str:
+        return (f"Explainer(input={self.model.input_name} {self.model.input_shape}, "
+                f"head={self.head}, layers={self.layers[:4]}...)")
+
+    # ---- explaining ---------------------------------------------------------------------
+    def explain(self, x, targets=None, layers="auto", methods="gradcam", foils=None,
+                batch_size: int = 64) -> Explanation:
+        """CAMs of `x` for each method and layer; see Explanation for what it holds."""
+        x = self._check_input(x)
+        chosen = self._resolve_layers(layers)
+        method_objs = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
+        method_names = [m.name for m in method_objs]
+        n, spatial = len(x), x.shape[2:]
+        keys = [(m, layer.name) for m in method_names for layer in chosen]
+        cams = {k: np.empty((n, *spatial), np.float32) for k in keys}
+        ranges = {k: np.empty((n, 2), np.float32) for k in keys}
+        raws: dict[tuple[str, str], np.ndarray] = {}
+
+        def consume(start, acts, grads):
+            for layer, a, g in zip(chosen, acts, grads):
+                for method in method_objs:
+                    key = (method.name, layer.name)
+                    raw = method.raw(a, g)
+                    if key not in raws:
+                        raws[key] = np.empty((n, *raw.shape[1:]), np.float32)
+                    raws[key][start:start + len(raw)] = raw
+                    cam, rng = kernels.resize_normalize(raw, spatial)
+                    cams[key][start:start + len(raw)] = cam
+                    ranges[key][start:start + len(raw)] = rng
+
+        logits, target_ids, foil_ids = self._run(x, targets, foils, chosen, batch_size, consume)
+        aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
+        return Explanation(logits, self._probs(logits), logits.argmax(1), target_ids, foil_ids,
+                           method_names, [layer.name for layer in chosen], cams, raws, ranges,
+                           self.head, self.class_names, aliases)
+
+    def activations_and_gradients(self, x, targets=None, layers="auto", foils=None,
+                                  batch_size: int = 64):
+        """Logits and, per layer name, (activations, d score / d activations) as arrays."""
+        x = self._check_input(x)
+        chosen = self._resolve_layers(layers)
+        parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
+
+        def consume(start, acts, grads):
+            for layer, a, g in zip(chosen, acts, grads):
+                parts[layer.name][0].append(a)
+                parts[layer.name][1].append(g)
+
+        logits, _, _ = self._run(x, targets, foils, chosen, batch_size, consume)
+        return logits, {name: (np.concatenate(a), np.concatenate(g))
+                        for name, (a, g) in parts.items()}
+
+    # ---- internals ----------------------------------------------------------------------
+    def _run(self, x, targets, foils, chosen: list[Layer], batch_size: int, consume):
+        """Run the rewritten model batch by batch; hand each batch's arrays to `consume`."""
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+        n = len(x)
+        target_ids = None if targets is None else self._class_ids(targets, n, "target")
+        foil_ids = None if foils is None else self._class_ids(foils, n, "foil")
+        if foil_ids is not None and target_ids is None:
+            raise TargetError("Contrastive explanations (foils=) need explicit targets=.")
+        seeded = target_ids is not None
+        cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
+                                           tuple(x.shape[2:]), seeded)
+        k = self.num_classes
+        logits = np.empty((n, k), np.float32)
+        outputs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
+        for start in range(0, n, batch_size):
+            xb = np.ascontiguousarray(x[start:start + batch_size])
+            feeds = {cam_model.input_name: xb}
+            if seeded:
+                feeds[cam_model.seed_name] = _seed(target_ids, foil_ids, start, len(xb), k)
+            results = session.run(outputs, feeds)
+            logits[start:start + len(xb)] = results[0]
+            m = len(chosen)
+            consume(start, results[1:1 + m], results[1 + m:])
+        if target_ids is None:
+            target_ids = logits.argmax(1)
+        return logits, target_ids, foil_ids
+
+    def _session(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool):
+        key = (tensors, spatial, seeded)
+        if key not in self._sessions:
+            cam_model: CamModel = build_cam_model(self.model, list(tensors), spatial,
+                                                  "input" if seeded else "prediction")
+            self._sessions[key] = (cam_model, make_session(cam_model.proto, self.runtime))
+        return self._sessions[key]
+
+    def _resolve_layers(self, layers) -> list[Layer]:
+        if layers is None or (isinstance(layers, str) and layers == "auto"):
+            return [self.model.layers[0]]
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names:
+            raise LayerError("layers= is empty; name at least one layer or use 'auto'.")
+        chosen = []
+        for name in names:
+            layer = self.model.layers[0] if name == "auto" else self.model.resolve_layer(name)
+            if layer not in chosen:
+                chosen.append(layer)
+        return chosen
+
+    def _class_ids(self, value, n: int, what: str) -> np.ndarray:
+        k = self.num_classes
+        items = [value] * n if isinstance(value, (int, np.integer, str)) else list(value)
+        if len(items) != n:
+            raise TargetError(f"{len(items)} {what}s given for {n} items; give one per item "
+                              "or a single one for all.")
+        ids = np.empty(n, np.int64)
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                if self.class_names is None or item not in self.class_names:
+                    raise TargetError(
+                        f"Unknown class name {item!r} for {what} of item {i}. "
+                        + ("Give class_names= to the Explainer." if self.class_names is None
+                           else f"Known classes: {self.class_names}.")
+                    )
+                ids[i] = self.class_names.index(item)
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not 0 <= item < k:
+                    raise TargetError(f"{what.capitalize()} {item} of item {i} is out of range:"
+                                      f" the model scores classes 0..{k - 1}.")
+                ids[i] = item
+            else:
+                raise TargetError(f"{what.capitalize()} of item {i} is {item!r}; give a class "
+                                  "index or a class name.")
+        return ids
+
+    def _check_input(self, x) -> np.ndarray:
+        try:
+            x = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"The input cannot be read as a float32 array ({exc}).") from None
+        expected = self.model.input_shape
+        layout = {3: "(N, C, T)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}[len(expected)]
+        if x.ndim != len(expected):
+            hint = " Add a batch axis: x[None]." if x.ndim == len(expected) - 1 else ""
+            raise InputError(f"The model takes {layout} inputs of rank {len(expected)}; "
+                             f"got shape {x.shape}.{hint}")
+        if len(x) == 0:
+            raise InputError("The input holds no items (batch axis of size 0).")
+        for axis, (want, got) in enumerate(zip(expected[1:], x.shape[1:]), start=1):
+            if want is not None and want != got:
+                what = "channels" if axis == 1 else f"size along axis {axis}"
+                raise InputError(f"The model takes {want} {what}; the input has {got} "
+                                 f"(input shape {x.shape}, model input {expected}).")
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise InputError(f"Items {np.flatnonzero(bad).tolist()[:20]} contain NaN or Inf; "
+                             "clean or drop them before explaining.")
+        return x
+
+    def _probs(self, logits: np.ndarray) -> np.ndarray:
+        if self.head == "Sigmoid":
+            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _seed(targets: np.ndarray, foils: np.ndarray | None, start: int, count: int,
+          classes: int) -> np.ndarray:
+    """One row per item: +1 on the target class, -1 on the foil (contrastive) if any."""
+    seed = np.zeros((count, classes), np.float32)
+    rows = np.arange(count)
+    seed[rows, targets[start:start + count]] += 1.0
+    if foils is not None:
+        seed[rows, foils[start:start + count]] -= 1.0
+    return seed

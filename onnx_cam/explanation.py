@@ -1,0 +1,126 @@
+"""The result of Explainer.explain: maps per (method, layer), scores and targets; save / load."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import LayerError, MethodError, OnnxCamError
+from .methods import get_method
+
+_SEP = "::"
+
+
+@dataclass
+class Explanation:
+    """CAMs for a batch of items, for every requested method and layer.
+
+    cams are (N, *input_spatial) in [0, 1]; raws are (N, *layer_spatial), post-ReLU and
+    unnormalised; score ranges are (N, 2): each item's (min, max) of the upsampled map
+    before normalisation, so that ``cam * (max - min) + min`` restores it.
+    """
+
+    logits: np.ndarray
+    probs: np.ndarray
+    predicted: np.ndarray
+    targets: np.ndarray
+    foils: np.ndarray | None
+    methods: list[str]
+    layers: list[str]
+    cams: dict[tuple[str, str], np.ndarray]
+    raws: dict[tuple[str, str], np.ndarray]
+    ranges: dict[tuple[str, str], np.ndarray]
+    head: str | None = None
+    class_names: list[str] | None = None
+    layer_aliases: dict[str, str] = field(default_factory=dict)
+
+    # ---- lookup ------------------------------------------------------------------------
+    def _key(self, method: str | None, layer: str | None) -> tuple[str, str]:
+        if method is None:
+            if len(self.methods) != 1:
+                raise MethodError(f"Several methods were computed ({self.methods}); name one.")
+            method = self.methods[0]
+        try:
+            method = get_method(method).name
+        except MethodError:
+            raise
+        if method not in self.methods:
+            raise MethodError(f"Method {method!r} was not computed; computed: {self.methods}.")
+        if layer is None:
+            if len(self.layers) != 1:
+                raise LayerError(f"Several layers were explained ({self.layers}); name one.")
+            layer = self.layers[0]
+        layer = self.layer_aliases.get(layer, layer)
+        if layer not in self.layers:
+            raise LayerError(f"Layer {layer!r} was not explained; explained: {self.layers}.")
+        return method, layer
+
+    def cam(self, method: str | None = None, layer: str | None = None) -> np.ndarray:
+        """(N, *input_spatial) float32 in [0, 1]."""
+        return self.cams[self._key(method, layer)]
+
+    def raw(self, method: str | None = None, layer: str | None = None) -> np.ndarray:
+        """(N, *layer_spatial) float32, >= 0, at the layer's own resolution."""
+        return self.raws[self._key(method, layer)]
+
+    def score_range(self, method: str | None = None, layer: str | None = None) -> np.ndarray:
+        """(N, 2) float32: per item (min, max) of the upsampled map before normalisation."""
+        return self.ranges[self._key(method, layer)]
+
+    @property
+    def score_ranges(self) -> dict[tuple[str, str], np.ndarray]:
+        return dict(self.ranges)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __repr__(self) -> str:
+        return (f"Explanation({len(self)} items, methods={self.methods}, layers={self.layers}, "
+                f"head={self.head})")
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write one .npz file; the file appears whole or not at all."""
+        path = os.fspath(path)
+        arrays = {"logits": self.logits, "probs": self.probs, "predicted": self.predicted,
+                  "targets": self.targets}
+        if self.foils is not None:
+            arrays["foils"] = self.foils
+        for store, prefix in ((self.cams, "cam"), (self.raws, "raw"), (self.ranges, "range")):
+            for (method, layer), value in store.items():
+                arrays[_SEP.join((prefix, method, layer))] = value
+        meta = {"methods": self.methods, "layers": self.layers, "head": self.head,
+                "class_names": self.class_names, "layer_aliases": self.layer_aliases}
+        arrays["meta"] = np.array(json.dumps(meta))
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Explanation:
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            meta = json.loads(str(arrays.pop("meta")))
+        except Exception as exc:
+            raise OnnxCamError(
+                f"{os.fspath(path)!r} is not an explanation saved by Explanation.save ({exc})."
+            ) from None
+        stores: dict[str, dict] = {"cam": {}, "raw": {}, "range": {}}
+        for key in [k for k in arrays if _SEP in k]:
+            prefix, method, layer = key.split(_SEP, 2)
+            stores[prefix][(method, layer)] = arrays.pop(key)
+        return cls(arrays["logits"], arrays["probs"], arrays["predicted"], arrays["targets"],
+                   arrays.get("foils"), meta["methods"], meta["layers"], stores["cam"],
+                   stores["raw"], stores["range"], meta["head"], meta["class_names"],
+                   meta["layer_aliases"])
