@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import warnings
 from typing import Any
@@ -47,7 +48,7 @@ _CALL_SUFFIX = re.compile(r"(.+)_(\d+)")
 def export_torch(
     module: Any,
     example_input: Any,
-    path: str | None = None,
+    path: str | os.PathLike[str] | None = None,
     *,
     opset: int = 17,
     input_name: str = "input",
@@ -110,7 +111,7 @@ def export_torch(
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
     if path is not None:
-        onnx.save(model, str(path))
+        onnx.save(model, os.fspath(path))
     return model
 
 

@@ -13,7 +13,7 @@ MAX_SPATIAL_RANK = 3
 
 def as_f32(x: ArrayLike) -> NDArray[np.float32]:
     """Return ``x`` as a C-contiguous float32 array (no copy when already one)."""
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.asarray(x, dtype=np.float32, order="C")  # keeps 0-d (ascontiguousarray would not)
 
 
 def check_spatial(x: NDArray, name: str, leading: int) -> tuple[int, ...]:

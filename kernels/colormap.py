@@ -146,7 +146,9 @@ def _image_pixels(image: ArrayLike, cam_shape: tuple[int, ...]) -> tuple[NDArray
     def is_suffix(shape: tuple[int, ...]) -> bool:
         return len(shape) <= len(cam_shape) and cam_shape[len(cam_shape) - len(shape) :] == shape
 
-    if img.ndim >= 1 and img.shape[-1] in (1, 3, 4) and is_suffix(img.shape[:-1]):
+    if img.shape == cam_shape:  # one grayscale image per map
+        pixels = img.reshape(-1, 1)
+    elif img.ndim >= 1 and img.shape[-1] in (1, 3, 4) and is_suffix(img.shape[:-1]):
         pixels = img[..., :3] if img.shape[-1] == 4 else img
         pixels = pixels.reshape(-1, pixels.shape[-1])
     elif is_suffix(img.shape):
@@ -156,7 +158,7 @@ def _image_pixels(image: ArrayLike, cam_shape: tuple[int, ...]) -> tuple[NDArray
             f"image shape {img.shape} does not match cams shape {cam_shape}: expected "
             f"(..., *spatial, 1|3|4) or (..., *spatial) matching the trailing cams axes"
         )
-    return np.ascontiguousarray(pixels), scale
+    return np.asarray(pixels, order="C"), scale
 
 
 def overlay(
@@ -166,8 +168,10 @@ def overlay(
 
     ``image`` is RGB ``(..., 3)`` (RGBA: alpha ignored), grayscale ``(...)`` or ``(..., 1)``,
     either uint8 or float in [0, 1] (clipped); its shape must match the trailing axes of
-    ``cams`` (e.g. one ``(H, W, 3)`` image for ``(N, H, W)`` cams). A trailing axis of size
-    1, 3 or 4 that fits is read as channels. Per pixel, with ``c`` the colormap colour and
+    ``cams`` (e.g. one ``(H, W, 3)`` image for ``(N, H, W)`` cams). An image of exactly the
+    shape of ``cams`` is grayscale; otherwise a trailing axis of size 1, 3 or 4 that fits is
+    read as channels (so give a shared grayscale image whose last axis has size 1, 3 or 4 an
+    explicit ``(..., 1)`` channel axis). Per pixel, with ``c`` the colormap colour and
     ``a = alpha * c_alpha / 255`` (so NaN cams, whose "bad" colour is transparent, show the
     image): ``out = floor((1 - a) * pixel + a * c + 0.5)``.
     """
@@ -176,7 +180,5 @@ def overlay(
     values = as_f32(cams)
     pixels, scale = _image_pixels(image, values.shape)
     out = np.empty((values.size, 3), dtype=np.uint8)
-    _overlay_kernel(
-        values.reshape(-1), pixels, scale, np.float32(alpha), colormap_lut(cmap), out
-    )
+    _overlay_kernel(values.reshape(-1), pixels, scale, np.float32(alpha), colormap_lut(cmap), out)
     return out.reshape((*values.shape, 3))

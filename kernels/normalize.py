@@ -105,4 +105,3 @@ def normalize_minmax(maps: ArrayLike) -> tuple[NDArray[np.float32], NDArray[np.f
     _row_stats(rows, row_min, row_max)
     finalize_inplace(rows, rows_per_item, row_min, row_max, ranges)
     return out, ranges
-

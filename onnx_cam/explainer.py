@@ -62,8 +62,7 @@ class Explainer:
 
     @property
     def num_classes(self) -> int:
-        return int(self.model.graph(self.model.default_spatial_shape())
-                   .tensors()[self.model.score_name].shape[1])
+        return self.model.num_classes
 
     def __repr__(self) -> str:
         return (f"Explainer(input={self.model.input_name} {self.model.input_shape}, "
@@ -169,7 +168,7 @@ class Explainer:
 
     def _class_ids(self, value, n: int, what: str) -> np.ndarray:
         k = self.num_classes
-        items = [value] * n if isinstance(value, (int, np.integer, str)) else list(value)
+        items = [value] * n if np.ndim(value) == 0 else list(value)
         if len(items) != n:
             raise TargetError(f"{len(items)} {what}s given for {n} items; give one per item "
                               "or a single one for all.")

@@ -122,6 +122,13 @@ class Model:
         self._graphs: dict[tuple, gs.Graph] = {}
         graph = self.graph(self.default_spatial_shape())
         self.head, self.score_name = _find_head(graph, self.output_name)
+        score_shape = graph.tensors()[self.score_name].shape
+        if score_shape is None or len(score_shape) != 2 or not isinstance(score_shape[1], int):
+            raise UnsupportedModelError(
+                f"The score tensor {self.score_name!r} has shape {score_shape}; onnx-cam needs "
+                "(N, classes) scores. Choose the output that holds class scores with output=."
+            )
+        self.num_classes = score_shape[1]
         self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map)
 
     # ---- shapes -------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The graph rewriter: expose layers, find the score, add the gradient subgraph."""
 
-import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
-# graphsurgeon logs warnings about its optional "colored" module and benign renames
-gs.logger.severity = gs.logger.ERROR
+# graphsurgeon warns about its optional "colored" module and benign renames
+G_LOGGER.severity = G_LOGGER.ERROR

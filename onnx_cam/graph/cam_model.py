@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import UnsupportedModelError
 from ..model import Model
 from .autodiff import add_gradients, seed_from_prediction
 from .builder import GradBuilder
@@ -40,11 +39,6 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     graph = model.graph(spatial_shape)
     tensors = graph.tensors()
     score = tensors[model.score_name]
-    if score.shape is None or len(score.shape) != 2:
-        raise UnsupportedModelError(
-            f"The score tensor {score.name!r} has shape {score.shape}; onnx-cam needs "
-            "(N, classes) scores. Choose the model output that holds class scores."
-        )
     builder = GradBuilder(graph, model.opset)
     if seed_from == "input":
         seed = gs.Variable(SEED, dtype=np.float32, shape=list(score.shape))

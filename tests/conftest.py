@@ -1,0 +1,45 @@
+"""Shared fixtures: small torch models exported to ONNX bytes, made fresh in each session."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+
+def export_bytes(model: nn.Module, x: torch.Tensor, opset: int = 17) -> bytes:
+    """A plain legacy-exporter ONNX export with a dynamic batch axis."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), buffer, dynamo=False, do_constant_folding=False,
+                          opset_version=opset, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "N"}, "output": {0: "N"}})
+    return buffer.getvalue()
+
+
+def small_cnn(dims: int = 1, head: nn.Module | None = None, classes: int = 3) -> nn.Sequential:
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[dims]
+    layers = [conv(2, 6, 3, padding=1), nn.ReLU(), conv(6, 8, 3, stride=2, padding=1), nn.ReLU(),
+              pool(1), nn.Flatten(), nn.Linear(8, classes)]
+    if head is not None:
+        layers.append(head)
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.fixture(scope="session")
+def cnn1d():
+    torch.manual_seed(0)
+    model = small_cnn(1, nn.Softmax(dim=1))
+    x = torch.randn(5, 2, 40)
+    return model, x, export_bytes(model, x)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
