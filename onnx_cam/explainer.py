@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from . import kernels
-from .errors import InputError, LayerError, TargetError, UnsupportedModelError
+from .errors import (
+    InputError,
+    LayerError,
+    ModelLoadError,
+    TargetError,
+    UnsupportedModelError,
+)
 from .explanation import Explanation
 from .graph.cam_model import CamModel, build_cam_model
 from .methods import get_method
@@ -17,13 +24,16 @@ from .runtime import RuntimeOptions, make_session
 
 def _as_model_source(model, example_input):
     """Accept a path / bytes / ModelProto, or convert a framework model on the way."""
-    module_type = type(model).__module__
-    if module_type.startswith("torch"):
+    torch = sys.modules.get("torch")  # a torch module can only exist if torch is imported
+    if torch is not None and isinstance(model, torch.nn.Module):
         if example_input is None:
             raise InputError("A torch model needs example_input= (a batch the model accepts) "
                              "to be exported to ONNX.")
         from .converters import export_torch
-        return export_torch(model, example_input)
+        try:
+            return export_torch(model, example_input)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"Exporting the torch model to ONNX failed: {exc}") from None
     return model
 
 

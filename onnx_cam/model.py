@@ -11,9 +11,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference, version_converter
 
+from .converters import LAYER_MAP_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
 
-LAYER_MAP_KEY = "onnx_cam.layer_map"
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
 MIN_OPSET = 16  # ScatterElements(reduction="add"), used by the MaxPool gradient
 # Ops whose outputs carry no gradient: the differentiable path never crosses them.

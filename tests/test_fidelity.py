@@ -1,0 +1,500 @@
+"""Fidelity of activations, gradients and CAMs against torch autograd, on a zoo of models.
+
+Each model is exported by ``Explainer(module, example_input=x)`` and explained through its
+module names. The reference runs the same module in torch: forward hooks keep the named
+modules' outputs, autograd gives d(sum(seed * logits)) / d(output), with the logits taken
+before the final softmax / sigmoid / log-softmax. Activations, gradients and raw Grad-CAM /
+HiResCAM must agree to 1e-4 of the reference's largest magnitude; the upsampled, min-max
+normalised maps must agree to 1e-3 with F.interpolate(align_corners=False) + min-max (what
+pytorch-grad-cam returns).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch_zoo import Net, check_against_reference, randomize  # noqa: E402
+
+import onnx_cam  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- building blocks
+def conv(dim: int, *args, **kwargs) -> nn.Module:
+    return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dim - 1](*args, **kwargs)
+
+
+def bn(dim: int, c: int) -> nn.Module:
+    return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dim - 1](c)
+
+
+class Lambda(nn.Module):
+    """A named module wrapping a tensor function (so its output can be a target layer)."""
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class Residual(nn.Module):
+    """relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)), no in-place ops."""
+
+    def __init__(self, dim: int, cin: int, cout: int, stride: int = 1, act=nn.ReLU):
+        super().__init__()
+        self.conv1 = conv(dim, cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = bn(dim, cout)
+        self.act1 = act()
+        self.conv2 = conv(dim, cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = bn(dim, cout)
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
+                         nn.Sequential(conv(dim, cin, cout, 1, stride, bias=False), bn(dim, cout)))
+        self.act2 = act()
+
+    def forward(self, x):
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of (N, C, *spatial), via permutes."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+
+    def forward(self, x):
+        perm = [0, *range(2, x.dim()), 1]
+        back = [0, x.dim() - 1, *range(1, x.dim() - 1)]
+        return self.norm(x.permute(*perm)).permute(*back)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, dim: int, c: int, r: int = 2):
+        super().__init__()
+        self.pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[dim - 1](1)
+        self.reduce = conv(dim, c, c // r, 1)
+        self.act = nn.ReLU()
+        self.expand = conv(dim, c // r, c, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3 block: expand 1x1, depthwise 3x3, squeeze-excite, project 1x1, add."""
+
+    def __init__(self, dim: int, c: int, expand: int = 2):
+        super().__init__()
+        hidden = c * expand
+        self.expand = nn.Sequential(conv(dim, c, hidden, 1, bias=False), bn(dim, hidden),
+                                    nn.ReLU6())
+        self.depthwise = nn.Sequential(conv(dim, hidden, hidden, 3, 1, 1, groups=hidden,
+                                            bias=False), bn(dim, hidden), nn.Hardswish())
+        self.se = SqueezeExcite(dim, hidden)
+        self.project = nn.Sequential(conv(dim, hidden, c, 1, bias=False), bn(dim, c))
+
+    def forward(self, x):
+        return x + self.project(self.se(self.depthwise(self.expand(x))))
+
+
+class Inception(nn.Module):
+    """Four branches concatenated along channels."""
+
+    def __init__(self, dim: int, cin: int, c: int):
+        super().__init__()
+        self.b1 = nn.Sequential(conv(dim, cin, c, 1), nn.SiLU())
+        self.b3 = nn.Sequential(conv(dim, cin, c, 3, padding=1), bn(dim, c), nn.ELU())
+        self.dil = nn.Sequential(conv(dim, cin, c, 3, padding=2, dilation=2), nn.LeakyReLU(0.1))
+        pool = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[dim - 1]
+        self.pool = nn.Sequential(pool(3, 1, 1), conv(dim, cin, c, 1), nn.Tanh())
+
+    def forward(self, x):
+        return torch.cat([self.b1(x), self.b3(x), self.dil(x), self.pool(x)], dim=1)
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention over spatial positions: (N, C, *S) -> (N, T, C) -> attention -> back."""
+
+    def __init__(self, c: int, heads: int = 2, hand_written: bool = False):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+        self.hand_written = hand_written
+        if hand_written:
+            self.q, self.k, self.v = nn.Linear(c, c), nn.Linear(c, c), nn.Linear(c, c)
+            self.out = nn.Linear(c, c)
+        else:
+            self.attn = nn.MultiheadAttention(c, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, 2 * c), nn.GELU(),
+                                 nn.Linear(2 * c, c))
+
+    def forward(self, x):
+        n, c, *spatial = x.shape
+        t = x.flatten(2).transpose(1, 2)                      # (N, T, C)
+        h = self.norm(t)
+        if self.hand_written:
+            q, k, v = self.q(h), self.k(h), self.v(h)
+            weights = torch.softmax(q @ k.transpose(1, 2) / c ** 0.5, dim=-1)
+            h = self.out(weights @ v)
+        else:
+            h, _ = self.attn(h, h, h, need_weights=False)
+        t = t + h
+        t = t + self.mlp(t)
+        return t.transpose(1, 2).reshape(n, c, *spatial)
+
+
+class GapHead(nn.Module):
+    def __init__(self, dim: int, c: int, classes: int, pool: str = "avg"):
+        super().__init__()
+        adaptive = {"avg": (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d),
+                    "max": (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)}
+        self.pool = adaptive[pool][dim - 1](1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.pool(x)))
+
+
+class ReduceHead(nn.Module):
+    """x.mean / x.amax / x.sum over the spatial axes, then a linear layer."""
+
+    def __init__(self, c: int, classes: int, how: str):
+        super().__init__()
+        self.how = how
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        dims = tuple(range(2, x.dim()))
+        pooled = {"mean": x.mean(dims), "amax": x.amax(dims), "sum": x.sum(dims)}[self.how]
+        return self.fc(pooled)
+
+
+class FlattenHead(nn.Module):
+    def __init__(self, features: int, classes: int, hidden: int = 16):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(features, hidden)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc2(self.drop(self.act(self.fc1(self.flatten(x)))))
+
+
+# ----------------------------------------------------------------------------- the zoo
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], nn.Module]            # -> body (input -> logits)
+    shape: tuple[int, ...]                    # input shape, batch first
+    layers: tuple[str, ...]                   # module names in the body ("body." is added)
+    heads: tuple[str | None, ...] = (None,)   # final activations to test
+    marks: tuple = field(default=())
+
+
+def resnet(dim: int, c: int = 6, classes: int = 5):
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(conv(dim, 2, c, 3, 1, 1, bias=False), bn(dim, c), nn.ReLU()),
+        pool=(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[dim - 1](3, 2, 1),
+        layer1=Residual(dim, c, c),
+        layer2=Residual(dim, c, 2 * c, stride=2),
+        head=GapHead(dim, 2 * c, classes),
+    ))
+
+
+def mobilenet2d():
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8),
+                           nn.Hardswish()),
+        block1=InvertedResidual(2, 8),
+        block2=InvertedResidual(2, 8),
+        head=ReduceHead(8, 4, "mean"),
+    ))
+
+
+def inception(dim: int, classes: int = 4):
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(conv(dim, 2, 6, 3, padding=1), bn(dim, 6), nn.GELU()),
+        mixed=Inception(dim, 6, 3),
+        reduce=nn.Sequential(conv(dim, 12, 8, 3, stride=2), nn.Softplus()),
+        head=GapHead(dim, 8, classes, pool="max"),
+    ))
+
+
+def grouped2d():
+    """Grouped, strided, dilated, padding='same' convs and an asymmetric F.pad."""
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(2, 8, 3, padding="same"),
+        act1=nn.PReLU(8),
+        pad=Lambda(lambda x: F.pad(x, (1, 2, 0, 1))),
+        grouped=nn.Conv2d(8, 8, 3, stride=2, groups=2),
+        act2=nn.LeakyReLU(0.2),
+        dilated=nn.Conv2d(8, 6, 3, padding=2, dilation=2, groups=2),
+        act3=nn.ELU(0.7),
+        same_even=nn.Conv2d(6, 6, 4, padding="same", dilation=1, groups=3),
+        act4=nn.SELU(),
+        head=FlattenHead(6 * 9 * 9, 5),
+    ))
+
+
+def pools2d():
+    """MaxPool with padding / ceil_mode / dilation and AvgPool with both pad conventions."""
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(2, 6, 3, padding=1),
+        act1=nn.SELU(),
+        max_ceil=nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+        conv2=nn.Conv2d(6, 6, 3, padding=1),
+        act2=nn.Softplus(beta=1.5),
+        max_dil=nn.MaxPool2d(2, 1, dilation=2),
+        avg_excl=nn.AvgPool2d(3, 2, padding=1, count_include_pad=False, ceil_mode=True),
+        conv3=nn.Conv2d(6, 6, 3, padding=1),
+        act3=nn.Mish(),
+        avg_incl=nn.AvgPool2d(3, 1, padding=1, count_include_pad=True),
+        avg_ceil=nn.AvgPool2d(2, 2, ceil_mode=True),
+        head=ReduceHead(6, 4, "amax"),
+    ))
+
+
+def norms2d():
+    """GroupNorm, channel LayerNorm, InstanceNorm and smooth activations."""
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(2, 8, 3, padding=1),
+        gn=nn.GroupNorm(2, 8),
+        gelu_tanh=nn.GELU(approximate="tanh"),
+        conv2=nn.Conv2d(8, 8, 3, padding=1),
+        ln=ChannelLayerNorm(8),
+        silu=nn.SiLU(),
+        conv3=nn.Conv2d(8, 8, 1),
+        inorm=nn.InstanceNorm2d(8, affine=True),
+        tanh=nn.Tanh(),
+        conv4=nn.Conv2d(8, 6, 3, stride=2, padding=1),
+        sigmoid=nn.Sigmoid(),
+        head=ReduceHead(6, 3, "sum"),
+    ))
+
+
+def hard_acts2d():
+    """Piecewise activations with kinks (ReLU6, Hardswish, Hardsigmoid) and Dropout layers."""
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(3, 8, 3, padding=1),
+        relu6=nn.ReLU6(),
+        drop=nn.Dropout2d(0.3),
+        conv2=nn.Conv2d(8, 8, 3, padding=1),
+        hswish=nn.Hardswish(),
+        conv3=nn.Conv2d(8, 8, 3, padding=1),
+        hsig=nn.Hardsigmoid(),
+        conv4=nn.Conv2d(8, 4, 3, stride=2),
+        gelu=nn.GELU(),
+        drop2=nn.Dropout(0.2),
+        head=FlattenHead(4 * 7 * 7, 6),
+    ))
+
+
+def attention(dim: int, hand_written: bool):
+    c = 8
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(conv(dim, 2, c, 3, padding=1), bn(dim, c), nn.ReLU()),
+        down=conv(dim, c, c, 3, stride=2, padding=1),
+        attn=SpatialAttention(c, hand_written=hand_written),
+        post=nn.Sequential(conv(dim, c, c, 3, padding=1), nn.GELU()),
+        head=GapHead(dim, c, 4),
+    ))
+
+
+def tcn1d():
+    """Causal dilated convs (left F.pad), residuals, 1D pools."""
+
+    class Causal(nn.Module):
+        def __init__(self, c: int, dilation: int):
+            super().__init__()
+            self.pad = Lambda(lambda x: F.pad(x, (2 * dilation, 0)))
+            self.conv = nn.Conv1d(c, c, 3, dilation=dilation)
+            self.bn = nn.BatchNorm1d(c)
+            self.act = nn.GELU()
+
+        def forward(self, x):
+            return x + self.act(self.bn(self.conv(self.pad(x))))
+
+    return nn.Sequential(OrderedDict(
+        stem=nn.Conv1d(3, 8, 5, padding=2),
+        block1=Causal(8, 1),
+        block2=Causal(8, 2),
+        pool=nn.MaxPool1d(3, 2, padding=1, ceil_mode=True),
+        block3=Causal(8, 4),
+        avg=nn.AvgPool1d(3, 2, padding=1, count_include_pad=False),
+        conv=nn.Conv1d(8, 8, 3, groups=4),
+        act=nn.SiLU(),
+        head=GapHead(1, 8, 5),
+    ))
+
+
+def misc3d():
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.GroupNorm(3, 6), nn.Hardswish()),
+        depthwise=nn.Conv3d(6, 6, 3, padding=2, dilation=2, groups=6),
+        act=nn.ELU(),
+        pool=nn.AvgPool3d(2, 2, ceil_mode=True),
+        mixed=Inception(3, 6, 2),
+        head=ReduceHead(8, 3, "amax"),
+    ))
+
+
+CASES: dict[str, Case] = {
+    "resnet1d": Case(lambda: resnet(1), (3, 2, 24), ("stem", "layer1", "layer2.conv2",
+                                                   "layer2"), ("Softmax", None)),
+    "resnet2d": Case(lambda: resnet(2), (3, 2, 16, 16),
+                     ("stem.0", "stem", "layer1.bn1", "layer1", "layer2.act1", "layer2"),
+                     ("Softmax", "Sigmoid", "LogSoftmax", None)),
+    "resnet3d": Case(lambda: resnet(3), (3, 2, 8, 8, 8), ("stem", "layer1", "layer2"),
+                     ("Softmax", None)),
+    "mobilenet2d": Case(mobilenet2d, (4, 3, 16, 16),
+                        ("stem", "block1.depthwise", "block1.se", "block1", "block2"),
+                        ("Sigmoid", None)),
+    "inception1d": Case(lambda: inception(1), (3, 2, 20), ("stem", "mixed", "reduce"),
+                        ("LogSoftmax",)),
+    "inception2d": Case(lambda: inception(2), (3, 2, 12, 12),
+                        ("stem", "mixed.dil", "mixed", "reduce"), (None, "Softmax")),
+    "grouped2d": Case(grouped2d, (3, 2, 16, 16),
+                      ("conv1", "act1", "pad", "grouped", "act3", "same_even", "act4"),
+                      ("LogSoftmax", None)),
+    "pools2d": Case(pools2d, (3, 2, 17, 15),
+                    ("act1", "max_ceil", "act2", "max_dil", "avg_excl", "act3", "avg_incl",
+                     "avg_ceil"), (None, "Softmax")),
+    "norms2d": Case(norms2d, (3, 2, 12, 12),
+                    ("conv1", "gn", "gelu_tanh", "ln", "silu", "inorm", "tanh", "sigmoid"),
+                    (None, "Sigmoid")),
+    "hard_acts2d": Case(hard_acts2d, (4, 3, 16, 16),
+                        ("relu6", "drop", "hswish", "hsig", "gelu", "drop2"), (None, "Softmax")),
+    "mha1d": Case(lambda: attention(1, False), (3, 2, 16), ("stem", "attn", "post"),
+                  ("Softmax",)),
+    "mha2d": Case(lambda: attention(2, False), (3, 2, 8, 8), ("down", "attn", "post"),
+                  (None,)),
+    "qkv2d": Case(lambda: attention(2, True), (3, 2, 8, 8), ("stem", "attn", "post"),
+                  ("Softmax", None)),
+    "tcn1d": Case(tcn1d, (4, 3, 32),
+                  ("stem", "block1", "block2.conv", "block2", "pool", "block3", "avg", "act"),
+                  (None, "Softmax")),
+    "misc3d": Case(misc3d, (3, 1, 8, 8, 8), ("stem", "depthwise", "act", "pool", "mixed"),
+                   (None, "LogSoftmax")),
+}
+
+PARAMS = [
+    pytest.param(name, head, id=f"{name}-{head or 'nohead'}", marks=list(case.marks))
+    for name, case in CASES.items() for head in case.heads
+]
+
+
+@functools.cache
+def built(name: str, head: str | None):
+    """(net, x, explainer) for a zoo case; cached per worker, models never change."""
+    case = CASES[name]
+    seed = sum(map(ord, name))
+    torch.manual_seed(seed)
+    net = randomize(Net(case.build(), head), seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.shape).astype(np.float32)
+    exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))
+    return net, x, exp
+
+
+def _classes(exp) -> int:
+    return exp.num_classes
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize(("name", "head"), PARAMS)
+@pytest.mark.parametrize("targets", ["random", "predicted"])
+def test_matches_torch_autograd(name, head, targets):
+    net, x, exp = built(name, head)
+    assert exp.head == head
+    layers = [f"body.{layer}" for layer in CASES[name].layers]
+    if targets == "random":
+        rng = np.random.default_rng(len(name))
+        ids = rng.integers(0, _classes(exp), len(x)).tolist()
+    else:
+        ids = None
+    check_against_reference(exp, net, x, layers, ids, check_cams=True)
+
+
+@pytest.mark.parametrize("name", ["resnet2d", "mobilenet2d", "grouped2d", "norms2d"])
+def test_cams_match_pytorch_grad_cam_convention(name):
+    """2D, no final activation: the normalised maps are those pytorch-grad-cam returns."""
+    net, x, exp = built(name, None)
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, _classes(exp), len(x)).tolist()
+    layers = [f"body.{layer}" for layer in CASES[name].layers]
+    check_against_reference(exp, net, x, layers, ids, check_cams=True,
+                            min_cam_items=len(x))
+
+
+def test_single_target_for_all_items_and_batching():
+    """One int target for every item; batch_size smaller than the batch."""
+    net, x, exp = built("resnet2d", "Softmax")
+    x = np.concatenate([x, x[::-1] * 0.5])
+    logits, per_layer = exp.activations_and_gradients(x, targets=2, layers=["body.layer1"],
+                                                      batch_size=2)
+    from torch_zoo import assert_close, reference
+    logits_ref, _, ref = reference(net, x, ["body.layer1"], targets=2)
+    assert_close(logits, logits_ref, "logits")
+    assert_close(per_layer["body.layer1"][0], ref["body.layer1"][0], "activations")
+    assert_close(per_layer["body.layer1"][1], ref["body.layer1"][1], "gradients")
+
+
+def test_maxpool_ties_after_relu_follow_torch():
+    """MaxPool over ReLU zeros: exact ties. Torch routes the gradient to the first maximum
+    of each window (row-major scan); onnx-cam must pick the same tap, so the gradient at the
+    ReLU output matches exactly, zeros included."""
+    body = nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(1, 4, 3, padding=1),
+        relu=nn.ReLU(),
+        pool=nn.MaxPool2d(3, 2, padding=1),
+        conv2=nn.Conv2d(4, 4, 3, padding=1),
+        head=GapHead(2, 4, 3),
+    ))
+    torch.manual_seed(3)
+    net = randomize(Net(body), 3)
+    with torch.no_grad():
+        net.body.conv.bias.fill_(-1.0)  # most of the map is negative: many all-zero windows
+    x = np.random.default_rng(3).standard_normal((3, 1, 10, 10)).astype(np.float32)
+    exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))
+    check_against_reference(exp, net, x, ["body.relu", "body.pool"], [0, 1, 2],
+                            check_cams=False)
+
+
+def test_adaptive_max_and_amax_ties():
+    """Global max over a channel with repeated maxima: AdaptiveMaxPool gives the whole
+    gradient to the first maximum, amax shares it equally between the maxima (as torch)."""
+
+    class Body(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.clip = nn.Hardtanh(-1.0, 0.5)  # saturates: many maxima at exactly 0.5
+            self.ident = nn.Identity()
+            self.gmp = nn.AdaptiveMaxPool2d(1)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.ident(self.clip(self.conv(x)))
+            return self.fc(torch.cat([self.gmp(h).flatten(1), h.amax((2, 3))], 1))
+
+    torch.manual_seed(5)
+    net = randomize(Net(Body()), 5)
+    x = 2 * np.random.default_rng(5).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))
+    check_against_reference(exp, net, x, ["body.clip"], [0, 1, 2], check_cams=False)
