@@ -144,3 +144,24 @@ def test_torch_module_is_exported_on_the_way(cnn1d):
     exp = onnx_cam.Explainer(model, example_input=x[:2])
     res = exp.explain(x.numpy(), layers="2", targets=[0, 1, 2, 0, 1])
     assert res.raw().shape == (5, 20)
+
+
+def test_dynamic_length_model_gets_a_graph_per_length():
+    import io
+    import warnings
+    torch.manual_seed(2)
+    model = small_cnn(1, nn.Softmax(dim=1))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 2, 30),), buffer, dynamo=False,
+                          do_constant_folding=False, opset_version=17, input_names=["input"],
+                          output_names=["output"],
+                          dynamic_axes={"input": {0: "N", 2: "T"}, "output": {0: "N"}})
+    exp = onnx_cam.Explainer(buffer.getvalue())
+    for length in (24, 57):
+        x = torch.randn(2, 2, length)
+        res = exp.explain(x.numpy(), targets=[1, 2])
+        assert res.cam().shape == (2, length)
+        np.testing.assert_allclose(res.raw(), torch_gradcam(model, x, 3, [1, 2]), rtol=1e-4,
+                                   atol=1e-7)

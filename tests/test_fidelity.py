@@ -248,7 +248,7 @@ def grouped2d():
         act3=nn.ELU(0.7),
         same_even=nn.Conv2d(6, 6, 4, padding="same", dilation=1, groups=3),
         act4=nn.SELU(),
-        head=FlattenHead(6 * 9 * 9, 5),
+        head=FlattenHead(6 * 8 * 9, 5),
     ))
 
 

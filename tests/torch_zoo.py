@@ -56,7 +56,7 @@ def randomize(net: nn.Module, seed: int) -> nn.Module:
 
 def one_hot(targets: np.ndarray, classes: int) -> torch.Tensor:
     seed = torch.zeros(len(targets), classes)
-    seed[torch.arange(len(targets)), torch.as_tensor(targets)] = 1.0
+    seed[torch.arange(len(targets)), torch.as_tensor(np.array(targets))] = 1.0
     return seed
 
 
