@@ -13,9 +13,9 @@ Public API (all inputs are cast to C-contiguous float32; shapes are validated an
 """
 
 from .colormap import colorize, colormap_lut, overlay
+from .interpolate import resize, resize_normalize
 from .normalize import normalize_minmax
 from .reduce import elementwise_channel_sum, spatial_mean, weighted_channel_sum
-from .resize import resize, resize_normalize
 
 __all__ = [
     "colorize",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-#: Elements handled by one parallel job in the flattened (chunked) kernels.
+#: Elements handled by one parallel job in the flattened (chunked) kernels. Numba freezes it
+#: into the cached machine code: clear ``kernels/__pycache__/*.nb[ic]`` after changing it.
 BLOCK = 4096
 
 MAX_SPATIAL_RANK = 3

@@ -70,7 +70,7 @@ def _spatial_mean_kernel(x, out):
 def _flat_acts(acts: ArrayLike, name: str) -> tuple[NDArray[np.float32], tuple[int, ...]]:
     arr = as_f32(acts)
     spatial = check_spatial(arr, name, leading=2)
-    return arr.reshape(arr.shape[0], arr.shape[1], -1), spatial
+    return arr.reshape(arr.shape[0], arr.shape[1], int(np.prod(spatial))), spatial
 
 
 def weighted_channel_sum(acts: ArrayLike, weights: ArrayLike) -> NDArray[np.float32]:

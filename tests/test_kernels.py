@@ -109,6 +109,13 @@ def test_spatial_mean_accumulates_in_float64():
     assert spatial_mean(x)[0, 0] == np.float32(ref)
 
 
+def test_reductions_empty_batch_and_channels():
+    assert weighted_channel_sum(np.zeros((0, 3, 4, 5)), np.zeros((0, 3))).shape == (0, 4, 5)
+    np.testing.assert_array_equal(weighted_channel_sum(np.zeros((2, 0, 4)), np.zeros((2, 0))), 0)
+    assert elementwise_channel_sum(np.zeros((0, 2, 3)), np.zeros((0, 2, 3))).shape == (0, 3)
+    assert spatial_mean(np.zeros((0, 2, 3, 3, 3))).shape == (0, 2)
+
+
 def test_relu_and_nan_propagation():
     acts = np.array([[[1.0, -1.0, np.nan]]], dtype=np.float32)
     got = weighted_channel_sum(acts, np.ones((1, 1), np.float32))
@@ -192,6 +199,15 @@ def test_resize_accepts_int_and_list_shapes_and_float64():
     np.testing.assert_array_equal(resize(x, 10), resize(x.astype(np.float32), (10,)))
     y = _rng(2).standard_normal((2, 3, 4)).astype(np.float32)
     np.testing.assert_array_equal(resize(y, [5, 6]), resize(y, (5, 6)))
+
+
+def test_resize_zero_weight_nan_does_not_leak():
+    """Equal sizes give weights (1, 0): a NaN stays where it is (torch would smear it)."""
+    x = _rng(5).standard_normal((2, 4, 5, 6)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    got = resize(x, (4, 5, 6))
+    np.testing.assert_array_equal(got, x)
+    assert np.isnan(got).sum() == 1
 
 
 def test_resize_empty_batch():

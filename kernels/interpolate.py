@@ -9,8 +9,9 @@ Arithmetic follows ``torch.nn.functional.interpolate`` on CPU in float32: ``scal
 ``src = max(scale * (dst + 0.5) - 0.5, 0)`` (multiply-subtract rounded once, like PyTorch's
 FMA kernels), ``i0 = floor(src)``, ``i1 = min(i0 + 1, in - 1)``, ``lambda = src - i0``; taps
 are combined innermost axis (W) first, in plain float32 (results agree with PyTorch to a few
-ulp). A tap whose weight is exactly 0 is skipped (this is what makes the padded axes free), so
-a NaN or inf neighbour that gets weight 0 does not leak into the output, unlike in PyTorch.
+ulp). A tap whose weight is exactly 0 is skipped (along D and H; this makes the padded axes
+free) or redirected to the other tap's element (along W), so a NaN neighbour that gets weight
+0 does not leak into the output, unlike in PyTorch.
 """
 
 from __future__ import annotations
@@ -23,79 +24,83 @@ from ._common import as_f32, check_spatial, normalize_out_shape, pad3
 from .normalize import finalize_inplace
 
 
-def _axis_table(in_size: int, out_size: int, length: int) -> tuple[NDArray, NDArray]:
-    """Source indices ``(2, length)`` int64 and weights ``(2, length)`` float32 for one axis."""
+@numba.njit(cache=True)
+def _fill_tables(in3, out3, idx, wts):
+    """Per-axis taps: ``idx[axis, tap, o]`` source indices and ``wts[axis, tap, o]`` weights."""
     f32 = np.float32
-    scale = f32(in_size) / f32(out_size)
-    dst = np.arange(out_size, dtype=f32) + f32(0.5)
-    # One rounding after multiply-subtract, as PyTorch's (FMA-contracted) AVX2 CPU kernels do;
-    # the product of two float32 values is exact in float64.
-    src = (np.float64(scale) * dst.astype(np.float64) - 0.5).astype(f32)
-    src = np.maximum(src, f32(0.0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    lam = np.clip(src - i0.astype(f32), f32(0.0), f32(1.0))
-    idx = np.zeros((2, length), dtype=np.int64)
-    wts = np.zeros((2, length), dtype=f32)
-    idx[0, :out_size] = i0
-    idx[1, :out_size] = i1
-    wts[0, :out_size] = f32(1.0) - lam
-    wts[1, :out_size] = lam
-    return idx, wts
+    for axis in range(3):
+        n_in = in3[axis]
+        scale = f32(n_in) / f32(out3[axis])
+        for o in range(out3[axis]):
+            # One rounding after multiply-subtract, like PyTorch's FMA-contracted AVX2 kernels
+            # (the product of two float32 values is exact in float64).
+            src = f32(np.float64(scale) * np.float64(f32(o) + f32(0.5)) - 0.5)
+            if src < f32(0.0):
+                src = f32(0.0)
+            i0 = min(int(np.floor(src)), n_in - 1)
+            lam = min(max(src - f32(i0), f32(0.0)), f32(1.0))
+            # A second tap with weight 0 reads the first tap's element, so a NaN neighbour that
+            # gets no weight cannot leak in (and the kernel can skip it along D and H).
+            idx[axis, 0, o] = i0
+            idx[axis, 1, o] = min(i0 + 1, n_in - 1) if lam > f32(0.0) else i0
+            wts[axis, 0, o] = f32(1.0) - lam
+            wts[axis, 1, o] = lam
 
 
 def _tables(in3: tuple[int, ...], out3: tuple[int, ...]) -> tuple[NDArray, NDArray]:
     """Stacked tables: ``idx[axis, tap, o]`` int64 and ``wts[axis, tap, o]`` float32."""
     length = max(out3)
-    pairs = [_axis_table(i, o, length) for i, o in zip(in3, out3, strict=True)]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    idx = np.empty((3, 2, length), dtype=np.int64)  # entries past out3[axis] are never read
+    wts = np.empty((3, 2, length), dtype=np.float32)
+    _fill_tables(np.asarray(in3, dtype=np.int64), np.asarray(out3, dtype=np.int64), idx, wts)
+    return idx, wts
 
 
 @numba.njit(cache=True, inline="always")
-def _lerp_hw(x, n, d, ha, hb, cha, chb, wa, wb, cwa, cwb):
-    """Bilinear value in plane ``x[n, d]``: W taps first, then H taps; zero-weight taps skipped."""
-    v = x[n, d, ha, wa] * cwa
-    if cwb != 0:
-        v += x[n, d, ha, wb] * cwb
-    v *= cha
-    if chb != 0:
-        t = x[n, d, hb, wa] * cwa
-        if cwb != 0:
-            t += x[n, d, hb, wb] * cwb
-        v += t * chb
-    return v
+def _lerp(row, ia, ib, ca, cb):
+    """Linear combination of two taps of a 1D row."""
+    return row[ia] * ca + row[ib] * cb
 
 
 @numba.njit(cache=True, parallel=True)
 def _resize_kernel(x, idx, wts, out, row_min, row_max):
-    """Resize ``x (N, Di, Hi, Wi)`` into ``out (N, Do, Ho, Wo)``; per-row min/max (NaN-aware)."""
+    """Resize ``x (N, Di, Hi, Wi)`` into ``out (N, Do, Ho, Wo)``; per-row min/max (NaN-aware).
+
+    Parallel over output rows ``(n, od, oh)``. Taps along D and H with weight 0 (always the
+    case on padded size-1 axes) are skipped for the whole row.
+    """
     n_items, d_out, h_out, w_out = out.shape
     plane = d_out * h_out
+    iw0, iw1, cw0, cw1 = idx[2, 0], idx[2, 1], wts[2, 0], wts[2, 1]
     for r in numba.prange(n_items * plane):
         n = r // plane
         rem = r - n * plane
         od = rem // h_out
         oh = rem - od * h_out
-        da = idx[0, 0, od]
-        db = idx[0, 1, od]
-        cda = wts[0, 0, od]
-        cdb = wts[0, 1, od]
-        ha = idx[1, 0, oh]
-        hb = idx[1, 1, oh]
-        cha = wts[1, 0, oh]
-        chb = wts[1, 1, oh]
+        cd0, cd1 = wts[0, 0, od], wts[0, 1, od]
+        ch0, ch1 = wts[1, 0, oh], wts[1, 1, oh]
+        use_d1 = cd1 != 0
+        use_h1 = ch1 != 0
+        x00 = x[n, idx[0, 0, od], idx[1, 0, oh]]  # source rows (d tap, h tap)
+        x01 = x[n, idx[0, 0, od], idx[1, 1, oh]]
+        x10 = x[n, idx[0, 1, od], idx[1, 0, oh]]
+        x11 = x[n, idx[0, 1, od], idx[1, 1, oh]]
+        dst = out[n, od, oh]
         mn = np.float32(np.inf)
         mx = np.float32(-np.inf)
         has_nan = False
         for ow in range(w_out):
-            wa = idx[2, 0, ow]
-            wb = idx[2, 1, ow]
-            cwa = wts[2, 0, ow]
-            cwb = wts[2, 1, ow]
-            v = _lerp_hw(x, n, da, ha, hb, cha, chb, wa, wb, cwa, cwb) * cda
-            if cdb != 0:
-                v += _lerp_hw(x, n, db, ha, hb, cha, chb, wa, wb, cwa, cwb) * cdb
-            out[n, od, oh, ow] = v
+            ia, ib, ca, cb = iw0[ow], iw1[ow], cw0[ow], cw1[ow]
+            v = _lerp(x00, ia, ib, ca, cb) * ch0
+            if use_h1:
+                v += _lerp(x01, ia, ib, ca, cb) * ch1
+            v *= cd0
+            if use_d1:
+                t = _lerp(x10, ia, ib, ca, cb) * ch0
+                if use_h1:
+                    t += _lerp(x11, ia, ib, ca, cb) * ch1
+                v += t * cd1
+            dst[ow] = v
             if v < mn:
                 mn = v
             if v > mx:
