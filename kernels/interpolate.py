@@ -25,16 +25,22 @@ from .normalize import finalize_inplace
 
 
 @numba.njit(cache=True)
-def _fill_tables(in3, out3, idx, wts):
+def _fill_tables(in3, out3, idx, wts, align_corners):
     """Per-axis taps: ``idx[axis, tap, o]`` source indices and ``wts[axis, tap, o]`` weights."""
     f32 = np.float32
     for axis in range(3):
         n_in = in3[axis]
-        scale = f32(n_in) / f32(out3[axis])
+        if align_corners:
+            scale = f32(n_in - 1) / f32(out3[axis] - 1) if out3[axis] > 1 else f32(0.0)
+        else:
+            scale = f32(n_in) / f32(out3[axis])
         for o in range(out3[axis]):
-            # One rounding after multiply-subtract, like PyTorch's FMA-contracted AVX2 kernels
-            # (the product of two float32 values is exact in float64).
-            src = f32(np.float64(scale) * np.float64(f32(o) + f32(0.5)) - 0.5)
+            if align_corners:
+                src = f32(scale * f32(o))
+            else:
+                # One rounding after multiply-subtract, like PyTorch's FMA-contracted AVX2
+                # kernels (the product of two float32 values is exact in float64).
+                src = f32(np.float64(scale) * np.float64(f32(o) + f32(0.5)) - 0.5)
             if src < f32(0.0):
                 src = f32(0.0)
             i0 = min(int(np.floor(src)), n_in - 1)
@@ -47,12 +53,14 @@ def _fill_tables(in3, out3, idx, wts):
             wts[axis, 1, o] = lam
 
 
-def _tables(in3: tuple[int, ...], out3: tuple[int, ...]) -> tuple[NDArray, NDArray]:
+def _tables(in3: tuple[int, ...], out3: tuple[int, ...],
+            align_corners: bool = False) -> tuple[NDArray, NDArray]:
     """Stacked tables: ``idx[axis, tap, o]`` int64 and ``wts[axis, tap, o]`` float32."""
     length = max(out3)
     idx = np.empty((3, 2, length), dtype=np.int64)  # entries past out3[axis] are never read
     wts = np.empty((3, 2, length), dtype=np.float32)
-    _fill_tables(np.asarray(in3, dtype=np.int64), np.asarray(out3, dtype=np.int64), idx, wts)
+    _fill_tables(np.asarray(in3, dtype=np.int64), np.asarray(out3, dtype=np.int64), idx, wts,
+                 align_corners)
     return idx, wts
 
 
@@ -115,14 +123,14 @@ def _resize_kernel(x, idx, wts, out, row_min, row_max):
 
 
 def _resize_padded(
-    raw: ArrayLike, out_shape: int | tuple[int, ...] | list[int]
+    raw: ArrayLike, out_shape: int | tuple[int, ...] | list[int], align_corners: bool = False
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], tuple[int, ...]]:
     """Run the kernel; returns padded output ``(N, Do, Ho, Wo)``, row min, row max, out shape."""
     x = as_f32(raw)
     spatial = check_spatial(x, "raw", leading=1)
     shape = normalize_out_shape(out_shape, len(spatial))
     in3, out3 = pad3(spatial), pad3(shape)
-    idx, wts = _tables(in3, out3)
+    idx, wts = _tables(in3, out3, align_corners)
     n_items = x.shape[0]
     x3 = x.reshape((n_items, *in3))
     out = np.empty((n_items, *out3), dtype=np.float32)
@@ -133,13 +141,14 @@ def _resize_padded(
     return out, row_min, row_max, shape
 
 
-def resize(raw: ArrayLike, out_shape: int | tuple[int, ...] | list[int]) -> NDArray[np.float32]:
+def resize(raw: ArrayLike, out_shape: int | tuple[int, ...] | list[int],
+           align_corners: bool = False) -> NDArray[np.float32]:
     """Resize ``(N, *spatial) -> (N, *out_shape)`` (1 to 3 spatial axes).
 
     Same result as ``F.interpolate(x[:, None], size=out_shape, mode="linear" | "bilinear" |
-    "trilinear", align_corners=False)[:, 0]``.
+    "trilinear", align_corners=align_corners)[:, 0]``.
     """
-    out, _, _, shape = _resize_padded(raw, out_shape)
+    out, _, _, shape = _resize_padded(raw, out_shape, align_corners)
     return out.reshape((out.shape[0], *shape))
 
 

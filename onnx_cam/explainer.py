@@ -17,8 +17,9 @@ from .errors import (
 )
 from .explanation import Explanation
 from .graph.cam_model import CamModel, build_cam_model
-from .methods import get_method
+from .methods import LayerBatch, get_method
 from .model import Layer, Model
+from .probes import Probe
 from .runtime import RuntimeOptions, make_session
 
 
@@ -50,6 +51,7 @@ class Explainer:
         self.runtime = runtime or RuntimeOptions()
         self.class_names = list(class_names) if class_names is not None else None
         self._sessions: dict[tuple, tuple] = {}
+        self._probes: dict[tuple, Probe] = {}
         if not self.model.layers:
             raise UnsupportedModelError(
                 "The model has no layer a CAM can be computed on: no tensor with channel and "
@@ -80,8 +82,12 @@ class Explainer:
 
     # ---- explaining ---------------------------------------------------------------------
     def explain(self, x, targets=None, layers="auto", methods="gradcam", foils=None,
-                batch_size: int = 64) -> Explanation:
-        """CAMs of `x` for each method and layer; see Explanation for what it holds."""
+                batch_size: int = 64, eigen_smooth: bool = False) -> Explanation:
+        """CAMs of `x` for each method and layer; see Explanation for what it holds.
+
+        eigen_smooth=True replaces each method's channel sum by the first principal component
+        of its weighted activations (pytorch-grad-cam's eigen_smooth).
+        """
         x = self._check_input(x)
         chosen = self._resolve_layers(layers)
         method_objs = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
@@ -91,12 +97,14 @@ class Explainer:
         cams = {k: np.empty((n, *spatial), np.float32) for k in keys}
         ranges = {k: np.empty((n, 2), np.float32) for k in keys}
         raws: dict[tuple[str, str], np.ndarray] = {}
+        probe = self._probe(spatial, batch_size)
 
-        def consume(start, acts, grads):
+        def consume(start, xb, seeds, acts, grads):
             for layer, a, g in zip(chosen, acts, grads):
+                batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe)
                 for method in method_objs:
                     key = (method.name, layer.name)
-                    raw = method.raw(a, g)
+                    raw = method.raw(batch, eigen_smooth)
                     if key not in raws:
                         raws[key] = np.empty((n, *raw.shape[1:]), np.float32)
                     raws[key][start:start + len(raw)] = raw
@@ -117,7 +125,7 @@ class Explainer:
         chosen = self._resolve_layers(layers)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
 
-        def consume(start, acts, grads):
+        def consume(start, xb, seeds, acts, grads):
             for layer, a, g in zip(chosen, acts, grads):
                 parts[layer.name][0].append(a)
                 parts[layer.name][1].append(g)
@@ -149,11 +157,19 @@ class Explainer:
                 feeds[cam_model.seed_name] = _seed(target_ids, foil_ids, start, len(xb), k)
             results = session.run(outputs, feeds)
             logits[start:start + len(xb)] = results[0]
+            seeds = feeds[cam_model.seed_name] if seeded else _one_hot(results[0])
             m = len(chosen)
-            consume(start, results[1:1 + m], results[1 + m:])
+            consume(start, xb, seeds, results[1:1 + m], results[1 + m:])
         if target_ids is None:
             target_ids = logits.argmax(1)
         return logits, target_ids, foil_ids
+
+    def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
+        if spatial not in self._probes:
+            self._probes[spatial] = Probe(self.model, self.runtime, spatial, batch_size)
+        probe = self._probes[spatial]
+        probe.batch_size = batch_size
+        return probe
 
     def _session(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool):
         key = (tensors, spatial, seeded)
@@ -241,4 +257,11 @@ def _seed(targets: np.ndarray, foils: np.ndarray | None, start: int, count: int,
     seed[rows, targets[start:start + count]] += 1.0
     if foils is not None:
         seed[rows, foils[start:start + count]] -= 1.0
+    return seed
+
+
+def _one_hot(logits: np.ndarray) -> np.ndarray:
+    """The seed the graph used when explaining the predicted class."""
+    seed = np.zeros_like(logits)
+    seed[np.arange(len(logits)), logits.argmax(1)] = 1.0
     return seed

@@ -1,6 +1,20 @@
 """CAM methods, selectable by name in Explainer.explain(methods=...)."""
 
-from .base import METHODS, CamMethod, get_method
-from .gradient import GradCAM, HiResCAM
+from .base import METHODS, CamMethod, LayerBatch, get_method
+from .eigen import EigenCAM
+from .gradient import (
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from .perturbation import AblationCAM, ScoreCAM
 
-__all__ = ["METHODS", "CamMethod", "GradCAM", "HiResCAM", "get_method"]
+__all__ = [
+    "METHODS", "AblationCAM", "CamMethod", "EigenCAM", "EigenGradCAM", "GradCAM",
+    "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "LayerBatch", "LayerCAM", "ScoreCAM",
+    "XGradCAM", "get_method",
+]

@@ -2,32 +2,99 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from .. import kernels
 from ..errors import MethodError
+
+if TYPE_CHECKING:
+    from ..probes import Probe
 
 METHODS: dict[str, type[CamMethod]] = {}
 
 
+@dataclass
+class LayerBatch:
+    """What a method sees for one layer and one batch of items."""
+
+    activations: np.ndarray            # (n, C, *layer_spatial)
+    gradients: np.ndarray | None       # d score / d activations, None for gradient-free runs
+    inputs: np.ndarray                 # (n, C_in, *input_spatial), the model's input
+    seeds: np.ndarray                  # (n, classes): the score each item explains is seed . logits
+    layer: str = ""                    # the layer's ONNX tensor name
+    probe: Probe | None = None         # extra forward passes (Score-CAM, Ablation-CAM)
+
+
+def first_component(maps: np.ndarray) -> np.ndarray:
+    """Per item, the projection of the (positions x channels) matrix on its first principal axis.
+
+    maps: (n, C, *spatial) -> (n, *spatial). Centred per channel before the SVD, as in
+    EigenCAM (Muhammad & Yeasin 2020) and pytorch-grad-cam's get_2d_projection.
+    The singular vector's sign is arbitrary (LAPACK's choice); it is oriented so that the
+    projection correlates positively with the channel sum of `maps`, which makes the map
+    deterministic. pytorch-grad-cam keeps LAPACK's sign.
+    """
+    n, c = maps.shape[:2]
+    flat = np.nan_to_num(maps.reshape(n, c, -1)).transpose(0, 2, 1).astype(np.float64)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    out = np.empty(flat.shape[:2], np.float32)
+    for i in range(n):
+        _, _, vt = np.linalg.svd(centred[i], full_matrices=False)
+        projection = centred[i] @ vt[0]
+        total = centred[i].sum(axis=1)
+        out[i] = -projection if projection @ total < 0 else projection
+    return out.reshape((n, *maps.shape[2:]))
+
+
 class CamMethod:
-    """Turns a layer's activations and score gradients into raw CAMs (N, *layer_spatial)."""
+    """Turns a layer's activations (and score gradients) into raw CAMs (n, *layer_spatial)."""
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
-
-    def raw(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    uses_gradients: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        for key in (cls.name, *cls.aliases):
-            METHODS[_key(key)] = cls
+        if "name" in cls.__dict__:
+            for key in (cls.name, *cls.aliases):
+                METHODS[_key(key)] = cls
+
+    def raw(self, batch: LayerBatch, eigen_smooth: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+
+class WeightedChannels(CamMethod):
+    """Methods whose map is ReLU(sum_c w_c A_c): they only define the channel weights."""
+
+    def weights(self, batch: LayerBatch) -> np.ndarray:
+        raise NotImplementedError
+
+    def raw(self, batch: LayerBatch, eigen_smooth: bool = False) -> np.ndarray:
+        w = self.weights(batch).astype(np.float32)
+        if eigen_smooth:
+            weighted = w.reshape(w.shape + (1,) * (batch.activations.ndim - 2)) * batch.activations
+            return np.maximum(first_component(weighted), 0)
+        return kernels.weighted_channel_sum(batch.activations, w)
+
+
+class ElementwiseChannels(CamMethod):
+    """Methods whose map is ReLU(sum_c M_c) for a per-position channel map M."""
+
+    def elementwise(self, batch: LayerBatch) -> np.ndarray:
+        raise NotImplementedError
+
+    def raw(self, batch: LayerBatch, eigen_smooth: bool = False) -> np.ndarray:
+        maps = self.elementwise(batch)
+        if eigen_smooth:
+            return np.maximum(first_component(maps), 0)
+        return np.maximum(maps.sum(axis=1, dtype=np.float32), 0)
 
 
 def _key(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
+    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
 def get_method(name: str) -> CamMethod:

@@ -5,24 +5,92 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from .base import CamMethod
+from .base import CamMethod, ElementwiseChannels, LayerBatch, WeightedChannels, first_component
 
 
-class GradCAM(CamMethod):
-    """Selvaraju et al. 2017: channel weights are the spatial mean of the gradient."""
+def _spatial_sum(x: np.ndarray) -> np.ndarray:
+    return x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2)
+
+
+def _per_channel(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return values.reshape(values.shape + (1,) * (like.ndim - 2))
+
+
+class GradCAM(WeightedChannels):
+    """Selvaraju et al., ICCV 2017: weights are the spatial mean of the gradient."""
 
     name = "gradcam"
     aliases = ("grad-cam",)
 
-    def raw(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-        return kernels.weighted_channel_sum(activations, kernels.spatial_mean(gradients))
+    def weights(self, batch: LayerBatch) -> np.ndarray:
+        return kernels.spatial_mean(batch.gradients)
 
 
-class HiResCAM(CamMethod):
-    """Draelos & Carin 2020: the element-wise product of gradient and activation, summed."""
+class GradCAMPlusPlus(WeightedChannels):
+    """Chattopadhay et al., WACV 2018: positive gradients weighted by alpha (their eq. 19)."""
+
+    name = "gradcam++"
+    aliases = ("gradcampp", "gradcamplusplus")
+
+    def weights(self, batch: LayerBatch) -> np.ndarray:
+        g, a = batch.gradients, batch.activations
+        g2 = g * g
+        denominator = 2 * g2 + _per_channel(_spatial_sum(a), a) * g2 * g + 1e-6
+        alpha = np.where(g != 0, g2 / denominator, 0)
+        return _spatial_sum(np.maximum(g, 0) * alpha)
+
+
+class XGradCAM(WeightedChannels):
+    """Fu et al., BMVC 2020: gradients weighted by the normalised activations."""
+
+    name = "xgradcam"
+    aliases = ("xgrad-cam",)
+
+    def weights(self, batch: LayerBatch) -> np.ndarray:
+        g, a = batch.gradients, batch.activations
+        return _spatial_sum(g * a / (_per_channel(_spatial_sum(a), a) + 1e-7))
+
+
+class HiResCAM(ElementwiseChannels):
+    """Draelos & Carin, 2020: the element-wise product of gradient and activation, summed."""
 
     name = "hirescam"
     aliases = ("hires-cam",)
 
-    def raw(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-        return kernels.elementwise_channel_sum(activations, gradients)
+    def elementwise(self, batch: LayerBatch) -> np.ndarray:
+        return batch.gradients * batch.activations
+
+    def raw(self, batch: LayerBatch, eigen_smooth: bool = False) -> np.ndarray:
+        if eigen_smooth:
+            return super().raw(batch, eigen_smooth)
+        return kernels.elementwise_channel_sum(batch.activations, batch.gradients)
+
+
+class GradCAMElementWise(ElementwiseChannels):
+    """pytorch-grad-cam's element-wise Grad-CAM: ReLU of gradient x activation, then summed."""
+
+    name = "gradcamelementwise"
+    aliases = ("gradcam-elementwise",)
+
+    def elementwise(self, batch: LayerBatch) -> np.ndarray:
+        return np.maximum(batch.gradients * batch.activations, 0)
+
+
+class LayerCAM(ElementwiseChannels):
+    """Jiang et al., IEEE TIP 2021: activations weighted by the positive gradient, per position."""
+
+    name = "layercam"
+    aliases = ("layer-cam",)
+
+    def elementwise(self, batch: LayerBatch) -> np.ndarray:
+        return np.maximum(batch.gradients, 0) * batch.activations
+
+
+class EigenGradCAM(CamMethod):
+    """First principal component of gradient x activation (pytorch-grad-cam's EigenGradCAM)."""
+
+    name = "eigengradcam"
+    aliases = ("eigen-grad-cam",)
+
+    def raw(self, batch: LayerBatch, eigen_smooth: bool = False) -> np.ndarray:
+        return np.maximum(first_component(batch.gradients * batch.activations), 0)

@@ -1,0 +1,63 @@
+"""Sub-models of the original graph: the whole forward pass to the score, or only its head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..model import Model
+
+
+@dataclass(frozen=True)
+class SubModel:
+    proto: onnx.ModelProto
+    input_names: tuple[str, ...]   # in the order the caller feeds them
+    score_name: str
+
+
+def _finish(model: Model, graph: gs.Graph, inputs: list, score) -> SubModel:
+    out = gs.Variable("onnx_cam_score", dtype=np.float32, shape=score.shape)
+    graph.nodes.append(gs.Node("Identity", "onnx_cam_score/expose", inputs=[score],
+                               outputs=[out]))
+    graph.inputs, graph.outputs = inputs, [out]
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    proto = gs.export_onnx(graph, do_type_check=False)
+    proto.ir_version = model.proto.ir_version
+    del proto.metadata_props[:]
+    return SubModel(proto, tuple(t.name for t in inputs), out.name)
+
+
+def score_model(model: Model, spatial_shape: tuple[int, ...]) -> SubModel:
+    """The model from its input to the score (the logits before any final softmax)."""
+    graph = model.graph(spatial_shape)
+    tensors = graph.tensors()
+    return _finish(model, graph, [tensors[model.input_name]], tensors[model.score_name])
+
+
+def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubModel:
+    """The part of the model above `layer`: inputs (layer[, model input]) -> score.
+
+    Walking back from the score and stopping at the layer ends only at constants, the layer,
+    or the model's input (a skip connection around the layer); the input is then fed too.
+    """
+    graph = model.graph(spatial_shape)
+    tensors = graph.tensors()
+    layer_tensor, model_input = tensors[layer], tensors[model.input_name]
+    needs_input, seen = False, set()
+    stack = [tensors[model.score_name]]
+    while stack:
+        tensor = stack.pop()
+        if tensor.name in seen or tensor is layer_tensor or isinstance(tensor, gs.Constant):
+            continue
+        seen.add(tensor.name)
+        if tensor is model_input:
+            needs_input = True
+        for node in tensor.inputs:
+            stack.extend(node.inputs)
+    inputs = [layer_tensor] + ([model_input] if needs_input else [])
+    for node in list(layer_tensor.inputs):
+        node.outputs = [o for o in node.outputs if o is not layer_tensor]
+    return _finish(model, graph, inputs, tensors[model.score_name])

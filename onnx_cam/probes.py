@@ -1,0 +1,54 @@
+"""Extra forward passes for perturbation methods, batched through ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph.cut import SubModel, head_model, score_model
+from .model import Model
+from .runtime import RuntimeOptions, make_session
+
+
+class Probe:
+    """Scores (seed . logits) of modified inputs, or of modified activations of one layer."""
+
+    def __init__(self, model: Model, runtime: RuntimeOptions, spatial_shape: tuple[int, ...],
+                 batch_size: int):
+        self._model, self._runtime, self._spatial = model, runtime, spatial_shape
+        self.batch_size = batch_size
+        self._sessions: dict[str | None, tuple[SubModel, object]] = {}
+
+    def _session(self, layer: str | None):
+        if layer not in self._sessions:
+            sub = (score_model(self._model, self._spatial) if layer is None
+                   else head_model(self._model, layer, self._spatial))
+            self._sessions[layer] = (sub, make_session(sub.proto, self._runtime))
+        return self._sessions[layer]
+
+    def _run(self, layer: str | None, feeds: list[np.ndarray], seed: np.ndarray) -> np.ndarray:
+        sub, session = self._session(layer)
+        count = len(feeds[0])
+        scores = np.empty(count, np.float32)
+        for start in range(0, count, self.batch_size):
+            chunk = {name: np.ascontiguousarray(f[start:start + self.batch_size], np.float32)
+                     for name, f in zip(sub.input_names, feeds)}
+            logits = session.run([sub.score_name], chunk)[0]
+            scores[start:start + len(logits)] = logits @ seed
+        return scores
+
+    def input_scores(self, inputs: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        """seed . logits for each of `inputs` (m, C_in, *spatial) -> (m,)."""
+        return self._run(None, [inputs], seed)
+
+    def head_scores(self, layer: str, activations: np.ndarray, item_input: np.ndarray,
+                    seed: np.ndarray) -> np.ndarray:
+        """seed . logits with `layer`'s activations replaced, (m, C, *s) -> (m,).
+
+        `item_input` is the one input item whose activations were modified; it is repeated
+        when the head also reads the model input (a skip connection around the layer).
+        """
+        sub, _ = self._session(layer)
+        feeds = [activations]
+        if len(sub.input_names) > 1:
+            feeds.append(np.broadcast_to(item_input, (len(activations), *item_input.shape)))
+        return self._run(layer, feeds, seed)
