@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 
 from . import kernels
 from .errors import (
@@ -68,6 +69,11 @@ class Explainer:
         return [layer.name for layer in self.model.layers]
 
     @property
+    def layer_info(self) -> list[Layer]:
+        """Candidate layers with their ONNX tensor, producing op, shape and every alias."""
+        return list(self.model.layers)
+
+    @property
     def head(self) -> str | None:
         """The final Softmax / LogSoftmax / Sigmoid whose input is explained, if any."""
         return self.model.head
@@ -76,9 +82,14 @@ class Explainer:
     def num_classes(self) -> int:
         return self.model.num_classes
 
+    def save_model(self, path) -> None:
+        """Write the ONNX model being explained (e.g. the one exported from torch)."""
+        onnx.save(self.model.proto, path)
+
     def __repr__(self) -> str:
+        more = ", ..." if len(self.layers) > 4 else ""
         return (f"Explainer(input={self.model.input_name} {self.model.input_shape}, "
-                f"head={self.head}, layers={self.layers[:4]}...)")
+                f"head={self.head}, layers={self.layers[:4]}{more}, auto={self.layers[0]!r})")
 
     # ---- explaining ---------------------------------------------------------------------
     def explain(self, x, targets=None, layers="auto", methods="gradcam", foils=None,

@@ -44,10 +44,7 @@ class Explanation:
             if len(self.methods) != 1:
                 raise MethodError(f"Several methods were computed ({self.methods}); name one.")
             method = self.methods[0]
-        try:
-            method = get_method(method).name
-        except MethodError:
-            raise
+        method = get_method(method).name
         if method not in self.methods:
             raise MethodError(f"Method {method!r} was not computed; computed: {self.methods}.")
         if layer is None:
@@ -101,6 +98,9 @@ class Explanation:
         try:
             with os.fdopen(fd, "wb") as handle:
                 np.savez_compressed(handle, **arrays)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
