@@ -15,28 +15,26 @@ For each modality the script
 It also writes the exported models (model_*.onnx) and one saved Explanation (explanation_2d.npz).
 """
 
-from __future__ import annotations
-
 import argparse
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from matplotlib.collections import LineCollection
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from torch import nn  # noqa: E402
+import onnx_cam
 
-import onnx_cam  # noqa: E402
-from onnx_cam.kernels import overlay  # noqa: E402
+matplotlib.use("Agg")  # files only, no window
 
 METHODS = ["gradcam", "hirescam"]
+N_TEST = 60  # held-out items per modality (the first ones of each set)
 TITLES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 
 
@@ -55,29 +53,23 @@ def make_1d(n, rng):
     return x, y, region
 
 
-def shape_2d(cls, d, grow=0.0):
-    """Square, disc or cross around the centre; d = |offsets| along (y, x)."""
-    dy, dx = d
-    if cls == 0:
-        return np.maximum(dy, dx) <= 6 + grow
-    if cls == 1:
-        return dy**2 + dx**2 <= (7.5 + grow) ** 2
-    return (np.minimum(dy, dx) <= 2 + grow) & (np.maximum(dy, dx) <= 8 + grow)
+# Object masks from |offsets to the centre| (one array per axis); g grows them by g pixels.
+SHAPES_2D = [
+    lambda dy, dx, g: np.maximum(dy, dx) <= 6 + g,  # filled square, 13 px
+    lambda dy, dx, g: dy**2 + dx**2 <= (7.5 + g) ** 2,  # disc, 15 px
+    lambda dy, dx, g: (np.minimum(dy, dx) <= 2 + g) & (np.maximum(dy, dx) <= 8 + g),  # cross
+]
+SHAPES_3D = [
+    lambda dz, dy, dx, g: dz**2 + dy**2 + dx**2 <= (3.5 + g) ** 2,  # ball, 7 voxels across
+    lambda dz, dy, dx, g: (np.maximum(dz, dy) <= 1 + g) & (dx <= 7 + g),  # bar, 3 x 3 x 15
+]
 
 
-def shape_3d(cls, d, grow=0.0):
-    """A ball or a bar (15 voxels long, 3 thick) around the centre; d along (z, y, x)."""
-    dz, dy, dx = d
-    if cls == 0:
-        return dz**2 + dy**2 + dx**2 <= (3.5 + grow) ** 2
-    return (np.maximum(dz, dy) <= 1 + grow) & (dx <= 7 + grow)
-
-
-def make_scenes(n, rng, size, shape_fn, n_classes, grow):
-    """1-channel noisy images/volumes with one bright object; region = object grown by `grow`
-    pixels, the tolerance of the pointing game."""
+def make_scenes(n, rng, size, shapes, *, grow):
+    """Noisy 1-channel images/volumes, one bright object (class = shape) each; region: the
+    object grown by `grow` pixels, the tolerance of the pointing game."""
     x = rng.normal(0, 0.3, (n, 1, *size)).astype(np.float32)
-    y = rng.integers(0, n_classes, n)
+    y = rng.integers(0, len(shapes), n)
     region = np.zeros((n, *size), bool)
     grid = np.ogrid[tuple(slice(s) for s in size)]
     for i in range(n):
@@ -85,13 +77,15 @@ def make_scenes(n, rng, size, shape_fn, n_classes, grow):
         d = [np.abs(g - c) for g, c in zip(grid, centre)]
         if rng.random() < 0.5:  # random in-plane orientation (turns the 3D bar)
             d[-2], d[-1] = d[-1], d[-2]
-        x[i, 0][shape_fn(y[i], d)] += 1.0
-        region[i] = shape_fn(y[i], d, grow)
+        x[i, 0][shapes[y[i]](*d, 0)] += 1.0
+        region[i] = shapes[y[i]](*d, grow)
     return x, y, region
 
 
 # ---- tiny CNNs ----------------------------------------------------------------------------
-def block(conv, bn, cin, cout, k=3):
+def block(dim, cin, cout, k=3):
+    """Conv -> BatchNorm -> ReLU in 1, 2 or 3 spatial dimensions."""
+    conv, bn = getattr(nn, f"Conv{dim}d"), getattr(nn, f"BatchNorm{dim}d")
     return nn.Sequential(conv(cin, cout, k, padding=k // 2), bn(cout), nn.ReLU())
 
 
@@ -100,53 +94,52 @@ class Residual(nn.Module):
 
     def __init__(self, c):
         super().__init__()
-        self.body = nn.Sequential(block(nn.Conv2d, nn.BatchNorm2d, c, c),
-                                  nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+        self.body = nn.Sequential(block(2, c, c), nn.Conv2d(c, c, 3, padding=1),
+                                  nn.BatchNorm2d(c))
 
     def forward(self, x):
         return torch.relu(x + self.body(x))
 
 
 def net_1d():
-    c, b = nn.Conv1d, nn.BatchNorm1d
     return nn.Sequential(OrderedDict(
-        block1=block(c, b, 2, 16, 7), pool1=nn.MaxPool1d(2),
-        block2=block(c, b, 16, 32, 5), pool2=nn.MaxPool1d(2),
-        block3=block(c, b, 32, 32, 5),
+        block1=block(1, 2, 16, 7), pool1=nn.MaxPool1d(2),
+        block2=block(1, 16, 32, 5), pool2=nn.MaxPool1d(2),
+        block3=block(1, 32, 32, 5),
         gap=nn.AdaptiveAvgPool1d(1), flatten=nn.Flatten(), fc=nn.Linear(32, 3),
         softmax=nn.Softmax(dim=1)))
 
 
 def net_2d():
-    c, b = nn.Conv2d, nn.BatchNorm2d
     return nn.Sequential(OrderedDict(
-        block1=block(c, b, 1, 16), pool1=nn.MaxPool2d(2),
-        block2=block(c, b, 16, 32), pool2=nn.MaxPool2d(2),
-        res=Residual(32),
-        gap=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(32, 3),
+        block1=block(2, 1, 8), pool1=nn.MaxPool2d(2),
+        block2=block(2, 8, 16), pool2=nn.MaxPool2d(2),
+        res=Residual(16),
+        gap=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(16, 3),
         softmax=nn.Softmax(dim=1)))
 
 
 def net_3d():  # no Softmax: onnx-cam then explains the logits directly
-    c, b = nn.Conv3d, nn.BatchNorm3d
     return nn.Sequential(OrderedDict(
-        block1=block(c, b, 1, 8), pool1=nn.MaxPool3d(2),
-        block2=block(c, b, 8, 16), block3=block(c, b, 16, 32),
-        gap=nn.AdaptiveAvgPool3d(1), flatten=nn.Flatten(), fc=nn.Linear(32, 2)))
+        block1=block(3, 1, 4), pool1=nn.MaxPool3d(2),
+        block2=block(3, 4, 8), block3=block(3, 8, 8),
+        gap=nn.AdaptiveAvgPool3d(1), flatten=nn.Flatten(), fc=nn.Linear(8, 2)))
 
 
-def train(net, x, y, epochs, lr=3e-3, batch=64):
-    """Adam on cross-entropy of the logits (the Softmax, if any, is skipped); train accuracy."""
+def train(net, x, y, epochs, batch=64, lr=1e-2):
+    """Adam + one-cycle schedule on the logits (a final Softmax is skipped); train accuracy."""
     logits = net[:-1] if isinstance(net[-1], nn.Softmax) else net
     opt = torch.optim.Adam(net.parameters(), lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, epochs=epochs,
+                                                steps_per_epoch=-(-len(x) // batch))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     net.train()
     for _ in range(epochs):
         for idx in torch.randperm(len(x)).split(batch):
-            loss = F.cross_entropy(logits(xt[idx]), yt[idx])
             opt.zero_grad()
-            loss.backward()
+            F.cross_entropy(logits(xt[idx]), yt[idx]).backward()
             opt.step()
+            sched.step()
     net.eval()
     with torch.no_grad():
         return (logits(xt).argmax(1) == yt).float().mean().item()
@@ -174,8 +167,7 @@ def plot_1d(x, y, region, res, names, items, path):
             cam = res.cam(method)[i]
             if region[i].any():
                 span = np.flatnonzero(region[i])
-                ax.axvspan(span[0], span[-1], color="0.85", label="planted event")
-                ax.legend(loc="upper right", fontsize=8)
+                ax.axvspan(span[0], span[-1], color="0.85")
             for ch, offset in enumerate((3.0, -3.0)):  # one line per channel, coloured by CAM
                 pts = np.stack([t, x[i, ch] + offset], 1)
                 lc = LineCollection(np.stack([pts[:-1], pts[1:]], 1), cmap="jet",
@@ -186,6 +178,7 @@ def plot_1d(x, y, region, res, names, items, path):
             ax.set(xlim=(0, len(t)), ylim=(-7, 7), yticks=[3, -3], yticklabels=["ch0", "ch1"],
                    title=f"{TITLES[method]}: {caption(res, names, y, i)}")
             fig.colorbar(lc, ax=ax, pad=0.01, label="CAM")
+    fig.suptitle("Each channel coloured by the CAM. Grey: planted event; dotted: CAM maximum")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -197,20 +190,21 @@ def to_unit(img):
 
 
 def plot_2d(x, y, region, res, names, items, path):
-    fig, axes = plt.subplots(len(items) // 2, 6, figsize=(15, 2.7 * len(items) // 2))
+    fig, axes = plt.subplots(len(items) // 2, 6, figsize=(14, 2.6 * len(items) // 2),
+                             layout="constrained")
     for k, i in enumerate(items):
         row = axes[k // 2, 3 * (k % 2):3 * (k % 2) + 3]
         row[0].imshow(to_unit(x[i, 0]), cmap="gray", vmin=0, vmax=1)
         row[0].set_title(caption(res, names, y, i), fontsize=9)
         for ax, method in zip(row[1:], METHODS):
             cam = res.cam(method)[i]
-            ax.imshow(overlay(to_unit(x[i, 0]), cam, alpha=0.5, cmap="jet"))
+            ax.imshow(onnx_cam.kernels.overlay(to_unit(x[i, 0]), cam, alpha=0.5, cmap="jet"))
             ax.plot(*np.unravel_index(cam.argmax(), cam.shape)[::-1], "w+", ms=12, mew=2)
             ax.set_title(TITLES[method], fontsize=9)
         for ax in row:
             ax.contour(region[i], levels=[0.5], colors="w", linewidths=0.8, linestyles="--")
             ax.set_axis_off()
-    fig.suptitle("dashed: planted shape + 2 px tolerance, +: CAM maximum")
+    fig.suptitle("Dashed: planted shape + 2 px tolerance; +: CAM maximum")
     fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, 1), "jet"), ax=axes, shrink=0.6,
                  label="CAM")
     fig.savefig(path, dpi=80)
@@ -218,66 +212,86 @@ def plot_2d(x, y, region, res, names, items, path):
 
 
 def plot_3d(x, y, region, res, names, items, path, step=2):
-    depths = range(0, x.shape[2], step)
+    """Every `step`-th depth slice: the input, then each method's overlay (+: CAM maximum)."""
+    depths = list(range(0, x.shape[2], step))
     rows = [(i, what) for i in items for what in ["input", *METHODS]]
-    fig, axes = plt.subplots(len(rows), len(depths), figsize=(1.6 * len(depths), 1.8 * len(rows)))
+    fig, axes = plt.subplots(len(rows), len(depths), figsize=(1.5 * len(depths), 1.6 * len(rows)))
     for r, (i, what) in enumerate(rows):
         vol = to_unit(x[i, 0])
-        shown = vol if what == "input" else overlay(vol, res.cam(what)[i], alpha=0.5, cmap="jet")
-        peak_z = np.unravel_index(res.cam(METHODS[0])[i].argmax(), vol.shape)[0]
+        if what == "input":
+            shown, peak = vol, None
+            axes[r, 0].set_ylabel(caption(res, names, y, i).replace(" | ", "\n"), fontsize=8)
+        else:
+            cam = res.cam(what)[i]
+            shown = onnx_cam.kernels.overlay(vol, cam, alpha=0.5, cmap="jet")
+            peak = np.unravel_index(cam.argmax(), cam.shape)
+            axes[r, 0].set_ylabel(TITLES[what], fontsize=8)
         for ax, z in zip(axes[r], depths):
             ax.imshow(shown[z], cmap="gray", vmin=0, vmax=1)
             if region[i, z].any():
                 ax.contour(region[i, z], levels=[0.5], colors="w", linewidths=0.6,
                            linestyles="--")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"z={z}" + (" (peak)" if abs(z - peak_z) < step and r % 3 == 1
-                                     else ""), fontsize=7)
-        label = caption(res, names, y, i) if what == "input" else TITLES[what]
-        axes[r, 0].set_ylabel(label.replace(" | ", "\n"), fontsize=7)
-    fig.suptitle("depth slices; dashed: planted object + 1 voxel tolerance")
+            if peak is not None and z <= peak[0] < z + step:
+                ax.plot(peak[2], peak[1], "w+", ms=10, mew=2)
+            ax.set(xticks=[], yticks=[])
+            ax.set_title(f"z={z}", fontsize=7)
+    fig.suptitle("Depth slices. Dashed: planted object + 1 voxel tolerance; +: CAM maximum")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-# ---- one modality from data to pictures -------------------------------------------------
-def run(name, data, net, names, epochs, plot, n_items, out):
-    torch.manual_seed(0)
-    (x, y, region), n_test = data, 60
-    t0 = time.perf_counter()
-    acc = train(net, x[n_test:], y[n_test:], epochs)
-    print(f"[{name}] trained in {time.perf_counter() - t0:.1f}s, train accuracy {acc:.1%}")
-
-    exp = onnx_cam.Explainer(net, example_input=x[:2], class_names=names)
-    onnx.save(exp.model.proto, out / f"model_{name}.onnx")
-    print(f"[{name}] {exp}\n[{name}] candidate layers, deepest first: {exp.layers}")
-    x_test, y_test, r_test = x[:n_test], y[:n_test], region[:n_test]
-    res = exp.explain(x_test, targets=None, layers="auto", methods=METHODS)
-    print(f"[{name}] {res}; test accuracy {(res.predicted == y_test).mean():.1%}; "
-          f"raw Grad-CAM {res.raw('gradcam').shape[1:]} -> cam {res.cam('gradcam').shape[1:]}")
-    items = [i for c in range(len(names)) for i in np.flatnonzero(y_test == c)[:n_items]]
-    plot(x_test, y_test, r_test, res, names, items, out / f"cam_{name}.png")
-    scores = {m: pointing_game(res.cam(m), r_test) for m in METHODS}
-    return res, scores
-
-
+# ---- main: train, explain, draw, score --------------------------------------------------
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    torch.set_num_threads(1)  # tiny nets gain little from threads; one stays fast on busy CPUs
+    torch.manual_seed(0)
     rng = np.random.default_rng(0)
+    tasks = {
+        "1d": dict(data=make_1d(960, rng), net=net_1d(), classes=["sine", "square", "none"],
+                   epochs=4, batch=32, plot=plot_1d, per_class=1),
+        "2d": dict(data=make_scenes(960, rng, (64, 64), SHAPES_2D, grow=2.0), net=net_2d(),
+                   classes=["square", "disc", "cross"], epochs=6, batch=32, plot=plot_2d,
+                   per_class=2),
+        "3d": dict(data=make_scenes(460, rng, (16, 32, 32), SHAPES_3D, grow=1.0),
+                   net=net_3d(), classes=["ball", "bar"], epochs=3, batch=16, plot=plot_3d,
+                   per_class=1),
+    }
+    # 1. Train each net on all but the first N_TEST items.
+    for name, t in tasks.items():
+        x, y, _ = t["data"]
+        t0 = time.perf_counter()
+        acc = train(t["net"], x[N_TEST:], y[N_TEST:], t["epochs"], batch=t["batch"])
+        print(f"[{name}] trained in {time.perf_counter() - t0:.1f}s: train accuracy {acc:.1%}")
+
+    # 2. Explain the held-out items with onnx-cam, draw a few, play the pointing game.
     summary = {}
-    _, summary["1d"] = run("1d", make_1d(1260, rng), net_1d(), ["sine", "square", "none"],
-                           8, plot_1d, 1, out)
-    res2d, summary["2d"] = run("2d", make_scenes(1260, rng, (64, 64), shape_2d, 3, 2.0),
-                               net_2d(), ["square", "disc", "cross"], 6, plot_2d, 2, out)
-    res2d.save(out / "explanation_2d.npz")
-    _, summary["3d"] = run("3d", make_scenes(660, rng, (16, 32, 32), shape_3d, 2, 1.0),
-                           net_3d(), ["ball", "bar"], 6, plot_3d, 1, out)
+    for name, t in tasks.items():
+        x, y, region = (a[:N_TEST] for a in t["data"])
+        exp = onnx_cam.Explainer(t["net"], example_input=x[:2], class_names=t["classes"])
+        onnx.save(exp.model.proto, out / f"model_{name}.onnx")
+        print(f"[{name}] {exp}\n[{name}] candidate layers, deepest first: {exp.layers}")
+        res = exp.explain(x, targets=None, layers="auto", methods=METHODS)
+        print(f"[{name}] {res}: held-out accuracy {(res.predicted == y).mean():.1%}, "
+              f"raw map {res.raw('gradcam').shape[1:]} -> cam {res.cam('gradcam').shape[1:]}, "
+              f"item 0 score range {res.score_range('gradcam')[0].round(3)}")
+        if name == "2d":
+            res.save(out / "explanation_2d.npz")  # onnx_cam.Explanation.load() reads it back
+            # Right before GAP + Linear the score's gradient is uniform in space, so Grad-CAM
+            # and HiResCAM coincide; on a layer deeper inside the net they differ.
+            for r in (res, exp.explain(x, layers="pool2", methods=METHODS)):
+                hits = " / ".join(f"{pointing_game(r.cam(m), region)[0]:.0%}" for m in METHODS)
+                print(f"[2d] layer {r.layers[0]}: mean |Grad-CAM - HiResCAM| = "
+                      f"{np.abs(r.cam('gradcam') - r.cam('hirescam')).mean():.3f}, "
+                      f"pointing game {hits}")
+        items = [i for c in range(len(t["classes"]))
+                 for i in np.flatnonzero(y == c)[:t["per_class"]]]
+        t["plot"](x, y, region, res, t["classes"], items, out / f"cam_{name}.png")
+        summary[name] = {m: pointing_game(res.cam(m), region) for m in METHODS}
 
     print("\nPointing game: share of held-out items whose CAM maximum is on the planted object")
     for name, scores in summary.items():
