@@ -17,11 +17,12 @@ from .errors import (
     UnsupportedModelError,
 )
 from .explanation import Explanation
-from .graph.cam_model import CamModel, build_cam_model
+from .graph.cam_model import SCORES, CamModel, build_cam_model
 from .methods import LayerBatch, get_method
 from .model import Layer, Model
 from .probes import Probe
 from .runtime import RuntimeOptions, make_session
+from .targets import TargetPlan, plan_targets
 
 
 def _as_model_source(model, example_input):
@@ -92,18 +93,27 @@ class Explainer:
                 f"head={self.head}, layers={self.layers[:4]}{more}, auto={self.layers[0]!r})")
 
     # ---- explaining ---------------------------------------------------------------------
-    def explain(self, x, targets=None, layers="auto", methods="gradcam", foils=None,
-                batch_size: int = 64, eigen_smooth: bool = False) -> Explanation:
+    def explain(self, x, targets=None, layers="auto", methods="gradcam", foils=None, *,
+                score: str = "logits", batch_size: int = 64,
+                eigen_smooth: bool = False) -> Explanation:
         """CAMs of `x` for each method and layer; see Explanation for what it holds.
 
-        eigen_smooth=True replaces each method's channel sum by the first principal component
-        of its weighted activations (pytorch-grad-cam's eigen_smooth).
+        targets: None (each item's predicted class), "all", "top<k>", a class index or name
+        for every item, or one entry per item (an entry may list several classes). foils: the
+        class(es) each target is contrasted with. Every (item, target, foil) is one row of the
+        result; `res.items` maps rows back to input items.
+        score: "logits" (default: the exact logits before a final softmax / sigmoid),
+        "log_probs" or "probs".
+        eigen_smooth: replace each method's channel sum by the first principal component of
+        its weighted activations (pytorch-grad-cam's eigen_smooth).
         """
         x = self._check_input(x)
         chosen = self._resolve_layers(layers)
         method_objs = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
         method_names = [m.name for m in method_objs]
-        n, spatial = len(x), x.shape[2:]
+        plan = self._plan(x, targets, foils, batch_size)
+        rows = x if plan is None or plan.is_identity else x[plan.items]
+        n, spatial = len(rows), x.shape[2:]
         keys = [(m, layer.name) for m in method_names for layer in chosen]
         cams = {k: np.empty((n, *spatial), np.float32) for k in keys}
         ranges = {k: np.empty((n, 2), np.float32) for k in keys}
@@ -123,17 +133,23 @@ class Explainer:
                     cams[key][start:start + len(raw)] = cam
                     ranges[key][start:start + len(raw)] = rng
 
-        logits, target_ids, foil_ids = self._run(x, targets, foils, chosen, batch_size, consume)
+        logits = self._run(rows, plan, chosen, score, batch_size, consume)
+        predicted = logits.argmax(1)
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
-        return Explanation(logits, self._probs(logits), logits.argmax(1), target_ids, foil_ids,
-                           method_names, [layer.name for layer in chosen], cams, raws, ranges,
-                           self.head, self.class_names, aliases)
+        return Explanation(
+            logits, self._probs(logits), predicted,
+            predicted if plan is None else plan.targets, None if plan is None else plan.foils,
+            method_names, [layer.name for layer in chosen], cams, raws, ranges, self.head,
+            self.class_names, aliases, np.arange(n) if plan is None else plan.items, score)
 
-    def activations_and_gradients(self, x, targets=None, layers="auto", foils=None,
-                                  batch_size: int = 64):
-        """Logits and, per layer name, (activations, d score / d activations) as arrays."""
+    def activations_and_gradients(self, x, targets=None, layers="auto", foils=None, *,
+                                  score: str = "logits", batch_size: int = 64):
+        """Logits and, per layer name, (activations, d score / d activations), one row per
+        (item, target, foil) as in explain()."""
         x = self._check_input(x)
         chosen = self._resolve_layers(layers)
+        plan = self._plan(x, targets, foils, batch_size)
+        rows = x if plan is None or plan.is_identity else x[plan.items]
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
 
         def consume(start, xb, seeds, acts, grads):
@@ -141,39 +157,41 @@ class Explainer:
                 parts[layer.name][0].append(a)
                 parts[layer.name][1].append(g)
 
-        logits, _, _ = self._run(x, targets, foils, chosen, batch_size, consume)
+        logits = self._run(rows, plan, chosen, score, batch_size, consume)
         return logits, {name: (np.concatenate(a), np.concatenate(g))
                         for name, (a, g) in parts.items()}
 
     # ---- internals ----------------------------------------------------------------------
-    def _run(self, x, targets, foils, chosen: list[Layer], batch_size: int, consume):
+    def _plan(self, x: np.ndarray, targets, foils, batch_size: int) -> TargetPlan | None:
+        def predict() -> np.ndarray:
+            probe = self._probe(x.shape[2:], batch_size)
+            return probe.logits(x)
+        return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict)
+
+    def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer], score: str,
+             batch_size: int, consume) -> np.ndarray:
         """Run the rewritten model batch by batch; hand each batch's arrays to `consume`."""
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-        n = len(x)
-        target_ids = None if targets is None else self._class_ids(targets, n, "target")
-        foil_ids = None if foils is None else self._class_ids(foils, n, "foil")
-        if foil_ids is not None and target_ids is None:
-            raise TargetError("Contrastive explanations (foils=) need explicit targets=.")
-        seeded = target_ids is not None
+        if score not in SCORES:
+            raise TargetError(f"score={score!r} is not one of {SCORES}.")
+        seeded = plan is not None
         cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
-                                           tuple(x.shape[2:]), seeded)
-        k = self.num_classes
+                                           tuple(rows.shape[2:]), seeded, score)
+        n, k = len(rows), self.num_classes
         logits = np.empty((n, k), np.float32)
         outputs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
+        m = len(chosen)
         for start in range(0, n, batch_size):
-            xb = np.ascontiguousarray(x[start:start + batch_size])
+            xb = np.ascontiguousarray(rows[start:start + batch_size])
             feeds = {cam_model.input_name: xb}
             if seeded:
-                feeds[cam_model.seed_name] = _seed(target_ids, foil_ids, start, len(xb), k)
+                feeds[cam_model.seed_name] = _seed(plan, start, len(xb), k)
             results = session.run(outputs, feeds)
             logits[start:start + len(xb)] = results[0]
             seeds = feeds[cam_model.seed_name] if seeded else _one_hot(results[0])
-            m = len(chosen)
             consume(start, xb, seeds, results[1:1 + m], results[1 + m:])
-        if target_ids is None:
-            target_ids = logits.argmax(1)
-        return logits, target_ids, foil_ids
+        return logits
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
         if spatial not in self._probes:
@@ -182,11 +200,12 @@ class Explainer:
         probe.batch_size = batch_size
         return probe
 
-    def _session(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool):
-        key = (tensors, spatial, seeded)
+    def _session(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool,
+                 score: str):
+        key = (tensors, spatial, seeded, score)
         if key not in self._sessions:
             cam_model: CamModel = build_cam_model(self.model, list(tensors), spatial,
-                                                  "input" if seeded else "prediction")
+                                                  "input" if seeded else "prediction", score)
             self._sessions[key] = (cam_model, make_session(cam_model.proto, self.runtime))
         return self._sessions[key]
 
@@ -202,32 +221,6 @@ class Explainer:
             if layer not in chosen:
                 chosen.append(layer)
         return chosen
-
-    def _class_ids(self, value, n: int, what: str) -> np.ndarray:
-        k = self.num_classes
-        items = [value] * n if np.ndim(value) == 0 else list(value)
-        if len(items) != n:
-            raise TargetError(f"{len(items)} {what}s given for {n} items; give one per item "
-                              "or a single one for all.")
-        ids = np.empty(n, np.int64)
-        for i, item in enumerate(items):
-            if isinstance(item, str):
-                if self.class_names is None or item not in self.class_names:
-                    raise TargetError(
-                        f"Unknown class name {item!r} for {what} of item {i}. "
-                        + ("Give class_names= to the Explainer." if self.class_names is None
-                           else f"Known classes: {self.class_names}.")
-                    )
-                ids[i] = self.class_names.index(item)
-            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                if not 0 <= item < k:
-                    raise TargetError(f"{what.capitalize()} {item} of item {i} is out of range:"
-                                      f" the model scores classes 0..{k - 1}.")
-                ids[i] = item
-            else:
-                raise TargetError(f"{what.capitalize()} of item {i} is {item!r}; give a class "
-                                  "index or a class name.")
-        return ids
 
     def _check_input(self, x) -> np.ndarray:
         try:
@@ -260,14 +253,13 @@ class Explainer:
         return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _seed(targets: np.ndarray, foils: np.ndarray | None, start: int, count: int,
-          classes: int) -> np.ndarray:
-    """One row per item: +1 on the target class, -1 on the foil (contrastive) if any."""
+def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:
+    """One row per map: +1 on the target class, -1 on the foil (contrastive) if any."""
     seed = np.zeros((count, classes), np.float32)
     rows = np.arange(count)
-    seed[rows, targets[start:start + count]] += 1.0
-    if foils is not None:
-        seed[rows, foils[start:start + count]] -= 1.0
+    seed[rows, plan.targets[start:start + count]] += 1.0
+    if plan.foils is not None:
+        seed[rows, plan.foils[start:start + count]] -= 1.0
     return seed
 
 

@@ -37,6 +37,12 @@ class Explanation:
     head: str | None = None
     class_names: list[str] | None = None
     layer_aliases: dict[str, str] = field(default_factory=dict)
+    items: np.ndarray | None = None   # (rows,) input item of each row; None: row i is item i
+    score: str = "logits"
+
+    def __post_init__(self):
+        if self.items is None:
+            self.items = np.arange(len(self.logits))
 
     # ---- lookup ------------------------------------------------------------------------
     def _key(self, method: str | None, layer: str | None) -> tuple[str, str]:
@@ -84,14 +90,15 @@ class Explanation:
         """Write one .npz file; the file appears whole or not at all."""
         path = os.fspath(path)
         arrays = {"logits": self.logits, "probs": self.probs, "predicted": self.predicted,
-                  "targets": self.targets}
+                  "targets": self.targets, "items": self.items}
         if self.foils is not None:
             arrays["foils"] = self.foils
         for store, prefix in ((self.cams, "cam"), (self.raws, "raw"), (self.ranges, "range")):
             for (method, layer), value in store.items():
                 arrays[_SEP.join((prefix, method, layer))] = value
         meta = {"methods": self.methods, "layers": self.layers, "head": self.head,
-                "class_names": self.class_names, "layer_aliases": self.layer_aliases}
+                "class_names": self.class_names, "layer_aliases": self.layer_aliases,
+                "score": self.score}
         arrays["meta"] = np.array(json.dumps(meta))
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
@@ -123,4 +130,4 @@ class Explanation:
         return cls(arrays["logits"], arrays["probs"], arrays["predicted"], arrays["targets"],
                    arrays.get("foils"), meta["methods"], meta["layers"], stores["cam"],
                    stores["raw"], stores["range"], meta["head"], meta["class_names"],
-                   meta["layer_aliases"])
+                   meta["layer_aliases"], arrays["items"], meta["score"])

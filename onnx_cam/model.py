@@ -123,12 +123,13 @@ class Model:
         graph = self.graph(self.default_spatial_shape())
         self.head, self.score_name = _find_head(graph, self.output_name)
         score_shape = graph.tensors()[self.score_name].shape
-        if score_shape is None or len(score_shape) != 2 or not isinstance(score_shape[1], int):
+        if score_shape is None or len(score_shape) not in (1, 2) or (
+                len(score_shape) == 2 and not isinstance(score_shape[1], int)):
             raise UnsupportedModelError(
                 f"The score tensor {self.score_name!r} has shape {score_shape}; onnx-cam needs "
-                "(N, classes) scores. Choose the output that holds class scores with output=."
+                "(N, classes) or (N,) scores. Choose the output that holds them with output=."
             )
-        self.num_classes = score_shape[1]
+        self.num_classes = score_shape[1] if len(score_shape) == 2 else 1
         self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map)
 
     # ---- shapes -------------------------------------------------------------------------

@@ -33,8 +33,15 @@ class Probe:
             chunk = {name: np.ascontiguousarray(f[start:start + self.batch_size], np.float32)
                      for name, f in zip(sub.input_names, feeds)}
             logits = session.run([sub.score_name], chunk)[0]
-            scores[start:start + len(logits)] = logits @ seed
+            scores[start:start + len(logits)] = logits.reshape(len(logits), -1) @ seed
         return scores
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """The model's logits (N, K) for `inputs`, forward only."""
+        sub, session = self._session(None)
+        parts = [session.run([sub.score_name], {sub.input_names[0]: np.ascontiguousarray(
+            inputs[s:s + self.batch_size])})[0] for s in range(0, len(inputs), self.batch_size)]
+        return np.concatenate(parts).reshape(len(inputs), -1)
 
     def input_scores(self, inputs: np.ndarray, seed: np.ndarray) -> np.ndarray:
         """seed . logits for each of `inputs` (m, C_in, *spatial) -> (m,)."""

@@ -67,9 +67,19 @@ def test_bad_targets(exp, targets, words):
         exp.explain(np.zeros((3, 2, 40), np.float32), targets=targets)
 
 
-def test_foils_need_targets(exp):
-    with pytest.raises(TargetError, match="need explicit targets"):
-        exp.explain(np.zeros((1, 2, 40), np.float32), foils=1)
+@pytest.mark.parametrize("targets, foils, words", [
+    ("top9", None, "asks for 9 classes"),
+    ([[0, 1], []], None, "target list of item 1 is empty"),
+    (0, [1, 2, 0], "3 foils given for 2 items"),
+])
+def test_bad_target_lists(exp, targets, foils, words):
+    with pytest.raises(TargetError, match=words):
+        exp.explain(np.zeros((2, 2, 40), np.float32), targets=targets, foils=foils)
+
+
+def test_unknown_score(exp):
+    with pytest.raises(TargetError, match="score='softmax' is not one of"):
+        exp.explain(np.zeros((1, 2, 40), np.float32), score="softmax")
 
 
 def test_unknown_method(exp):

@@ -28,25 +28,30 @@ class CamModel:
     gradient_names: tuple[str, ...]
 
 
-def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, ...],
-                    seed_from: str = "input") -> CamModel:
-    """Expose `layers` and d(seed . score)/d(layer) as outputs.
+SCORES = ("logits", "log_probs", "probs")
 
-    seed_from="input" adds a float input shaped like the score; "prediction" computes a
+
+def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, ...],
+                    seed_from: str = "input", score: str = "logits") -> CamModel:
+    """Expose the logits, `layers` and d(seed . score)/d(layer) as outputs.
+
+    seed_from="input" adds a float input shaped like the logits; "prediction" computes a
     one-hot seed on each item's arg-max inside the graph, so the predicted class is explained
-    without a second run.
+    without a second run. score picks what is differentiated: the logits before the model's
+    final softmax / sigmoid, their log-probabilities, or the probabilities.
     """
     graph = model.graph(spatial_shape)
     tensors = graph.tensors()
-    score = tensors[model.score_name]
     builder = GradBuilder(graph, model.opset)
+    logits = _as_matrix(builder, tensors[model.score_name])
+    differentiated = _score(builder, logits, model.head, score)
     if seed_from == "input":
-        seed = gs.Variable(SEED, dtype=np.float32, shape=list(score.shape))
+        seed = gs.Variable(SEED, dtype=np.float32, shape=list(logits.shape))
         graph.inputs.append(seed)
     else:
-        seed = seed_from_prediction(builder, score)
-    grads = add_gradients(builder, score, seed, list(layers))
-    score_out = _expose(graph, score, SCORE)
+        seed = seed_from_prediction(builder, logits)
+    grads = add_gradients(builder, differentiated, seed, list(layers))
+    score_out = _expose(graph, logits, SCORE)
     acts, grad_names = [], []
     for i, name in enumerate(layers):
         acts.append(_expose(graph, tensors[name], f"onnx_cam_activation_{i}").name)
@@ -59,6 +64,30 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     del proto.metadata_props[:]
     return CamModel(proto, model.input_name, SEED if seed_from == "input" else None,
                     score_out.name, tuple(acts), tuple(grad_names))
+
+
+def _as_matrix(builder: GradBuilder, logits) -> gs.Variable:
+    """Scores as (N, K): a single regression output (N,) becomes (N, 1)."""
+    if len(logits.shape) == 2:
+        return logits
+    column = builder.op("Unsqueeze", [logits, builder.ints([1])])
+    column.shape = [logits.shape[0], 1]
+    return column
+
+
+def _score(builder: GradBuilder, logits, head: str | None, score: str) -> gs.Variable:
+    if score == "logits":
+        return logits
+    sigmoid = head == "Sigmoid"
+    if score == "probs":
+        out = (builder.op("Sigmoid", [logits]) if sigmoid
+               else builder.op("Softmax", [logits], {"axis": 1}))
+    elif sigmoid:  # log(sigmoid(z)) = -softplus(-z)
+        out = builder.op("Neg", [builder.op("Softplus", [builder.op("Neg", [logits])])])
+    else:
+        out = builder.op("LogSoftmax", [logits], {"axis": 1})
+    out.shape = list(logits.shape)
+    return out
 
 
 def _expose(graph: gs.Graph, tensor, name: str, shape=None) -> gs.Variable:

@@ -120,3 +120,26 @@ def pad(b, node, grads, wants):
     sliced = b.op("Slice", [grads[0], b.ints(starts), b.ints(ends),
                             b.ints([a % r for a in axes])])
     return [sliced] + _rest(node)
+
+
+@register("Gather")
+def gather(b, node, grads, wants):
+    data, indices = node.inputs
+    if not isinstance(indices, gs.Constant):
+        raise ValueError("Gather indices computed at run time")
+    r = rank(data)
+    axis = node.attrs.get("axis", 0) % r
+    size = static_shape(data)[axis]
+    flat = indices.values.reshape(-1).astype(np.int64) % size
+    # the gradient laid out as data with the gathered axis holding len(flat) entries
+    shape = b.shape_of(data)
+    parts = [b.op("Slice", [shape, b.ints([0]), b.ints([axis])], dtype=np.int64),
+             b.ints([len(flat)]),
+             b.op("Slice", [shape, b.ints([axis + 1]), b.ints([r])], dtype=np.int64)]
+    layout = b.op("Concat", parts, {"axis": 0}, dtype=np.int64)
+    grad = b.op("Reshape", [grads[0], layout])
+    column = flat.reshape([-1 if i == axis else 1 for i in range(r)])
+    where = b.op("Expand", [b.const(column, np.int64), layout], dtype=np.int64)
+    placed = b.op("ScatterElements", [b.zeros_like(data), where, grad],
+                  {"axis": axis, "reduction": "add"})
+    return [placed, None]

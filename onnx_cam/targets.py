@@ -1,0 +1,116 @@
+"""Turn the user's targets= and foils= into rows: (input item, target class, foil class)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import TargetError
+
+_TOP_K = re.compile(r"top-?(\d+)$")
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """One row per map to compute: which input item, which target, which foil (or none)."""
+
+    items: np.ndarray             # (R,) index into the input batch
+    targets: np.ndarray           # (R,) class / output index explained
+    foils: np.ndarray | None      # (R,) class subtracted (contrastive), or None
+
+    @property
+    def is_identity(self) -> bool:
+        return bool(np.array_equal(self.items, np.arange(len(self.items))))
+
+
+def plan_targets(targets, foils, n: int, classes: int, class_names: Sequence[str] | None,
+                 predict: Callable[[], np.ndarray]) -> TargetPlan | None:
+    """Resolve targets / foils for n items; None means "explain each predicted class".
+
+    targets: None (predicted), "all", "top<k>", an index or name for every item, or one entry
+    per item, each an index, a name, or a list of them (several maps for that item).
+    foils: None, an index or name for every item, or one entry (or list) per item; each
+    (target, foil) pair becomes one contrastive map.
+    """
+    if targets is None and foils is None:
+        return None
+    resolve = _Resolver(classes, class_names)
+    if targets is None or (isinstance(targets, str) and (targets == "all"
+                                                         or _TOP_K.match(targets))):
+        per_item = _from_scores(targets, predict(), classes)
+    else:
+        per_item = [resolve.many(entry, i, "target") for i, entry in enumerate(_per_item(
+            targets, n, "target"))]
+    foil_lists = (None if foils is None else
+                  [resolve.many(entry, i, "foil") for i, entry in enumerate(_per_item(
+                      foils, n, "foil"))])
+    items, tgt, fl = [], [], []
+    for i in range(n):
+        for t in per_item[i]:
+            for f in (foil_lists[i] if foil_lists is not None else [None]):
+                items.append(i)
+                tgt.append(t)
+                fl.append(f)
+    return TargetPlan(np.asarray(items, np.int64), np.asarray(tgt, np.int64),
+                      None if foils is None else np.asarray(fl, np.int64))
+
+
+def _from_scores(spec, logits: np.ndarray, classes: int) -> list[list[int]]:
+    if spec is None:
+        return [[int(k)] for k in logits.argmax(1)]
+    if spec == "all":
+        return [list(range(classes)) for _ in logits]
+    k = int(_TOP_K.match(spec).group(1))
+    if not 1 <= k <= classes:
+        raise TargetError(f"targets={spec!r} asks for {k} classes; the model scores {classes}.")
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return [[int(c) for c in row] for row in order]
+
+
+def _is_scalar(value) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0
+    return isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")
+
+
+def _per_item(value, n: int, what: str) -> list:
+    if _is_scalar(value):
+        return [value] * n
+    entries = list(value)
+    if len(entries) != n:
+        raise TargetError(f"{len(entries)} {what}s given for {n} items; give one per item "
+                          "(an entry may be a list for several maps), or one for all.")
+    return entries
+
+
+class _Resolver:
+    def __init__(self, classes: int, class_names: Sequence[str] | None):
+        self.classes, self.class_names = classes, class_names
+
+    def many(self, entry, item: int, what: str) -> list[int]:
+        if _is_scalar(entry):
+            return [self.one(entry.item() if isinstance(entry, np.ndarray) else entry, item,
+                             what)]
+        values = [self.one(e, item, what) for e in entry]
+        if not values:
+            raise TargetError(f"The {what} list of item {item} is empty.")
+        return values
+
+    def one(self, value, item: int, what: str) -> int:
+        if isinstance(value, str):
+            if self.class_names is None or value not in self.class_names:
+                hint = ("Give class_names= to the Explainer." if self.class_names is None
+                        else f"Known classes: {list(self.class_names)}.")
+                raise TargetError(f"Unknown class name {value!r} for {what} of item {item}. "
+                                  + hint)
+            return list(self.class_names).index(value)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            if not 0 <= value < self.classes:
+                raise TargetError(f"{what.capitalize()} {value} of item {item} is out of range: "
+                                  f"the model scores classes 0..{self.classes - 1}.")
+            return int(value)
+        raise TargetError(f"{what.capitalize()} of item {item} is {value!r}; give a class index "
+                          "or a class name.")
