@@ -4,6 +4,6 @@ Framework imports (torch, ...) happen inside the converter functions, so importi
 package needs only onnx.
 """
 
-from .torch_export import LAYER_MAP_KEY, export_torch
+from .torch_export import CLASS_NAMES_KEY, LAYER_MAP_KEY, export_torch
 
-__all__ = ["LAYER_MAP_KEY", "export_torch"]
+__all__ = ["CLASS_NAMES_KEY", "LAYER_MAP_KEY", "export_torch"]

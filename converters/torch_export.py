@@ -42,6 +42,7 @@ from typing import Any
 import onnx
 
 LAYER_MAP_KEY = "onnx_cam.layer_map"
+CLASS_NAMES_KEY = "onnx_cam.class_names"
 _CALL_SUFFIX = re.compile(r"(.+)_(\d+)")
 
 
@@ -53,6 +54,7 @@ def export_torch(
     opset: int = 17,
     input_name: str = "input",
     output_name: str = "output",
+    class_names: list[str] | None = None,
 ) -> onnx.ModelProto:
     """Export ``module`` to ONNX with a dynamic batch axis and a module -> tensor map.
 
@@ -63,6 +65,7 @@ def export_torch(
         opset: ONNX opset, at least 17.
         input_name: name of the graph input.
         output_name: name of the first graph output; further outputs get ``_1``, ``_2``...
+        class_names: if given, stored with the model so explainers name its classes.
 
     Returns:
         The ``onnx.ModelProto`` with ``onnx_cam.*`` entries in ``metadata_props``.
@@ -105,6 +108,8 @@ def export_torch(
         "onnx_cam.layout": "channels_first",
         "onnx_cam.torch_version": str(torch.__version__),
     }
+    if class_names is not None:
+        meta[CLASS_NAMES_KEY] = json.dumps([str(c) for c in class_names])
     kept = [p for p in model.metadata_props if p.key not in meta]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

@@ -25,7 +25,7 @@ from .runtime import RuntimeOptions, make_session
 from .targets import TargetPlan, plan_targets
 
 
-def _as_model_source(model, example_input):
+def _as_model_source(model, example_input, class_names):
     """Accept a path / bytes / ModelProto, or convert a framework model on the way."""
     torch = sys.modules.get("torch")  # a torch module can only exist if torch is imported
     if torch is not None and isinstance(model, torch.nn.Module):
@@ -34,7 +34,7 @@ def _as_model_source(model, example_input):
                              "to be exported to ONNX.")
         from .converters import export_torch
         try:
-            return export_torch(model, example_input)
+            return export_torch(model, example_input, class_names=class_names)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"Exporting the torch model to ONNX failed: {exc}") from None
     return model
@@ -49,9 +49,10 @@ class Explainer:
 
     def __init__(self, model, *, example_input=None, class_names: Sequence[str] | None = None,
                  output: str | None = None, runtime: RuntimeOptions | None = None):
-        self.model = Model(_as_model_source(model, example_input), output=output)
+        self.model = Model(_as_model_source(model, example_input, class_names), output=output)
         self.runtime = runtime or RuntimeOptions()
-        self.class_names = list(class_names) if class_names is not None else None
+        names = class_names if class_names is not None else self.model.class_names
+        self.class_names = list(names) if names is not None else None
         self._sessions: dict[tuple, tuple] = {}
         self._probes: dict[tuple, Probe] = {}
         if not self.model.layers:
@@ -133,7 +134,8 @@ class Explainer:
                     cams[key][start:start + len(raw)] = cam
                     ranges[key][start:start + len(raw)] = rng
 
-        logits = self._run(rows, plan, chosen, score, batch_size, consume)
+        gradients = any(m.uses_gradients for m in method_objs)
+        logits = self._run(rows, plan, chosen, score, batch_size, consume, gradients)
         predicted = logits.argmax(1)
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
         return Explanation(
@@ -169,7 +171,7 @@ class Explainer:
         return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict)
 
     def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer], score: str,
-             batch_size: int, consume) -> np.ndarray:
+             batch_size: int, consume, gradients: bool = True) -> np.ndarray:
         """Run the rewritten model batch by batch; hand each batch's arrays to `consume`."""
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
@@ -177,7 +179,7 @@ class Explainer:
             raise TargetError(f"score={score!r} is not one of {SCORES}.")
         seeded = plan is not None
         cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
-                                           tuple(rows.shape[2:]), seeded, score)
+                                           tuple(rows.shape[2:]), seeded, score, gradients)
         n, k = len(rows), self.num_classes
         logits = np.empty((n, k), np.float32)
         outputs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
@@ -190,7 +192,8 @@ class Explainer:
             results = session.run(outputs, feeds)
             logits[start:start + len(xb)] = results[0]
             seeds = feeds[cam_model.seed_name] if seeded else _one_hot(results[0])
-            consume(start, xb, seeds, results[1:1 + m], results[1 + m:])
+            grads = results[1 + m:] if gradients else [None] * m
+            consume(start, xb, seeds, results[1:1 + m], grads)
         return logits
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
@@ -201,11 +204,12 @@ class Explainer:
         return probe
 
     def _session(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool,
-                 score: str):
-        key = (tensors, spatial, seeded, score)
+                 score: str, gradients: bool):
+        key = (tensors, spatial, seeded, score, gradients)
         if key not in self._sessions:
             cam_model: CamModel = build_cam_model(self.model, list(tensors), spatial,
-                                                  "input" if seeded else "prediction", score)
+                                                  "input" if seeded else "prediction", score,
+                                                  gradients)
             self._sessions[key] = (cam_model, make_session(cam_model.proto, self.runtime))
         return self._sessions[key]
 

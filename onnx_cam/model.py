@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference, version_converter
 
-from .converters import LAYER_MAP_KEY
+from .converters import CLASS_NAMES_KEY, LAYER_MAP_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -95,9 +95,10 @@ class Model:
                 ) from None
         self.proto = proto
         self.opset = max(opset, 17) if opset < MIN_OPSET else opset
-        self.layer_map: dict[str, str] = json.loads(
-            {p.key: p.value for p in proto.metadata_props}.get(LAYER_MAP_KEY, "{}")
-        )
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        self.layer_map: dict[str, str] = json.loads(metadata.get(LAYER_MAP_KEY, "{}"))
+        names = metadata.get(CLASS_NAMES_KEY)
+        self.class_names: list[str] | None = json.loads(names) if names else None
         initializers = {i.name for i in proto.graph.initializer}
         inputs = [i for i in proto.graph.input if i.name not in initializers]
         if len(inputs) != 1:

@@ -121,3 +121,15 @@ def test_regression_with_a_single_output_vector():
     np.testing.assert_allclose(res.raw(), ref, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(res.logits[:, 0], model(x).detach().numpy(), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_class_names_travel_with_the_exported_model(tmp_path):
+    torch.manual_seed(8)
+    model = small_cnn(1, nn.Softmax(dim=1), classes=3)
+    x = torch.randn(2, 2, 16)
+    exp = onnx_cam.Explainer(model, example_input=x, class_names=["n", "af", "other"])
+    exp.save_model(tmp_path / "m.onnx")
+    again = onnx_cam.Explainer(tmp_path / "m.onnx")
+    assert again.class_names == ["n", "af", "other"]
+    res = again.explain(x.numpy(), targets=["af", "other"])
+    np.testing.assert_array_equal(res.targets, [1, 2])

@@ -32,13 +32,15 @@ SCORES = ("logits", "log_probs", "probs")
 
 
 def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, ...],
-                    seed_from: str = "input", score: str = "logits") -> CamModel:
+                    seed_from: str = "input", score: str = "logits",
+                    gradients: bool = True) -> CamModel:
     """Expose the logits, `layers` and d(seed . score)/d(layer) as outputs.
 
     seed_from="input" adds a float input shaped like the logits; "prediction" computes a
     one-hot seed on each item's arg-max inside the graph, so the predicted class is explained
     without a second run. score picks what is differentiated: the logits before the model's
-    final softmax / sigmoid, their log-probabilities, or the probabilities.
+    final softmax / sigmoid, their log-probabilities, or the probabilities. gradients=False
+    only exposes the activations (for gradient-free methods).
     """
     graph = model.graph(spatial_shape)
     tensors = graph.tensors()
@@ -50,13 +52,14 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
         graph.inputs.append(seed)
     else:
         seed = seed_from_prediction(builder, logits)
-    grads = add_gradients(builder, differentiated, seed, list(layers))
+    grads = add_gradients(builder, differentiated, seed, list(layers)) if gradients else {}
     score_out = _expose(graph, logits, SCORE)
     acts, grad_names = [], []
     for i, name in enumerate(layers):
         acts.append(_expose(graph, tensors[name], f"onnx_cam_activation_{i}").name)
-        grad_names.append(_expose(graph, grads[name], f"onnx_cam_gradient_{i}",
-                                  tensors[name].shape).name)
+        if gradients:
+            grad_names.append(_expose(graph, grads[name], f"onnx_cam_gradient_{i}",
+                                      tensors[name].shape).name)
     graph.outputs = [score_out] + [graph.tensors()[n] for n in acts + grad_names]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     proto = gs.export_onnx(graph, do_type_check=False)
