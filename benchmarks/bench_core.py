@@ -12,9 +12,10 @@ For each (model, layer) and after warm-up, the median of ``--repeats`` interleav
 (c) **onnx-cam** -- ``Explainer.explain(x, targets=None, layers=..., methods="gradcam")`` end
     to end (session cached: warmed up once first).
 
-Then the split of (c): the rewritten model's ``session.run`` alone, the numba kernels alone
-(Grad-CAM raw map + fused resize / normalise on the arrays that run returns), and what is
-left (Python / copies). ``activations_and_gradients`` is timed too (session run + batching).
+Then where (c)'s time goes: the rewritten model's ``session.run``, measured inside the same
+explain() calls (the cached session is wrapped by a timer), and the rest of each call (numba
+kernels + Python); "kernels alone" re-runs the numba kernels (Grad-CAM raw map + fused resize /
+normalise) on their own; ``activations_and_gradients`` is timed too.
 
 The CAMs of (a), computed for the classes onnx-cam explained, are compared with onnx-cam's:
 the maximum absolute difference is printed. These models have no softmax, so both explain the
@@ -24,8 +25,9 @@ Random weights, seeded; BatchNorm running statistics are calibrated on random ba
 they are non-trivial and activations stay in range), affine parameters randomised, then
 every model is put in eval mode.
 
-    python benchmarks/bench_core.py            # full sizes (~4 min on 2 cores)
-    python benchmarks/bench_core.py --quick    # small sizes, 3 repeats
+    python benchmarks/bench_core.py            # full sizes (~4-5 min on 2 busy cores)
+    python benchmarks/bench_core.py --quick    # small sizes (~2 min)
+    python benchmarks/bench_core.py --models resnet18 --repeats 7 --numba-threads 1
     python benchmarks/bench_core.py --profile  # also per-op-type ORT profile of (c)'s run
 """
 
@@ -54,7 +56,6 @@ if ROOT not in sys.path:
 
 import onnx_cam  # noqa: E402
 from onnx_cam import kernels  # noqa: E402
-from onnx_cam.methods import get_method  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -140,7 +141,8 @@ class CNN3d(nn.Module):
         super().__init__()
         prev = cin
         for i, w in enumerate(widths):
-            mods = [nn.Conv3d(prev, w, 3, 1, 1, bias=False), nn.BatchNorm3d(w), nn.ReLU(inplace=True)]
+            mods = [nn.Conv3d(prev, w, 3, 1, 1, bias=False), nn.BatchNorm3d(w),
+                    nn.ReLU(inplace=True)]
             if i < len(widths) - 1:
                 mods.append(nn.MaxPool3d(2))
             setattr(self, f"stage{i + 1}", nn.Sequential(*mods))
@@ -191,6 +193,8 @@ class HookGradCAM:
 
     def _save(self, module, inputs, output):
         self.acts = output.detach()
+        if not output.requires_grad:  # e.g. under torch.no_grad(), as pytorch-grad-cam skips
+            return
 
         def keep(grad):
             self.grads = grad.detach()
@@ -241,20 +245,53 @@ def session(proto_bytes: bytes, threads: int, profile_dir: str | None = None):
 
 
 def make_explainer(model: nn.Module, x: torch.Tensor, threads: int, layer_modules: list[str]):
-    """Explainer via the torch converter; on failure, a manual export named by ONNX tensor."""
+    """Explainer(module, example_input=x); else export_torch + Explainer(proto); else a manual
+    export with layers named by ONNX tensor (the output of the last node under /<module>/)."""
     rt = onnx_cam.RuntimeOptions(intra_op_threads=threads)
+    same = {m: m for m in layer_modules}
     try:
-        return onnx_cam.Explainer(model, example_input=x, runtime=rt), {m: m for m in layer_modules}, None
-    except Exception as exc:  # converter still being written: fall back, as briefed
-        import onnx
-        data = export_bytes(model, x, fold=False)
-        proto = onnx.load_from_string(data)
-        names = {}
-        for mod in layer_modules:
-            nodes = [n for n in proto.graph.node if n.name.startswith(f"/{mod}/")]
-            names[mod] = nodes[-1].output[0]
-        return (onnx_cam.Explainer(data, runtime=rt), names,
-                f"converter failed ({type(exc).__name__}: {exc}); exported manually")
+        return onnx_cam.Explainer(model, example_input=x, runtime=rt), same, None
+    except Exception as exc:
+        first = f"Explainer(module, example_input=x) failed ({type(exc).__name__}: {exc})"
+    try:
+        from onnx_cam.converters import export_torch
+        return (onnx_cam.Explainer(export_torch(model, x), runtime=rt), same,
+                first + "; used Explainer(export_torch(module, x)) instead")
+    except Exception as exc:
+        second = f"export_torch failed ({type(exc).__name__}: {exc})"
+    import onnx
+    data = export_bytes(model, x, fold=False)
+    proto = onnx.load_from_string(data)
+    names = {}
+    for mod in layer_modules:
+        nodes = [n for n in proto.graph.node if n.name.startswith(f"/{mod}/")]
+        names[mod] = nodes[-1].output[0]
+    return (onnx_cam.Explainer(data, runtime=rt), names,
+            f"{first}; {second}; exported manually, layers named by ONNX tensor")
+
+
+class TimedSession:
+    """Forwards run() to an InferenceSession and adds up the milliseconds spent in it."""
+
+    def __init__(self, sess):
+        self.sess, self.ms = sess, 0.0
+
+    def run(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self.sess.run(*args, **kwargs)
+        finally:
+            self.ms += (time.perf_counter() - t0) * 1e3
+
+    def __getattr__(self, item):
+        return getattr(self.sess, item)
+
+
+def load() -> str:
+    try:
+        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def timed(fn):
@@ -283,116 +320,137 @@ def ort_op_profile(proto_bytes: bytes, feeds: dict, outputs: list, threads: int,
 
 
 # ============================================================================ benchmark
-def bench_model(title, model, shape, layers, args, threads):
-    torch.manual_seed(args.seed)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed + 1))
+def bench_layer(model, x, exp, name, module_name, plain, args, notes):
+    """Times (a), (b), (c) and the split of (c) for one layer; checks the CAMs agree."""
     x_np = x.numpy().copy()
-    spatial = tuple(shape[2:])
-    rows, splits, notes = [], [], []
-
-    t_setup = time.perf_counter()
-    plain = session(export_bytes(model, x, fold=True), threads)
+    spatial = tuple(x.shape[2:])
     plain_in = plain.get_inputs()[0].name
-    exp, names, note = make_explainer(model, x, threads, layers)
+    hook = HookGradCAM(model, model.get_submodule(module_name))
+
+    def run_a():
+        return hook(x)
+
+    def run_b():
+        return plain.run(None, {plain_in: x_np})
+
+    def run_c():
+        return exp.explain(x_np, targets=None, layers=name, methods="gradcam",
+                           batch_size=args.batch)
+
+    def run_d():
+        return exp.activations_and_gradients(x_np, targets=None, layers=name,
+                                             batch_size=args.batch)
+
+    t0 = time.perf_counter()
+    run_c()  # rewrites the graph, builds and caches the session
+    first_ms = (time.perf_counter() - t0) * 1e3
+    # the cached session, wrapped so that explain() reports its own session.run time
+    tensor = exp.model.resolve_layer(name).tensor
+    key = next(k for k in exp._sessions if k[0] == (tensor,))
+    cam_model, sess = exp._sessions[key]
+    timer = TimedSession(sess)
+    exp._sessions[key] = (cam_model, timer)
+    outs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
+    feeds = {cam_model.input_name: x_np}
+    _, acts, grads = sess.run(outs, feeds)
+
+    def run_k():  # Grad-CAM's kernels, called directly (what the gradcam method runs)
+        raw = kernels.weighted_channel_sum(acts, kernels.spatial_mean(grads))
+        return kernels.resize_normalize(raw, spatial)
+
+    for _ in range(args.warmup):
+        run_a(), run_b(), run_c(), run_d(), run_k()
+    samples = defaultdict(list)
+    for _ in range(args.repeats):  # interleaved rounds: drifting load hits all alike
+        for tag, fn in (("a", run_a), ("b", run_b), ("c", run_c), ("d", run_d), ("k", run_k)):
+            timer.ms = 0.0
+            ms, _ = timed(fn)
+            samples[tag].append(ms)
+            if tag == "c":
+                samples["c_run"].append(timer.ms)
+                samples["c_rest"].append(ms - timer.ms)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    low = {k: min(v) for k, v in samples.items()}
+    exp._sessions[key] = (cam_model, sess)
+
+    # correctness: the torch hook CAM for the classes onnx-cam explained
+    res = run_c()
+    cam_t = hook(x, torch.from_numpy(res.targets.astype(np.int64))).numpy()
+    hook.close()
+    with torch.no_grad():
+        pred_t = model(x).argmax(1).numpy()
+    diff = float(np.abs(res.cam("gradcam", name) - cam_t).max())
+    agree = int((pred_t == res.predicted).sum())
+
+    if args.profile:
+        runs = max(2, args.repeats // 2)
+        prof = ort_op_profile(cam_model.proto.SerializeToString(), feeds, outs, args.threads,
+                              runs)
+        base = ort_op_profile(export_bytes(model, x, fold=True), {plain_in: x_np}, None,
+                              args.threads, runs)
+        notes.append(f"ORT profile at {module_name}, ms per run by op type -- onnx-cam model: "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in list(prof.items())[:8])
+                     + " | plain model: "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in list(base.items())[:5]))
+    row = {"layer": module_name, "a": med["a"], "b": med["b"], "c": med["c"],
+           "speedup": med["a"] / med["c"], "cost": med["c"] / med["b"], "diff": diff,
+           "agree": f"{agree}/{len(x)}", "speedup_min": low["a"] / low["c"],
+           "cost_min": low["c"] / low["b"]}
+    split = {"layer": module_name, "shape": tuple(acts.shape), "c_run": med["c_run"],
+             "c_rest": med["c_rest"], "k": med["k"], "d": med["d"],
+             "run_vs_b": med["c_run"] / med["b"], "first": first_ms}
+    return row, split
+
+
+def bench_model(title, model, shape, layers, args):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed + 1))
+    notes = []
+    t0 = time.perf_counter()
+    plain = session(export_bytes(model, x, fold=True), args.threads)
+    exp, names, note = make_explainer(model, x, args.threads, layers)
     if note:
         notes.append(note)
-    setup_ms = (time.perf_counter() - t_setup) * 1e3
-    notes.append(f"setup (ORT export + session, Explainer incl. torch export): {setup_ms:.0f} ms; "
-                 f"head: {exp.head} (so both sides explain the raw logits)" if exp.head is None
-                 else f"setup: {setup_ms:.0f} ms; head: {exp.head}")
-    method = get_method("gradcam")
-
+    notes.append(f"setup (plain export + session, Explainer incl. torch export): "
+                 f"{(time.perf_counter() - t0) * 1e3:.0f} ms; head: {exp.head}"
+                 + (" -- no softmax, so both sides explain the raw logits"
+                    if exp.head is None else ""))
+    rows, splits = [], []
     for layer in layers:
-        name = names[layer]
-        hook = HookGradCAM(model, model.get_submodule(layer))
+        row, split = bench_layer(model, x, exp, names[layer], layer, plain, args, notes)
+        rows.append({"model": title, **row})
+        splits.append(split)
 
-        def run_a():
-            return hook(x)
-
-        def run_b():
-            return plain.run(None, {plain_in: x_np})
-
-        def run_c():
-            return exp.explain(x_np, targets=None, layers=name, methods="gradcam",
-                               batch_size=args.batch)
-
-        def run_d():
-            return exp.activations_and_gradients(x_np, targets=None, layers=name,
-                                                 batch_size=args.batch)
-
-        t0 = time.perf_counter()
-        res = run_c()  # builds and caches the rewritten model's session
-        first_ms = (time.perf_counter() - t0) * 1e3
-        cam_model, sess = exp._session((exp.model.resolve_layer(name).tensor,), spatial, False)
-        outs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
-        feeds = {cam_model.input_name: x_np}
-
-        def run_s():
-            return sess.run(outs, feeds)
-
-        def run_k(acts, grads):
-            raw = method.raw(acts, grads)
-            return kernels.resize_normalize(raw, spatial)
-
-        _, sres = timed(run_s)
-        for _ in range(args.warmup):
-            run_a(), run_b(), run_c(), run_d(), run_s(), run_k(sres[1], sres[2])
-        samples = defaultdict(list)
-        for _ in range(args.repeats):
-            for key, fn in (("a", run_a), ("b", run_b), ("c", run_c), ("d", run_d),
-                            ("s", run_s), ("k", lambda: run_k(sres[1], sres[2]))):
-                ms, _ = timed(fn)
-                samples[key].append(ms)
-        med = {k: statistics.median(v) for k, v in samples.items()}
-
-        # correctness: torch hook CAM for the classes onnx-cam explained
-        res = run_c()
-        with torch.enable_grad():
-            cam_t = hook(x, torch.from_numpy(res.targets.astype(np.int64))).numpy()
-        hook.close()
-        pred_t = model(x).argmax(1).detach().numpy()
-        diff = float(np.abs(res.cam("gradcam", name) - cam_t).max())
-        agree = int((pred_t == res.predicted).sum())
-        rows.append((title, layer, med["a"], med["b"], med["c"], med["a"] / med["c"],
-                     med["c"] / med["b"], diff, f"{agree}/{len(x)}"))
-        splits.append((layer, med["c"], med["s"], med["k"], med["c"] - med["s"] - med["k"],
-                       med["d"], first_ms, tuple(sres[1].shape)))
-        if args.profile:
-            prof = ort_op_profile(cam_model.proto.SerializeToString(), feeds, outs, threads,
-                                  max(2, args.repeats // 2))
-            base = ort_op_profile(export_bytes(model, x, fold=True), {"input": x_np}, None,
-                                  threads, max(2, args.repeats // 2))
-            notes.append(f"ORT op profile at {layer} (ms per run) -- onnx-cam model: "
-                         + ", ".join(f"{k} {v:.1f}" for k, v in list(prof.items())[:8])
-                         + " | plain model: "
-                         + ", ".join(f"{k} {v:.1f}" for k, v in list(base.items())[:6]))
-
-    print(f"\n### {title} — input {tuple(shape)}, {threads} threads, "
+    print(f"\n### {title} -- input {tuple(shape)}, {args.threads} threads, "
           f"median of {args.repeats} after {args.warmup} warm-up\n")
     print("| model | layer | torch hooks (ms) | ORT inference (ms) | onnx-cam (ms) "
-          "| speed-up vs torch (a/c) | cost vs inference (c/b) | max abs diff vs torch | "
-          "argmax agree |")
+          "| speed-up vs torch (a/c) | cost vs inference (c/b) | max abs diff vs torch "
+          "| argmax agree |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f}x | "
-              f"{r[6]:.2f}x | {r[7]:.2e} | {r[8]} |")
-    print("\nonnx-cam split:\n")
-    print("| layer | layer shape | onnx-cam (ms) | session.run (ms) | kernels (ms) "
-          "| rest: Python/copies (ms) | activations_and_gradients (ms) | first explain (ms) |")
+        print(f"| {r['model']} | {r['layer']} | {r['a']:.1f} | {r['b']:.1f} | {r['c']:.1f} "
+              f"| {r['speedup']:.2f}x | {r['cost']:.2f}x | {r['diff']:.1e} | {r['agree']} |")
+    print("\nWhere onnx-cam's time goes (medians; the two explain columns are measured inside "
+          "the same explain() calls):\n")
+    print("| layer | layer shape | explain: session.run (ms) | explain: kernels + Python (ms) "
+          "| kernels alone (ms) | activations_and_gradients (ms) | session.run / ORT inference "
+          "| first explain (ms) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for s in splits:
-        print(f"| {s[0]} | {s[7]} | {s[1]:.1f} | {s[2]:.1f} | {s[3]:.1f} | {s[4]:.1f} | "
-              f"{s[5]:.1f} | {s[6]:.0f} |")
+        print(f"| {s['layer']} | {s['shape']} | {s['c_run']:.1f} | {s['c_rest']:.1f} "
+              f"| {s['k']:.1f} | {s['d']:.1f} | {s['run_vs_b']:.2f}x | {s['first']:.0f} |")
+    print("\n- first explain = graph rewrite + session creation (+ numba JIT/cache load on the "
+          "first model)")
     for n in notes:
-        print(f"\n- {n}")
+        print(f"- {n}")
     sys.stdout.flush()
     return rows
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="smaller inputs and 3 repeats")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7, quick 3)")
+    p.add_argument("--quick", action="store_true", help="smaller inputs and batches")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed rounds (default 3; use 5-7 on a quiet machine)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first call")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="threads for torch and both ORT sessions (default: all cores)")
@@ -400,14 +458,17 @@ def main(argv=None):
                    help="comma-separated subset of resnet18,ecg1d,cnn3d")
     p.add_argument("--profile", action="store_true",
                    help="also print ORT per-op-type times of the rewritten and plain models")
+    p.add_argument("--numba-threads", type=int, default=None,
+                   help="numba.set_num_threads for the kernels (default: numba's, = cores)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.repeats is None:
-        args.repeats = 3 if args.quick else 7
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
+    if args.numba_threads:
+        import numba
+        numba.set_num_threads(args.numba_threads)
     q = args.quick
     specs = {
         "resnet18": ("ResNet-18 2D", lambda: ResNet18(),
@@ -419,7 +480,9 @@ def main(argv=None):
     }
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, onnx-cam "
           f"{onnx_cam.__version__}, {os.cpu_count()} CPUs, threads={args.threads}, "
-          f"{'quick' if q else 'full'} mode")
+          f"{'quick' if q else 'full'} mode, numba threads "
+          f"{args.numba_threads or 'default'}; load average {load()} "
+          "(other processes on the machine inflate and scatter every timing)")
     t0 = time.perf_counter()
     all_rows = []
     for key in args.models.split(","):
@@ -427,17 +490,25 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         model = prepare(build(), (max(shape[0], 8), *shape[1:]), args.seed)
         args.batch = shape[0]
-        all_rows += bench_model(title, model, shape, layers, args, args.threads)
+        all_rows += bench_model(title, model, shape, layers, args)
 
-    print("\n### Targets (issue): >= 3x faster than torch hooks at the deepest layer, "
-          "<= 1.3x plain ORT inference\n")
+    print("\n### Targets (issue): >= 3x faster than torch hooks and <= 1.3x plain ORT "
+          "inference, at the deepest layer\n")
+    print("(medians as in the tables; ratios of the fastest samples are given too, since load "
+          "from other processes only ever adds time. Torch hooks cost the same at every layer "
+          "of a model: backward() runs to the first layer's weights either way.)\n")
+    deepest = {key: specs[key][3][0] for key in args.models.split(",")}
+    titles = {specs[key][0]: key for key in deepest}
     for r in all_rows:
-        ok_speed = r[5] >= 3.0
-        ok_cost = r[6] <= 1.3
-        print(f"- {r[0]} / {r[1]}: speed-up {r[5]:.2f}x ({'met' if ok_speed else 'MISSED'}), "
-              f"cost vs inference {r[6]:.2f}x ({'met' if ok_cost else 'MISSED'}), "
-              f"CAM diff {r[7]:.1e} ({'ok' if r[7] < 1e-3 else 'CHECK'})")
-    print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
+        target = r["layer"] == deepest[titles[r["model"]]]
+        mark = (lambda ok: "met" if ok else "MISSED") if target else (lambda ok: "info")
+        print(f"- {r['model']} / {r['layer']}{'' if target else ' (not a target layer)'}: "
+              f"speed-up {r['speedup']:.2f}x ({mark(r['speedup'] >= 3.0)}; "
+              f"{r['speedup_min']:.2f}x from minima), "
+              f"cost vs inference {r['cost']:.2f}x ({mark(r['cost'] <= 1.3)}; "
+              f"{r['cost_min']:.2f}x from minima), "
+              f"CAM max abs diff {r['diff']:.1e}")
+    print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s; load average {load()}")
 
 
 if __name__ == "__main__":

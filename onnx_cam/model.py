@@ -170,18 +170,13 @@ class Model:
         for d, size in zip(list(dims)[2:], spatial_shape):
             d.Clear()
             d.dim_value = int(size)
-        del proto.graph.value_info[:]
-        try:
-            proto = shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"ONNX shape inference fails on this model for spatial shape {spatial_shape}: "
-                f"{exc}. Check that the input size is one the model accepts."
-            ) from None
-        graph = gs.import_onnx(proto)
-        graph.fold_constants(error_ok=True).cleanup()
-        # folding can turn shape subgraphs into constants; shapes downstream are still valid
-        return graph.toposort()
+        graph = gs.import_onnx(_infer_shapes(proto, spatial_shape))
+        graph.fold_constants(error_ok=True).cleanup().toposort()
+        # folding turns shape arithmetic into constants: inferring again fills in the shapes
+        # that depended on it (e.g. a Slice whose bounds were computed)
+        folded = gs.export_onnx(graph, do_type_check=False)
+        del folded.graph.value_info[:]
+        return gs.import_onnx(_infer_shapes(folded, spatial_shape)).toposort()
 
     # ---- layers -------------------------------------------------------------------------
     def resolve_layer(self, name: str) -> Layer:
@@ -206,6 +201,17 @@ class Model:
             f"Unknown layer {name!r}. Name a layer by framework name, ONNX tensor name or node "
             f"name; see Explainer.layers. Candidate layers, deepest first: {hint}."
         )
+
+
+def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...]) -> onnx.ModelProto:
+    del proto.graph.value_info[:]
+    try:
+        return shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"ONNX shape inference fails on this model for spatial shape {spatial_shape}: "
+            f"{exc}. Check that the input size is one the model accepts."
+        ) from None
 
 
 def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:

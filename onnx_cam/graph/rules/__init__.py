@@ -24,4 +24,4 @@ def supported_ops() -> list[str]:
     return sorted(RULES)
 
 
-from . import activation, conv, elementwise, linear, normalization, pool, reduce, shape  # noqa: E402,F401
+from . import activation, conv, elementwise, linear, normalization, pool, recurrent, reduce, shape  # noqa: E402,F401
