@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -9,7 +12,28 @@ from numpy.typing import ArrayLike, NDArray
 #: into the cached machine code: clear ``kernels/__pycache__/*.nb[ic]`` after changing it.
 BLOCK = 4096
 
+#: Below this many elements a kernel runs on the calling thread: waking the thread pool
+#: (often sharing cores with ONNX Runtime's) costs more than the work.
+SERIAL_BELOW = 4_000_000
+
 MAX_SPATIAL_RANK = 3
+
+
+@contextmanager
+def threads_for(elements: int):
+    """Run the numba kernels inside on one thread when the work is small.
+
+    numba's thread count is per calling thread, so concurrent callers do not interfere.
+    """
+    if elements >= SERIAL_BELOW:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def as_f32(x: ArrayLike) -> NDArray[np.float32]:

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._common import as_f32, check_spatial, normalize_out_shape, pad3
+from ._common import as_f32, check_spatial, normalize_out_shape, pad3, threads_for
 from .normalize import finalize_inplace
 
 
@@ -137,7 +137,8 @@ def _resize_padded(
     n_rows = n_items * out3[0] * out3[1]
     row_min = np.empty(n_rows, dtype=np.float32)
     row_max = np.empty(n_rows, dtype=np.float32)
-    _resize_kernel(x3, idx, wts, out, row_min, row_max)
+    with threads_for(out.size):
+        _resize_kernel(x3, idx, wts, out, row_min, row_max)
     return out, row_min, row_max, shape
 
 
@@ -167,5 +168,6 @@ def resize_normalize(
     ranges = np.empty((n_items, 2), dtype=np.float32)
     if n_items:
         rows = out.reshape(-1, out.shape[-1])
-        finalize_inplace(rows, rows.shape[0] // n_items, row_min, row_max, ranges)
+        with threads_for(rows.size):
+            finalize_inplace(rows, rows.shape[0] // n_items, row_min, row_max, ranges)
     return out.reshape((n_items, *shape)), ranges

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._common import check_spatial
+from ._common import check_spatial, threads_for
 
 
 @numba.njit(cache=True, parallel=True)
@@ -102,6 +102,7 @@ def normalize_minmax(maps: ArrayLike) -> tuple[NDArray[np.float32], NDArray[np.f
     row_min = np.empty(rows.shape[0], dtype=np.float32)
     row_max = np.empty(rows.shape[0], dtype=np.float32)
     ranges = np.empty((n_items, 2), dtype=np.float32)
-    _row_stats(rows, row_min, row_max)
-    finalize_inplace(rows, rows_per_item, row_min, row_max, ranges)
+    with threads_for(rows.size):
+        _row_stats(rows, row_min, row_max)
+        finalize_inplace(rows, rows_per_item, row_min, row_max, ranges)
     return out, ranges

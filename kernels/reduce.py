@@ -10,7 +10,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._common import BLOCK, as_f32, check_spatial
+from ._common import BLOCK, as_f32, check_spatial, threads_for
 
 
 @numba.njit(cache=True, parallel=True)
@@ -85,7 +85,8 @@ def weighted_channel_sum(acts: ArrayLike, weights: ArrayLike) -> NDArray[np.floa
             f"weights must have shape (N, C) = {flat.shape[:2]} to match acts; got {w.shape}"
         )
     out = np.empty((flat.shape[0], flat.shape[2]), dtype=np.float32)
-    _weighted_sum_kernel(flat, w, out)
+    with threads_for(flat.size):
+        _weighted_sum_kernel(flat, w, out)
     return out.reshape((flat.shape[0], *spatial))
 
 
@@ -100,7 +101,8 @@ def elementwise_channel_sum(acts: ArrayLike, grads: ArrayLike) -> NDArray[np.flo
     if g.shape != acts_shape:
         raise ValueError(f"grads shape {g.shape} must equal acts shape {acts_shape}")
     out = np.empty((flat.shape[0], flat.shape[2]), dtype=np.float32)
-    _elementwise_sum_kernel(flat, g.reshape(flat.shape), out)
+    with threads_for(flat.size):
+        _elementwise_sum_kernel(flat, g.reshape(flat.shape), out)
     return out.reshape((flat.shape[0], *spatial))
 
 
@@ -108,5 +110,6 @@ def spatial_mean(x: ArrayLike) -> NDArray[np.float32]:
     """Mean over all spatial axes: ``(N, C, *spatial) -> (N, C)``, accumulated in float64."""
     flat, _ = _flat_acts(x, "x")
     out = np.empty(flat.shape[:2], dtype=np.float32)
-    _spatial_mean_kernel(flat, out)
+    with threads_for(flat.size):
+        _spatial_mean_kernel(flat, out)
     return out

@@ -19,6 +19,9 @@ class RuntimeOptions:
     intra_op_threads: int = 0       # 0: ONNX Runtime's default (one per physical core)
     inter_op_threads: int = 0
     optimization: str = "all"       # "all", "extended", "basic" or "none"
+    # Idle ONNX Runtime threads spin by default, stealing the cores the CAM kernels use right
+    # after each run; off unless asked for.
+    spinning: bool = False
 
     def resolved_providers(self) -> list:
         if self.providers is not None:
@@ -41,5 +44,8 @@ def make_session(proto: onnx.ModelProto, options: RuntimeOptions) -> ort.Inferen
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.log_severity_level = 3
+    spin = "1" if options.spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return ort.InferenceSession(proto.SerializeToString(), so,
                                 providers=options.resolved_providers())

@@ -17,17 +17,20 @@ def _mask(b, op, x, value):
     return b.op(op, [x, np.float32(value)], dtype=np.bool_)
 
 
+# Relu and LeakyRelu test their output (y > 0 exactly when x > 0): reading the input instead
+# would stop ONNX Runtime from fusing Conv + BatchNorm + Relu in the forward pass.
 @register("Relu")
 def relu(b, node, grads, wants):
-    x, g = node.inputs[0], grads[0]
-    return [b.where(_mask(b, "Greater", x, 0.0), g, np.float32(0))]
+    y, g = node.outputs[0], grads[0]
+    return [b.where(_mask(b, "Greater", y, 0.0), g, np.float32(0))]
 
 
 @register("LeakyRelu")
 def leaky_relu(b, node, grads, wants):
-    x, g = node.inputs[0], grads[0]
+    g = grads[0]
     alpha = _attr(node, "alpha", 0.01)
-    return [b.where(_mask(b, "Greater", x, 0.0), g, b.mul(g, np.float32(alpha)))]
+    signal = node.outputs[0] if alpha > 0 else node.inputs[0]
+    return [b.where(_mask(b, "Greater", signal, 0.0), g, b.mul(g, np.float32(alpha)))]
 
 
 @register("PRelu")
