@@ -244,10 +244,11 @@ def session(proto_bytes: bytes, threads: int, profile_dir: str | None = None):
     return ort.InferenceSession(proto_bytes, so, providers=["CPUExecutionProvider"])
 
 
-def make_explainer(model: nn.Module, x: torch.Tensor, threads: int, layer_modules: list[str]):
+def make_explainer(model: nn.Module, x: torch.Tensor, threads: int, layer_modules: list[str],
+                   spinning: bool = False):
     """Explainer(module, example_input=x); else export_torch + Explainer(proto); else a manual
     export with layers named by ONNX tensor (the output of the last node under /<module>/)."""
-    rt = onnx_cam.RuntimeOptions(intra_op_threads=threads)
+    rt = onnx_cam.RuntimeOptions(intra_op_threads=threads, spinning=spinning)
     same = {m: m for m in layer_modules}
     try:
         return onnx_cam.Explainer(model, example_input=x, runtime=rt), same, None
@@ -407,7 +408,7 @@ def bench_model(title, model, shape, layers, args):
     notes = []
     t0 = time.perf_counter()
     plain = session(export_bytes(model, x, fold=True), args.threads)
-    exp, names, note = make_explainer(model, x, args.threads, layers)
+    exp, names, note = make_explainer(model, x, args.threads, layers, args.spinning)
     if note:
         notes.append(note)
     notes.append(f"setup (plain export + session, Explainer incl. torch export): "
@@ -461,6 +462,8 @@ def main(argv=None):
     p.add_argument("--numba-threads", type=int, default=None,
                    help="numba.set_num_threads for the kernels (default: numba's, = cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spinning", action="store_true",
+                   help="let onnx-cam's ONNX Runtime threads spin when idle (ORT's default)")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
