@@ -15,11 +15,15 @@ LAYER_INDEX = 3          # the second ReLU of small_cnn
 TARGETS = [0, 2, 1]
 
 
-@pytest.fixture(scope="module")
-def setup():
+SHAPES = {1: (3, 2, 30), 2: (3, 2, 12, 10), 3: (3, 2, 6, 8, 5)}
+MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3], ids=["1d", "2d", "3d"])
+def setup(request):
     torch.manual_seed(3)
-    model = small_cnn(2, nn.Softmax(dim=1), classes=3)
-    x = torch.randn(3, 2, 12, 10)
+    model = small_cnn(request.param, nn.Softmax(dim=1), classes=3)
+    x = torch.randn(*SHAPES[request.param])
     exp = onnx_cam.Explainer(export_bytes(model, x))
     body = model[:-1]
     acts = body[:LAYER_INDEX + 1](x).detach().requires_grad_(True)
@@ -28,8 +32,12 @@ def setup():
     return exp, model, x, acts.detach(), acts.grad
 
 
+def spatial(t):
+    return tuple(range(2, t.ndim))
+
+
 def spatial_sum(t):
-    return t.sum(dim=(2, 3))
+    return t.sum(dim=spatial(t))
 
 
 def principal(maps):
@@ -47,9 +55,11 @@ def principal(maps):
 
 
 def reference(method, model, x, a, g):
-    per_channel = lambda w: w[:, :, None, None]  # noqa: E731
+    def per_channel(w):
+        return w.reshape(w.shape + (1,) * (a.ndim - 2))
+
     if method == "gradcam":
-        return F.relu((per_channel(g.mean(dim=(2, 3))) * a).sum(1))
+        return F.relu((per_channel(g.mean(dim=spatial(g))) * a).sum(1))
     if method == "hirescam":
         return F.relu((g * a).sum(1))
     if method == "gradcam++":
@@ -72,20 +82,20 @@ def reference(method, model, x, a, g):
     with torch.no_grad():
         for i, target in enumerate(TARGETS):
             if method == "scorecam":
-                masks = F.interpolate(a[i][:, None], size=x.shape[2:], mode="bilinear",
+                masks = F.interpolate(a[i][:, None], size=x.shape[2:], mode=MODES[x.ndim - 2],
                                       align_corners=True)
-                lo = masks.amin(dim=(2, 3), keepdim=True)
-                hi = masks.amax(dim=(2, 3), keepdim=True)
+                lo = masks.amin(dim=spatial(masks), keepdim=True)
+                hi = masks.amax(dim=spatial(masks), keepdim=True)
                 masks = (masks - lo) / (hi - lo + 1e-8)
                 scores = body(x[i:i + 1] * masks)[:, target]
                 weights[i] = torch.softmax(scores, 0)
             else:  # ablationcam
                 head = body[LAYER_INDEX + 1:]
                 original = head(a[i:i + 1])[0, target]
-                variants = a[i].repeat(a.shape[1], 1, 1, 1)
+                variants = a[i].repeat(a.shape[1], *[1] * (a.ndim - 1))
                 variants[torch.arange(a.shape[1]), torch.arange(a.shape[1])] = 0
                 weights[i] = (original - head(variants)[:, target]) / original
-    return F.relu((weights[:, :, None, None] * a).sum(1))
+    return F.relu((per_channel(weights) * a).sum(1))
 
 
 METHODS = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcamelementwise",
@@ -99,14 +109,15 @@ def test_method_matches_its_formula(setup, method):
     ref = reference(method, model, x, a, g).numpy()
     np.testing.assert_allclose(res.raw(), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
     cam = res.cam()
-    assert cam.shape == (3, 12, 10) and np.nanmin(cam) >= 0 and np.nanmax(cam) <= 1
+    assert cam.shape == x.shape[:1] + x.shape[2:]
+    assert np.nanmin(cam) >= 0 and np.nanmax(cam) <= 1
 
 
 def test_method_aliases_and_eigen_smoothing(setup):
     exp, model, x, a, g = setup
     res = exp.explain(x.numpy(), targets=TARGETS, layers="/3/Relu_output_0",
                       methods=["Grad-CAM", "gradcam_plusplus"], eigen_smooth=True)
-    weights = g.mean(dim=(2, 3))[:, :, None, None]
+    weights = g.mean(dim=spatial(g)).reshape(g.shape[:2] + (1,) * (g.ndim - 2))
     ref = F.relu(principal(weights * a)).numpy()
     np.testing.assert_allclose(res.raw("grad-cam"), ref, rtol=1e-4, atol=1e-6)
     assert res.methods == ["gradcam", "gradcam++"]

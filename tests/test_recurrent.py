@@ -365,3 +365,35 @@ def test_long_sequence_builds_a_graph_of_constant_size_and_runs():
     assert grads.shape == (8, 16, 500) and np.isfinite(grads).all()
     _, _, ref = _torch_reference(model, long_[:2], [1, 1])  # spot check two items
     np.testing.assert_allclose(grads[:2], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_2d_cnn_gru_on_a_spectrogram():
+    """Conv2d over (freq, time), frequency folded into channels, a GRU over time."""
+
+    class SpectroGRU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.gru = nn.GRU(4 * 8, 6, batch_first=True)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.relu(self.conv(x))                       # (N, 4, F=8, T)
+            seq = h.flatten(1, 2).transpose(1, 2)             # (N, T, 32)
+            out, _ = self.gru(seq)
+            return torch.softmax(self.fc(out.mean(1)), 1)
+
+    torch.manual_seed(11)
+    model = SpectroGRU().eval()
+    x = torch.randn(3, 1, 8, 20)
+    exp = onnx_cam.Explainer(model, example_input=x)
+    targets = [2, 0, 1]
+    _, per_layer = exp.activations_and_gradients(x.numpy(), targets=targets, layers="relu")
+    acts = model.relu(model.conv(x)).detach().requires_grad_(True)
+    seq = acts.flatten(1, 2).transpose(1, 2)
+    logits = model.fc(model.gru(seq)[0].mean(1))
+    logits[torch.arange(3), torch.tensor(targets)].sum().backward()
+    ref = acts.grad.numpy()
+    np.testing.assert_allclose(per_layer["relu"][1], ref, rtol=1e-4,
+                               atol=1e-6 * np.abs(ref).max())
