@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -214,15 +215,19 @@ class Explainer:
         return self._sessions[key]
 
     def _resolve_layers(self, layers) -> list[Layer]:
-        if layers is None or (isinstance(layers, str) and layers == "auto"):
-            return [self.model.layers[0]]
+        """The layers asked for, each named as the caller named it ("auto": the deepest)."""
+        if layers is None:
+            layers = "auto"
         names = [layers] if isinstance(layers, str) else list(layers)
         if not names:
             raise LayerError("layers= is empty; name at least one layer or use 'auto'.")
-        chosen = []
+        chosen: list[Layer] = []
         for name in names:
-            layer = self.model.layers[0] if name == "auto" else self.model.resolve_layer(name)
-            if layer not in chosen:
+            if name == "auto":
+                layer = self.model.layers[0]
+            else:
+                layer = replace(self.model.resolve_layer(name), name=name)
+            if all(layer.tensor != other.tensor for other in chosen):
                 chosen.append(layer)
         return chosen
 

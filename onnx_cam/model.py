@@ -171,6 +171,7 @@ class Model:
             d.Clear()
             d.dim_value = int(size)
         graph = gs.import_onnx(_infer_shapes(proto, spatial_shape))
+        _ceil_pools_to_floor(graph)
         graph.fold_constants(error_ok=True).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed)
@@ -212,6 +213,45 @@ def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...]) -> onn
             f"ONNX shape inference fails on this model for spatial shape {spatial_shape}: "
             f"{exc}. Check that the input size is one the model accepts."
         ) from None
+
+
+def _ceil_pools_to_floor(graph: gs.Graph) -> None:
+    """Rewrite ceil_mode pools as floor-mode pools with more end padding, same results.
+
+    ONNX Runtime (like torch) drops a last window that would start in the end padding; ONNX
+    shape inference before opset 22 keeps it, so every shape after such a pool would be
+    wrong. Extra end padding is never read by MaxPool, nor counted by AveragePool without
+    count_include_pad, so the floor-mode node computes exactly what ONNX Runtime computed.
+    """
+    for node in graph.nodes:
+        if node.op not in ("MaxPool", "AveragePool") or not node.attrs.get("ceil_mode", 0):
+            continue
+        if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", ""):
+            continue
+        dims = node.inputs[0].shape
+        if dims is None or not all(isinstance(d, int) for d in dims[2:]):
+            continue
+        in_dims, n = dims[2:], len(dims) - 2
+        kernel = node.attrs["kernel_shape"]
+        strides = node.attrs.get("strides", [1] * n)
+        dilations = node.attrs.get("dilations", [1] * n)
+        pads = list(node.attrs.get("pads", [0] * (2 * n)))
+        for i in range(n):
+            reach = (kernel[i] - 1) * dilations[i] + 1
+            span = in_dims[i] + pads[i] + pads[n + i] - reach
+            out = -(-span // strides[i]) + 1
+            if (out - 1) * strides[i] >= in_dims[i] + pads[i]:
+                out -= 1
+            pads[n + i] = max(pads[n + i], (out - 1) * strides[i] + reach - in_dims[i] - pads[i])
+        if node.op == "AveragePool" and node.attrs.get("count_include_pad", 0) and \
+                pads != list(node.attrs.get("pads", [0] * (2 * n))):
+            raise UnsupportedModelError(
+                f"AveragePool node {node.name!r} uses ceil_mode with count_include_pad, whose "
+                "last windows ONNX shape inference sizes differently from ONNX Runtime. "
+                "Export the pool without ceil_mode (pad explicitly instead)."
+            )
+        node.attrs["pads"] = pads
+        node.attrs["ceil_mode"] = 0
 
 
 def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:

@@ -101,25 +101,24 @@ def pad(b, node, grads, wants):
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if mode != "constant":
         raise ValueError(f"Pad in {mode!r} mode is not supported")
-    x = node.inputs[0]
-    r = rank(x)
+    r = rank(node.inputs[0])
     pads = _constant_ints(node.inputs[1], "pads")
     axes = (_constant_ints(node.inputs[3], "pad axes") if len(node.inputs) > 3
             and node.inputs[3].name else list(range(r)))
     n = len(axes)
-    starts, ends = [], []
+    starts, ends, sliced = [], [], []
     for i, axis in enumerate(axes):
         begin, end = pads[i], pads[n + i]
         if begin < 0 or end < 0:
             raise ValueError("Pad with negative pads is not supported")
-        starts.append(begin)
-        size = static_shape(x)[axis % r]
-        if not isinstance(size, int):
-            raise ValueError("Pad along a dynamic axis")
-        ends.append(begin + size)
-    sliced = b.op("Slice", [grads[0], b.ints(starts), b.ints(ends),
-                            b.ints([a % r for a in axes])])
-    return [sliced] + _rest(node)
+        if begin or end:  # counting from the end needs no static size (batch axes are dynamic)
+            starts.append(begin)
+            ends.append(-end if end else np.iinfo(np.int64).max)
+            sliced.append(axis % r)
+    if not sliced:
+        return [grads[0]] + _rest(node)
+    cut = b.op("Slice", [grads[0], b.ints(starts), b.ints(ends), b.ints(sliced)])
+    return [cut] + _rest(node)
 
 
 @register("Gather")
