@@ -41,8 +41,15 @@ from typing import Any
 
 import onnx
 
-LAYER_MAP_KEY = "onnx_cam.layer_map"
-CLASS_NAMES_KEY = "onnx_cam.class_names"
+from .metadata import (
+    CHANNELS_FIRST,
+    CLASS_NAMES_KEY,
+    LAYER_MAP_KEY,
+    LAYOUT_KEY,
+    SOURCE_KEY,
+    set_metadata,
+)
+
 _CALL_SUFFIX = re.compile(r"(.+)_(\d+)")
 
 
@@ -104,17 +111,13 @@ def export_torch(
 
     meta = {
         LAYER_MAP_KEY: json.dumps(layer_map, sort_keys=True),
-        "onnx_cam.source": "torch",
-        "onnx_cam.layout": "channels_first",
+        SOURCE_KEY: "torch",
+        LAYOUT_KEY: CHANNELS_FIRST,
         "onnx_cam.torch_version": str(torch.__version__),
     }
     if class_names is not None:
         meta[CLASS_NAMES_KEY] = json.dumps([str(c) for c in class_names])
-    kept = [p for p in model.metadata_props if p.key not in meta]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
+    set_metadata(model, meta)
     if path is not None:
         onnx.save(model, os.fspath(path))
     return model

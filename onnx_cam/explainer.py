@@ -38,19 +38,32 @@ def _as_model_source(model, example_input, class_names):
             return export_torch(model, example_input, class_names=class_names)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"Exporting the torch model to ONNX failed: {exc}") from None
+    from .converters.keras_export import is_keras_model  # imports neither keras nor TF
+    if is_keras_model(model):
+        from .converters import export_keras
+        try:
+            return export_keras(model, class_names=class_names, example_input=example_input)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"Converting the Keras model to ONNX failed: {exc}") from None
     return model
 
 
 class Explainer:
-    """Explains one ONNX model (or a torch module, exported on the way).
+    """Explains one ONNX model (or a torch module or Keras model, converted on the way).
 
     >>> exp = Explainer("model.onnx")
     >>> res = exp.explain(x, targets=None, layers="auto", methods=["gradcam", "hirescam"])
+
+    channels_last: the model takes (N, *spatial, C) inputs (Keras). None: as the model's
+    metadata says (models converted by onnx_cam.converters); without it, channels-last when
+    the first convolution reads the input's last axis as its channels.
     """
 
     def __init__(self, model, *, example_input=None, class_names: Sequence[str] | None = None,
-                 output: str | None = None, runtime: RuntimeOptions | None = None):
-        self.model = Model(_as_model_source(model, example_input, class_names), output=output)
+                 output: str | None = None, runtime: RuntimeOptions | None = None,
+                 channels_last: bool | None = None):
+        self.model = Model(_as_model_source(model, example_input, class_names), output=output,
+                           channels_last=channels_last)
         self.runtime = runtime or RuntimeOptions()
         names = class_names if class_names is not None else self.model.class_names
         self.class_names = list(names) if names is not None else None
@@ -148,7 +161,8 @@ class Explainer:
     def activations_and_gradients(self, x, targets=None, layers="auto", foils=None, *,
                                   score: str = "logits", batch_size: int = 64):
         """Logits and, per layer name, (activations, d score / d activations), one row per
-        (item, target, foil) as in explain()."""
+        (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
+        first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
         x = self._check_input(x)
         chosen = self._resolve_layers(layers)
         plan = self._plan(x, targets, foils, batch_size)
@@ -227,33 +241,50 @@ class Explainer:
                 layer = self.model.layers[0]
             else:
                 layer = replace(self.model.resolve_layer(name), name=name)
-            if all(layer.tensor != other.tensor for other in chosen):
+            if all(layer.name != other.name for other in chosen):
                 chosen.append(layer)
         return chosen
 
     def _check_input(self, x) -> np.ndarray:
+        """The input checked against the model's, as (N, C, *spatial) (see Model.graph)."""
         try:
             x = np.asarray(x, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise InputError(f"The input cannot be read as a float32 array ({exc}).") from None
-        expected = self.model.input_shape
-        layout = {3: "(N, C, T)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}[len(expected)]
+        expected, channel_axis = self.model.input_shape, self.model.channel_axis
+        layouts = ({3: "(N, T, C)", 4: "(N, H, W, C)", 5: "(N, D, H, W, C)"}
+                   if self.model.channels_last else
+                   {3: "(N, C, T)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"})
         if x.ndim != len(expected):
             hint = " Add a batch axis: x[None]." if x.ndim == len(expected) - 1 else ""
-            raise InputError(f"The model takes {layout} inputs of rank {len(expected)}; "
-                             f"got shape {x.shape}.{hint}")
+            raise InputError(f"The model takes {layouts[len(expected)]} inputs of rank "
+                             f"{len(expected)}; got shape {x.shape}.{hint}")
         if len(x) == 0:
             raise InputError("The input holds no items (batch axis of size 0).")
         for axis, (want, got) in enumerate(zip(expected[1:], x.shape[1:]), start=1):
             if want is not None and want != got:
-                what = "channels" if axis == 1 else f"size along axis {axis}"
+                what = "channels" if axis == channel_axis else f"size along axis {axis}"
                 raise InputError(f"The model takes {want} {what}; the input has {got} "
-                                 f"(input shape {x.shape}, model input {expected}).")
+                                 f"(input shape {x.shape}, model input {expected})."
+                                 f"{self._layout_hint(x.shape)}")
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if bad.any():
             raise InputError(f"Items {np.flatnonzero(bad).tolist()[:20]} contain NaN or Inf; "
                              "clean or drop them before explaining.")
+        if channel_axis != 1:
+            x = np.ascontiguousarray(np.moveaxis(x, channel_axis, 1))
         return x
+
+    def _layout_hint(self, shape: tuple) -> str:
+        """A hint when the input would fit with its channel axis moved to the other end."""
+        if self.model.channels_last:
+            moved, wanted, fix = (shape[0], *shape[2:], shape[1]), "channels-last", "1, -1"
+        else:
+            moved, wanted, fix = (shape[0], shape[-1], *shape[1:-1]), "channels-first", "-1, 1"
+        if all(w is None or w == g for w, g in zip(self.model.input_shape[1:], moved[1:])):
+            return (f" The input looks like the other layout; the model takes {wanted} "
+                    f"inputs: pass np.moveaxis(x, {fix}).")
+        return ""
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
         if self.head == "Sigmoid":

@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference, version_converter
 
-from .converters import CLASS_NAMES_KEY, LAYER_MAP_KEY
+from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -24,6 +24,14 @@ NON_DIFFERENTIABLE = frozenset({
     "EyeLike", "OneHot",
 })
 SPATIAL_OPS = frozenset({"Conv", "ConvTranspose"})
+# Ops that only rearrange a tensor: in a channels-last model their output is listed as a layer
+# only when a framework layer name points to it or their input is not already a layer.
+LAYOUT_OPS = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity"})
+# Ops that keep the rank but reorder or mix positions and channels: axes are not traced through.
+REORDERING_OPS = frozenset({
+    "ReverseSequence", "Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND",
+    "DepthToSpace", "SpaceToDepth", "Einsum", "TopK", "Loop", "Scan", "If",
+})
 
 
 @dataclass(frozen=True)
@@ -33,8 +41,16 @@ class Layer:
     name: str                      # the name shown to users (framework name when known)
     tensor: str                    # the ONNX tensor name
     op: str                        # the op that produces it
-    shape: tuple                   # (N, C, *spatial), N symbolic
+    shape: tuple                   # (N, C, *spatial), N symbolic, whatever the tensor's layout
     aliases: tuple = field(default=())  # every name that resolves to this tensor
+    # which axis of (N, C, *spatial) each axis of the tensor is (None: a unit axis to drop);
+    # None when the tensor is (N, C, *spatial) already
+    axes: tuple | None = None
+
+    @property
+    def channels_last(self) -> bool:
+        """The tensor holds its channels on its last axis (N, *spatial, C)."""
+        return self.axes is not None and [a for a in self.axes if a is not None][-1] == 1
 
 
 def load_proto(source) -> onnx.ModelProto:
@@ -76,7 +92,7 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 class Model:
     """A validated ONNX model with everything onnx-cam needs to know about it."""
 
-    def __init__(self, source, output: str | None = None):
+    def __init__(self, source, output: str | None = None, channels_last: bool | None = None):
         proto = load_proto(source)
         try:
             onnx.checker.check_model(proto)
@@ -109,10 +125,17 @@ class Model:
         self.input_name = inputs[0].name
         dims = inputs[0].type.tensor_type.shape.dim
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        if channels_last is None:  # the converter's word, else what the convolutions read
+            layout = metadata.get(LAYOUT_KEY)
+            channels_last = (layout == CHANNELS_LAST if layout
+                             else _convs_read_last_axis(proto, self.input_name))
+        self.channels_last = bool(channels_last)
         if len(self.input_shape) not in (3, 4, 5):
+            layouts = ("(N, T, C), (N, H, W, C) and (N, D, H, W, C)" if self.channels_last
+                       else "(N, C, T), (N, C, H, W) and (N, C, D, H, W)")
             raise UnsupportedModelError(
                 f"The model input {self.input_name!r} has rank {len(self.input_shape)}; onnx-cam "
-                "explains (N, C, T), (N, C, H, W) and (N, C, D, H, W) inputs."
+                f"explains {layouts} inputs."
             )
         outputs = [o.name for o in proto.graph.output]
         self.output_name = output or outputs[0]
@@ -131,7 +154,10 @@ class Model:
                 "(N, classes) or (N,) scores. Choose the output that holds them with output=."
             )
         self.num_classes = score_shape[1] if len(score_shape) == 2 else 1
-        self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map)
+        self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map,
+                                        self.channels_last)
+        self.layer_axes = {layer.tensor: layer.axes for layer in self.layers
+                           if layer.axes is not None}
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -139,11 +165,21 @@ class Model:
         return len(self.input_shape) - 2
 
     @property
+    def channel_axis(self) -> int:
+        """The channel axis of the model's input: 1, or the last one if channels-last."""
+        return len(self.input_shape) - 1 if self.channels_last else 1
+
+    @property
     def channels(self) -> int | None:
-        return self.input_shape[1]
+        return self.input_shape[self.channel_axis]
+
+    @property
+    def spatial_input_shape(self) -> tuple:
+        """The input's spatial axes in order (T), (H, W) or (D, H, W), None where free."""
+        return self.input_shape[1:-1] if self.channels_last else self.input_shape[2:]
 
     def default_spatial_shape(self) -> tuple[int, ...]:
-        spatial = self.input_shape[2:]
+        spatial = self.spatial_input_shape
         if any(d is None for d in spatial):
             # dynamic spatial axes: the catalogue is built on a nominal size; explain() builds
             # the graph again for each size it meets
@@ -153,7 +189,9 @@ class Model:
     def graph(self, spatial_shape: tuple[int, ...]) -> gs.Graph:
         """The model's graph with the input's spatial axes fixed, shapes inferred, folded.
 
-        Returns a fresh copy each call so callers may rewrite it.
+        Its input is always (N, C, *spatial): for a channels-last model a Transpose to the
+        model's own layout follows it, so everything built on the graph reads and feeds
+        channels-first arrays. Returns a fresh copy each call so callers may rewrite it.
         """
         key = tuple(spatial_shape)
         if key not in self._graphs:
@@ -167,10 +205,13 @@ class Model:
         dims = inp.type.tensor_type.shape.dim
         dims[0].Clear()
         dims[0].dim_param = "N"
-        for d, size in zip(list(dims)[2:], spatial_shape):
+        spatial_dims = list(dims)[1:-1] if self.channels_last else list(dims)[2:]
+        for d, size in zip(spatial_dims, spatial_shape):
             d.Clear()
             d.dim_value = int(size)
         graph = gs.import_onnx(_infer_shapes(proto, spatial_shape))
+        if self.channels_last:
+            _channels_first_input(graph, self.input_name)
         _ceil_pools_to_floor(graph)
         graph.fold_constants(error_ok=True).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
@@ -215,6 +256,34 @@ def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...]) -> onn
         ) from None
 
 
+def _convs_read_last_axis(proto: onnx.ModelProto, input_name: str) -> bool:
+    """True when the first convolution's channel axis is the input's last axis (a model
+    converted from a channels-last framework, e.g. Keras through tf2onnx)."""
+    try:
+        graph = gs.import_onnx(shape_inference.infer_shapes(proto))
+        rank = len(graph.tensors()[input_name].shape)
+        axes = _trace_axes(graph, input_name)
+    except Exception:
+        return False
+    for node in graph.nodes:
+        if node.op in SPATIAL_OPS and node.inputs[0].name in axes:
+            return axes[node.inputs[0].name][1] == rank - 1
+    return False
+
+
+def _channels_first_input(graph: gs.Graph, name: str) -> None:
+    """Feed a channels-last graph from a (N, C, *spatial) input of the same name."""
+    old = next(t for t in graph.inputs if t.name == name)
+    rank = len(old.shape)
+    perm = [0, *range(2, rank), 1]  # (N, C, *spatial) -> (N, *spatial, C)
+    new = gs.Variable(name, dtype=old.dtype,
+                      shape=[old.shape[0], old.shape[-1], *old.shape[1:-1]])
+    old.name = f"{name}/onnx_cam_channels_last"
+    graph.nodes.insert(0, gs.Node("Transpose", f"{name}/onnx_cam_to_channels_last",
+                                  {"perm": perm}, [new], [old]))
+    graph.inputs = [new if t is old else t for t in graph.inputs]
+
+
 def _ceil_pools_to_floor(graph: gs.Graph) -> None:
     """Rewrite ceil_mode pools as floor-mode pools with more end padding, same results.
 
@@ -236,19 +305,33 @@ def _ceil_pools_to_floor(graph: gs.Graph) -> None:
         strides = node.attrs.get("strides", [1] * n)
         dilations = node.attrs.get("dilations", [1] * n)
         pads = list(node.attrs.get("pads", [0] * (2 * n)))
+        dropped = False
         for i in range(n):
             reach = (kernel[i] - 1) * dilations[i] + 1
             span = in_dims[i] + pads[i] + pads[n + i] - reach
-            out = -(-span // strides[i]) + 1
-            if (out - 1) * strides[i] >= in_dims[i] + pads[i]:
-                out -= 1
-            pads[n + i] = max(pads[n + i], (out - 1) * strides[i] + reach - in_dims[i] - pads[i])
-        if node.op == "AveragePool" and node.attrs.get("count_include_pad", 0) and \
-                pads != list(node.attrs.get("pads", [0] * (2 * n))):
+            count = -(-span // strides[i]) + 1           # ceil mode, as shape inference
+            if (count - 1) * strides[i] >= in_dims[i] + pads[i]:
+                count -= 1                               # the window ONNX Runtime drops
+                dropped = True
+            if span // strides[i] + 1 == count:
+                continue                                 # floor mode already gives it
+            pads[n + i] = max((count - 1) * strides[i] + reach - in_dims[i] - pads[i], 0)
+        if not dropped:
+            continue  # shape inference agrees with ONNX Runtime: leave the node as it is
+        if any(end >= k for end, k in zip(pads[n:], kernel)):
             raise UnsupportedModelError(
-                f"AveragePool node {node.name!r} uses ceil_mode with count_include_pad, whose "
-                "last windows ONNX shape inference sizes differently from ONNX Runtime. "
-                "Export the pool without ceil_mode (pad explicitly instead)."
+                f"{node.op} node {node.name!r} uses ceil_mode in a way onnx-cam cannot rewrite "
+                "in floor mode (ONNX shape inference and ONNX Runtime size its output "
+                "differently). Export the pool without ceil_mode."
+            )
+        original = list(node.attrs.get("pads", [0] * (2 * n)))
+        if node.op == "AveragePool" and node.attrs.get("count_include_pad", 0) and any(
+                new > old for new, old in zip(pads[n:], original[n:])):
+            # counted padding beyond the original would change the last windows' divisors
+            raise UnsupportedModelError(
+                f"AveragePool node {node.name!r} uses ceil_mode with count_include_pad and "
+                "drops its last window, which ONNX shape inference sizes differently from ONNX "
+                "Runtime. Export the pool without ceil_mode (pad explicitly instead)."
             )
         node.attrs["pads"] = pads
         node.attrs["ceil_mode"] = 0
@@ -265,13 +348,30 @@ def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:
     return None, tensor.name
 
 
+def node_inputs(node: gs.Node) -> list:
+    """The node's inputs and the outer tensors its subgraphs (Loop, Scan, If bodies) read.
+
+    tf2onnx turns a Keras GRU into a Loop whose body reads the sequence from the enclosing
+    graph: the dependency is not among the Loop's inputs.
+    """
+    tensors = list(node.inputs)
+    for value in node.attrs.values():
+        for sub in value if isinstance(value, list) else [value]:
+            if isinstance(sub, gs.Graph):
+                inner = {t.name for t in sub.inputs}
+                inner.update(t.name for n in sub.nodes for t in n.outputs)
+                tensors.extend(t for n in sub.nodes for t in node_inputs(n)
+                               if t.name not in inner and not isinstance(t, gs.Constant))
+    return tensors
+
+
 def differentiable_closure(graph: gs.Graph, sources: set[str]) -> set[str]:
     """Names of the float tensors that depend differentiably on any of `sources`."""
     active = set(sources)
     for node in graph.nodes:  # graph is topologically sorted
         if node.op in NON_DIFFERENTIABLE:
             continue
-        if any(t.name in active for t in node.inputs):
+        if any(t.name in active for t in node_inputs(node)):
             for out in node.outputs:
                 if out.dtype is None or np.issubdtype(np.dtype(out.dtype), np.floating):
                     active.add(out.name)
@@ -288,30 +388,113 @@ def ancestors(graph: gs.Graph, target: str, within: set[str]) -> set[str]:
             continue
         seen.add(name)
         for node in tensors[name].inputs:
-            stack.extend(t.name for t in node.inputs if t.name in within)
+            stack.extend(t.name for t in node_inputs(node) if t.name in within)
     return seen
 
 
 def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
-                      layer_map: dict[str, str]) -> list[Layer]:
-    """Tensors with spatial extent downstream of a Conv and upstream of the score."""
+                      layer_map: dict[str, str], channels_last: bool = False) -> list[Layer]:
+    """Tensors with spatial extent downstream of a Conv and upstream of the score.
+
+    In a channels-last model every tensor's axes are traced from the input (_trace_axes), so a
+    layer is found and described as (N, C, *spatial) whatever layout the converter gave it.
+    """
     rank = len(graph.tensors()[input_name].shape)
     conv_outputs = {n.outputs[0].name for n in graph.nodes if n.op in SPATIAL_OPS}
     reaches_score = ancestors(graph, score, differentiable_closure(graph, conv_outputs))
     aliases: dict[str, list[str]] = {}
     for framework_name, tensor in layer_map.items():
         aliases.setdefault(tensor, []).append(framework_name)
-    layers = []
-    for node in reversed(graph.nodes):
+    traced = _trace_axes(graph, input_name) if channels_last else None
+    found: set[str] = set()
+    per_node = []
+    for node in graph.nodes:
+        outs = []
         for out in node.outputs:
-            shape = out.shape
-            if out.name not in reaches_score or shape is None or len(shape) != rank:
+            if out.name not in reaches_score or out.shape is None:
                 continue
-            spatial = shape[2:]
-            if all(isinstance(d, int) and d == 1 for d in spatial):
+            axes = None
+            if traced is None:
+                if len(out.shape) != rank:
+                    continue
+                shape = tuple(out.shape)
+            else:
+                axes = traced.get(out.name)
+                named = out.name in aliases
+                if axes is None or sorted(a for a in axes if a is not None) != list(range(rank)):
+                    continue  # axes unknown, or not all of (N, C, *spatial)
+                if len(axes) != rank and not named:
+                    continue  # e.g. the 2D Conv inside a Conv1D: listed by its squeezed output
+                if node.op in LAYOUT_OPS and not named and any(t.name in found
+                                                               for t in node.inputs):
+                    continue  # the same values as a layer already listed, rearranged
+                shape = tuple(out.shape[axes.index(k)] for k in range(rank))
+                if axes == tuple(range(rank)):
+                    axes = None
+            if all(isinstance(d, int) and d == 1 for d in shape[2:]):
                 continue
-            names = sorted(aliases.get(out.name, []), key=lambda s: (s.count("."), len(s)))
-            display = names[0] if names else out.name
-            layers.append(Layer(display, out.name, node.op, tuple(shape),
-                                tuple(names) + (out.name, node.name)))
+            found.add(out.name)
+            outs.append((out.name, shape, axes))
+        per_node.append((node, outs))
+    layers = []
+    for node, outs in reversed(per_node):
+        for name, shape, axes in outs:
+            names = sorted(aliases.get(name, []), key=lambda s: (s.count("."), len(s)))
+            display = names[0] if names else name
+            layers.append(Layer(display, name, node.op, shape,
+                                tuple(names) + (name, node.name), axes))
     return layers
+
+
+def _trace_axes(graph: gs.Graph, input_name: str) -> dict[str, tuple]:
+    """For each tensor reached from the input, which axis of the input's (N, C, *spatial) each
+    of its axes is (None: a unit axis inserted on the way).
+
+    Followed through Transpose; Squeeze, Unsqueeze, Reshape and Flatten that only add or drop
+    unit axes; ops that compute on (N, C, *spatial) (Conv, pools, normalisations: their output
+    keeps their input's axes); and any other op whose output has the rank of the first traced
+    tensor it reads (elementwise ops, Pad, Slice, Concat, reductions keeping their axes,
+    MatMul over the last axis). Other tensors (after an LSTM, a general Reshape, a Gather or
+    ReverseSequence...) are not traced and cannot be layers of a channels-last model.
+    """
+    tensors = graph.tensors()
+    axes = {input_name: tuple(range(len(tensors[input_name].shape)))}
+    for node in graph.nodes:  # topologically sorted
+        if node.op in NON_DIFFERENTIABLE or node.op in REORDERING_OPS:
+            continue
+        source = next((t for t in node.inputs if t.name in axes), None)
+        if source is None:
+            continue
+        for out in node.outputs:
+            traced = _axes_through(node, source, axes[source.name], out)
+            if traced is not None:
+                axes[out.name] = traced
+    return axes
+
+
+def _axes_through(node: gs.Node, source, axes: tuple, out) -> tuple | None:
+    if node.op == "Transpose":
+        perm = node.attrs.get("perm", list(reversed(range(len(axes)))))
+        return tuple(axes[p] for p in perm)
+    if out.shape is None:
+        return None
+    if node.op in ("Squeeze", "Unsqueeze", "Reshape", "Flatten"):
+        return _through_unit_axes(axes, source.shape, out.shape)
+    return axes if len(out.shape) == len(axes) else None
+
+
+def _through_unit_axes(axes: tuple, in_shape, out_shape) -> tuple | None:
+    """The axes after a reshape that only inserts or drops unit axes; None for any other."""
+    if in_shape is None:
+        return None
+
+    def unit(d):
+        return isinstance(d, int) and d == 1
+
+    if any(a is not None for a, d in zip(axes, in_shape) if unit(d)):
+        return None  # a unit axis of (N, C, *spatial) itself: not followed
+    kept = [(a, d) for a, d in zip(axes, in_shape) if not unit(d)]
+    if [d for _, d in kept] != [d for d in out_shape if not unit(d)]:
+        return None
+    order = iter(a for a, _ in kept)
+    return tuple(None if unit(d) else next(order) for d in out_shape)

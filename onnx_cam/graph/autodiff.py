@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import LayerError, UnsupportedModelError, UnsupportedOpError
-from ..model import ancestors, differentiable_closure
+from ..model import ancestors, differentiable_closure, node_inputs
 from .builder import GradBuilder
 from .rules import RULES, supported_ops
 
@@ -36,10 +36,11 @@ def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
             pending[out.name] = [total] if total is not None else []
             out_grads.append(total)
         wants = [t.name in needed and not isinstance(t, gs.Constant) for t in node.inputs]
-        if all(g is None for g in out_grads) or not any(wants):
+        implicit = any(t.name in needed for t in node_inputs(node)[len(node.inputs):])
+        if all(g is None for g in out_grads) or not (any(wants) or implicit):
             continue
         rule = RULES.get(node.op)
-        if rule is None:
+        if rule is None or implicit:  # a rule differentiates a node's own inputs only
             raise UnsupportedOpError(
                 f"Op {node.op} (node {node.name!r}) lies between a target layer and the score, "
                 f"and onnx-cam has no gradient rule for it. Choose a layer above it, or ask "

@@ -56,10 +56,13 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     score_out = _expose(graph, logits, SCORE)
     acts, grad_names = [], []
     for i, name in enumerate(layers):
-        acts.append(_expose(graph, tensors[name], f"onnx_cam_activation_{i}").name)
+        # a layer in another layout (channels-last) is returned as (N, C, *spatial)
+        axes, shape = model.layer_axes.get(name), tensors[name].shape
+        view = channels_first(builder, tensors[name], axes, shape)
+        acts.append(_expose(graph, view, f"onnx_cam_activation_{i}").name)
         if gradients:
-            grad_names.append(_expose(graph, grads[name], f"onnx_cam_gradient_{i}",
-                                      tensors[name].shape).name)
+            grad = channels_first(builder, grads[name], axes, shape)
+            grad_names.append(_expose(graph, grad, f"onnx_cam_gradient_{i}", view.shape).name)
     graph.outputs = [score_out] + [graph.tensors()[n] for n in acts + grad_names]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     proto = gs.export_onnx(graph, do_type_check=False)
@@ -91,6 +94,43 @@ def _score(builder: GradBuilder, logits, head: str | None, score: str) -> gs.Var
         out = builder.op("LogSoftmax", [logits], {"axis": 1})
     out.shape = list(logits.shape)
     return out
+
+
+def channels_first(builder: GradBuilder, tensor, axes: tuple | None, shape) -> gs.Variable:
+    """`tensor` (shaped `shape`) as (N, C, *spatial): drop the unit axes marked None in `axes`
+    (see Layer.axes), then transpose. Unchanged when `axes` is None."""
+    if axes is None:
+        return tensor
+    units = [i for i, a in enumerate(axes) if a is None]
+    kept = [a for a in axes if a is not None]
+    if units:
+        tensor = builder.op("Squeeze", [tensor, builder.ints(units)])
+    perm = [kept.index(k) for k in range(len(kept))]
+    if perm != sorted(perm):
+        tensor = builder.op("Transpose", [tensor], {"perm": perm})
+    tensor.shape = [shape[axes.index(k)] for k in range(len(kept))]
+    return tensor
+
+
+def channels_first_inverse(graph: gs.Graph, source: gs.Variable, target: gs.Variable,
+                           axes: tuple) -> None:
+    """Nodes computing `target` (a tensor in the layout `axes`) from `source`, its
+    (N, C, *spatial) view: the inverse of channels_first."""
+    units = [i for i, a in enumerate(axes) if a is None]
+    kept = [a for a in axes if a is not None]
+    tensor = source
+    if kept != sorted(kept):
+        moved = gs.Variable(f"{target.name}/onnx_cam_transposed", dtype=np.float32)
+        graph.nodes.append(gs.Node("Transpose", f"{target.name}/onnx_cam_transpose",
+                                   {"perm": kept}, [tensor], [moved]))
+        tensor = moved
+    if units:
+        axes_const = gs.Constant(f"{target.name}/onnx_cam_unit_axes", np.asarray(units, np.int64))
+        graph.nodes.append(gs.Node("Unsqueeze", f"{target.name}/onnx_cam_unsqueeze", {},
+                                   [tensor, axes_const], [target]))
+    else:
+        graph.nodes.append(gs.Node("Identity", f"{target.name}/onnx_cam_identity", {},
+                                   [tensor], [target]))
 
 
 def _expose(graph: gs.Graph, tensor, name: str, shape=None) -> gs.Variable:

@@ -9,6 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..model import Model
+from .cam_model import channels_first_inverse
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,13 @@ def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubM
             needs_input = True
         for node in tensor.inputs:
             stack.extend(node.inputs)
-    inputs = [layer_tensor] + ([model_input] if needs_input else [])
     for node in list(layer_tensor.inputs):
         node.outputs = [o for o in node.outputs if o is not layer_tensor]
+    axes = model.layer_axes.get(layer)
+    if axes is not None:  # the head is fed the layer's (N, C, *spatial) view
+        shape = [layer_tensor.shape[axes.index(k)] for k in range(len(axes) - axes.count(None))]
+        view = gs.Variable(f"{layer}/onnx_cam_channels_first", np.float32, shape)
+        channels_first_inverse(graph, view, layer_tensor, axes)
+        layer_tensor = view
+    inputs = [layer_tensor] + ([model_input] if needs_input else [])
     return _finish(model, graph, inputs, tensors[model.score_name])

@@ -1,4 +1,5 @@
-"""Gradient of Conv (1D/2D/3D, any strides, pads, dilations, groups): a ConvTranspose."""
+"""Gradients of Conv (1D/2D/3D, any strides, pads, dilations, groups): a ConvTranspose, and
+of ConvTranspose: a Conv."""
 
 from __future__ import annotations
 
@@ -88,3 +89,36 @@ def conv(b, node, grads, wants):
             return [b.op("Conv", [grads[0], flipped], conv_attrs)] + rest
     attrs["group"] = group
     return [b.op("ConvTranspose", [grads[0], w], attrs)] + rest
+
+
+@register("ConvTranspose")
+def conv_transpose(b, node, grads, wants):
+    """The adjoint of y[i*s + t*d - p_begin] += x[i] * W[t] is a Conv of dy with the same W
+    (read as (C_in, C_out/g, *k): C_out/g -> C_in channels per group), strides, dilations and
+    p_begin, no flip; the end pad only has to reach the last input position's window."""
+    x, w = node.inputs[:2]
+    if any(wants[1:]):
+        raise ValueError("the transposed convolution's weights or bias depend on a target layer")
+    if node.attrs.get("output_shape"):
+        raise ValueError("ConvTranspose with output_shape is not supported; export it with pads")
+    in_dims, out_dims = spatial_dims(x), spatial_dims(node.outputs[0])
+    n = len(in_dims)
+    kernel = list(node.attrs.get("kernel_shape", w.shape[2:]))
+    strides = list(node.attrs.get("strides", [1] * n))
+    dilations = list(node.attrs.get("dilations", [1] * n))
+    extra = list(node.attrs.get("output_padding", [0] * n))
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("NOTSET", "", "VALID"):
+        pads = list(node.attrs.get("pads", [0] * (2 * n))) if auto_pad != "VALID" else [0] * 2 * n
+        begin = pads[:n]
+    else:  # SAME_UPPER / SAME_LOWER: the output is in * stride, the padding split as the spec
+        begin = []
+        for size, out, k, s, d, o in zip(in_dims, out_dims, kernel, strides, dilations, extra):
+            total = max(0, s * (size - 1) + o + (k - 1) * d + 1 - out)
+            begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    end = [max(0, (size - 1) * s + (k - 1) * d + 1 - out - p) for size, out, k, s, d, p
+           in zip(in_dims, out_dims, kernel, strides, dilations, begin)]
+    attrs = {"strides": strides, "dilations": dilations, "pads": begin + end,
+             "group": node.attrs.get("group", 1), "kernel_shape": kernel}
+    return [b.op("Conv", [grads[0], w], attrs)] + [None] * (len(node.inputs) - 1)

@@ -83,16 +83,35 @@ def slice_(b, node, grads, wants):
              and node.inputs[4].name else [1] * len(starts))
     if any(s != 1 for s in steps):
         raise ValueError("Slice with a step other than 1 is not supported")
-    pads = [0] * (2 * len(shape))
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        axis %= len(shape)
+    r = len(shape)
+    pads: list = [0] * (2 * r)
+    for start, end, axis in zip(starts, ends, axes):
+        axis %= r
         size = shape[axis]
-        if not isinstance(size, int):
-            raise ValueError("Slice along a dynamic axis")
-        first, stop, _ = slice(start, end, step).indices(size)
-        pads[axis] = first
-        pads[len(shape) + axis] = size - max(stop, first)
-    return [b.op("Pad", [grads[0], b.ints(pads)])] + _rest(node)
+        if isinstance(size, int):
+            first, stop, _ = slice(start, end).indices(size)
+            pads[axis], pads[r + axis] = first, size - max(stop, first)
+        else:  # a dynamic axis (the batch, a Loop's steps): the pads are computed at run time
+            pads[axis], pads[r + axis] = _dynamic_pads(b, x, axis, start, end)
+    if all(isinstance(p, int) for p in pads):
+        return [b.op("Pad", [grads[0], b.ints(pads)])] + _rest(node)
+    parts = [b.ints([p]) if isinstance(p, int) else p for p in pads]
+    runtime = b.op("Concat", parts, {"axis": 0}, dtype=np.int64)
+    return [b.op("Pad", [grads[0], runtime])] + _rest(node)
+
+
+def _dynamic_pads(b, x, axis: int, start: int, end: int):
+    """(before, after) pads undoing x[start:end] along a dynamic axis, as ONNX Slice clamps."""
+    size = b.op("Slice", [b.shape_of(x), b.ints([axis]), b.ints([axis + 1])], dtype=np.int64)
+    zero = b.ints([0])
+
+    def position(index: int):
+        at = b.op("Add", [size, b.ints([index])], dtype=np.int64) if index < 0 else b.ints([index])
+        return b.op("Min", [b.op("Max", [at, zero], dtype=np.int64), size], dtype=np.int64)
+
+    first = position(start)
+    stop = b.op("Max", [position(end), first], dtype=np.int64)
+    return first, b.op("Sub", [size, stop], dtype=np.int64)
 
 
 @register("Pad")
