@@ -45,7 +45,6 @@ layers are named by ONNX node or tensor name.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -56,15 +55,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .metadata import (
-    CHANNELS_FIRST,
-    CHANNELS_LAST,
-    CLASS_NAMES_KEY,
-    LAYER_MAP_KEY,
-    LAYOUT_KEY,
-    SOURCE_KEY,
-    set_metadata,
-)
+from .metadata import CHANNELS_FIRST, CHANNELS_LAST, annotate
 
 _NOMINAL_SIZE = 64  # spatial size used for the layer-map check when the model leaves it free
 
@@ -161,14 +152,8 @@ def export_keras(
 # ---- conversion -------------------------------------------------------------------------
 def _finish(proto: onnx.ModelProto, layer_map: dict[str, str], layout: str,
             versions: dict[str, str], class_names, path) -> onnx.ModelProto:
-    meta = {LAYER_MAP_KEY: json.dumps(layer_map, sort_keys=True), SOURCE_KEY: "keras",
-            LAYOUT_KEY: layout, **versions}
-    if class_names is not None:
-        meta[CLASS_NAMES_KEY] = json.dumps([str(c) for c in class_names])
-    set_metadata(proto, meta)
-    if path is not None:
-        onnx.save(proto, os.fspath(path))
-    return proto
+    return annotate(proto, source="keras", layout=layout, layer_map=layer_map,
+                    class_names=class_names, extra=versions, path=path)
 
 
 @contextmanager

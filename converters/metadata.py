@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import onnx
 
 LAYER_MAP_KEY = "onnx_cam.layer_map"      # JSON {framework layer name: ONNX tensor name}
@@ -18,3 +21,17 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
     model.metadata_props.extend(kept)
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
+
+
+def annotate(model: onnx.ModelProto, *, source: str, layout: str, layer_map: dict[str, str],
+             class_names=None, extra: dict[str, str] | None = None,
+             path: str | os.PathLike[str] | None = None) -> onnx.ModelProto:
+    """Record what onnx-cam needs to know in the model's metadata; save it when `path` is set."""
+    meta = {LAYER_MAP_KEY: json.dumps(layer_map, sort_keys=True), SOURCE_KEY: source,
+            LAYOUT_KEY: layout, **(extra or {})}
+    if class_names is not None:
+        meta[CLASS_NAMES_KEY] = json.dumps([str(c) for c in class_names])
+    set_metadata(model, meta)
+    if path is not None:
+        onnx.save(model, os.fspath(path))
+    return model

@@ -33,7 +33,6 @@ enclosing module cannot be told apart by name. Hence:
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import warnings
@@ -41,14 +40,7 @@ from typing import Any
 
 import onnx
 
-from .metadata import (
-    CHANNELS_FIRST,
-    CLASS_NAMES_KEY,
-    LAYER_MAP_KEY,
-    LAYOUT_KEY,
-    SOURCE_KEY,
-    set_metadata,
-)
+from .metadata import CHANNELS_FIRST, annotate
 
 _CALL_SUFFIX = re.compile(r"(.+)_(\d+)")
 
@@ -109,18 +101,9 @@ def export_torch(
     layer_map = _call_outputs(model, owned, events, input_name)
     layer_map[""] = model.graph.output[0].name
 
-    meta = {
-        LAYER_MAP_KEY: json.dumps(layer_map, sort_keys=True),
-        SOURCE_KEY: "torch",
-        LAYOUT_KEY: CHANNELS_FIRST,
-        "onnx_cam.torch_version": str(torch.__version__),
-    }
-    if class_names is not None:
-        meta[CLASS_NAMES_KEY] = json.dumps([str(c) for c in class_names])
-    set_metadata(model, meta)
-    if path is not None:
-        onnx.save(model, os.fspath(path))
-    return model
+    return annotate(model, source="torch", layout=CHANNELS_FIRST, layer_map=layer_map,
+                    class_names=class_names, path=path,
+                    extra={"onnx_cam.torch_version": str(torch.__version__)})
 
 
 def _as_tensor(example_input: Any, module: Any) -> Any:
