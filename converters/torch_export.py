@@ -293,6 +293,24 @@ def _shape_ok(dims: list[int | None] | None, shape: tuple[int, ...]) -> bool:
     return all(d is None or d == s for d, s in zip(dims, shape, strict=True))
 
 
+def _runtime_shapes(model: onnx.ModelProto) -> onnx.GraphProto:
+    """The graph with inferred shapes, ceil_mode pools sized as ONNX Runtime (and torch) size
+    them rather than as ONNX shape inference does before opset 22."""
+    import onnx_graphsurgeon as gs
+
+    from onnx_cam.errors import OnnxCamError
+    from onnx_cam.model import ceil_pools_to_floor  # here: onnx_cam imports this package
+
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
+    try:
+        ceil_pools_to_floor(graph)
+    except OnnxCamError:  # a pool onnx-cam cannot rewrite: keep inference's sizes
+        return onnx.shape_inference.infer_shapes(model).graph
+    fixed = gs.export_onnx(graph, do_type_check=False)
+    del fixed.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(fixed).graph
+
+
 def _call_outputs(
     model: onnx.ModelProto,
     owned: dict[str, list[int]],
@@ -301,7 +319,7 @@ def _call_outputs(
 ) -> dict[str, str]:
     """Map each module to its last call's output tensor (see the module docstring)."""
     graph = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model).graph
+    inferred = _runtime_shapes(model)
     shapes: dict[str, list[int | None] | None] = {}
     for vi in [*inferred.value_info, *inferred.output]:
         if vi.type.tensor_type.HasField("shape"):

@@ -209,10 +209,11 @@ class Model:
         for d, size in zip(spatial_dims, spatial_shape):
             d.Clear()
             d.dim_value = int(size)
-        graph = gs.import_onnx(_infer_shapes(proto, spatial_shape))
+        # not strict yet: a ceil_mode pool mis-sized by inference can clash further down
+        graph = gs.import_onnx(_infer_shapes(proto, spatial_shape, strict=False))
         if self.channels_last:
             _channels_first_input(graph, self.input_name)
-        _ceil_pools_to_floor(graph)
+        ceil_pools_to_floor(graph)
         graph.fold_constants(error_ok=True).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed)
@@ -245,10 +246,11 @@ class Model:
         )
 
 
-def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...]) -> onnx.ModelProto:
+def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],
+                  strict: bool = True) -> onnx.ModelProto:
     del proto.graph.value_info[:]
     try:
-        return shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+        return shape_inference.infer_shapes(proto, strict_mode=strict, data_prop=True)
     except Exception as exc:
         raise UnsupportedModelError(
             f"ONNX shape inference fails on this model for spatial shape {spatial_shape}: "
@@ -284,7 +286,7 @@ def _channels_first_input(graph: gs.Graph, name: str) -> None:
     graph.inputs = [new if t is old else t for t in graph.inputs]
 
 
-def _ceil_pools_to_floor(graph: gs.Graph) -> None:
+def ceil_pools_to_floor(graph: gs.Graph) -> None:
     """Rewrite ceil_mode pools as floor-mode pools with more end padding, same results.
 
     ONNX Runtime (like torch) drops a last window that would start in the end padding; ONNX

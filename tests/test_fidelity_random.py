@@ -142,10 +142,6 @@ def pool_block(draw, dim, c, spatial):
     assume(all(n + 2 * p >= (k - 1) * d + 1 for n in spatial))
     out, dropped = zip(*[pool_out(n, k, s, p, d, ceil) for n in spatial])
     assume(all(n >= 1 for n in out))
-    # Known limitation, xfail in test_fidelity.py (case ceil_names2d), not drawn here:
-    # ceil_mode dropping a window that would start in the end padding leaves the pool and
-    # every module after it out of the converter's layer map.
-    assume(not any(dropped))
     return module, c, list(out)
 
 
