@@ -122,12 +122,9 @@ class Explainer:
         eigen_smooth: replace each method's channel sum by the first principal component of
         its weighted activations (pytorch-grad-cam's eigen_smooth).
         """
-        x = self._check_input(x)
-        chosen = self._resolve_layers(layers)
+        x, chosen, plan, rows = self._prepare(x, layers, targets, foils, batch_size)
         method_objs = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
         method_names = [m.name for m in method_objs]
-        plan = self._plan(x, targets, foils, batch_size)
-        rows = x if plan is None or plan.is_identity else x[plan.items]
         n, spatial = len(rows), x.shape[2:]
         keys = [(m, layer.name) for m in method_names for layer in chosen]
         cams = {k: np.empty((n, *spatial), np.float32) for k in keys}
@@ -163,10 +160,7 @@ class Explainer:
         """Logits and, per layer name, (activations, d score / d activations), one row per
         (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
         first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
-        x = self._check_input(x)
-        chosen = self._resolve_layers(layers)
-        plan = self._plan(x, targets, foils, batch_size)
-        rows = x if plan is None or plan.is_identity else x[plan.items]
+        _, chosen, plan, rows = self._prepare(x, layers, targets, foils, batch_size)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
 
         def consume(start, xb, seeds, acts, grads):
@@ -179,6 +173,14 @@ class Explainer:
                         for name, (a, g) in parts.items()}
 
     # ---- internals ----------------------------------------------------------------------
+    def _prepare(self, x, layers, targets, foils, batch_size: int):
+        """The checked input, the chosen layers, the target plan and the rows to run."""
+        x = self._check_input(x)
+        chosen = self._resolve_layers(layers)
+        plan = self._plan(x, targets, foils, batch_size)
+        rows = x if plan is None or plan.is_identity else x[plan.items]
+        return x, chosen, plan, rows
+
     def _plan(self, x: np.ndarray, targets, foils, batch_size: int) -> TargetPlan | None:
         def predict() -> np.ndarray:
             probe = self._probe(x.shape[2:], batch_size)

@@ -25,27 +25,24 @@ class Probe:
             self._sessions[layer] = (sub, make_session(sub.proto, self._runtime))
         return self._sessions[layer]
 
-    def _run(self, layer: str | None, feeds: list[np.ndarray], seed: np.ndarray) -> np.ndarray:
+    def _logits(self, layer: str | None, feeds: list[np.ndarray]) -> np.ndarray:
+        """(m, K) logits of the sub-model ending at the score, run in batches."""
         sub, session = self._session(layer)
         count = len(feeds[0])
-        scores = np.empty(count, np.float32)
+        parts = []
         for start in range(0, count, self.batch_size):
             chunk = {name: np.ascontiguousarray(f[start:start + self.batch_size], np.float32)
                      for name, f in zip(sub.input_names, feeds)}
-            logits = session.run([sub.score_name], chunk)[0]
-            scores[start:start + len(logits)] = logits.reshape(len(logits), -1) @ seed
-        return scores
+            parts.append(session.run([sub.score_name], chunk)[0])
+        return np.concatenate(parts).reshape(count, -1)
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """The model's logits (N, K) for `inputs`, forward only."""
-        sub, session = self._session(None)
-        parts = [session.run([sub.score_name], {sub.input_names[0]: np.ascontiguousarray(
-            inputs[s:s + self.batch_size])})[0] for s in range(0, len(inputs), self.batch_size)]
-        return np.concatenate(parts).reshape(len(inputs), -1)
+        return self._logits(None, [inputs])
 
     def input_scores(self, inputs: np.ndarray, seed: np.ndarray) -> np.ndarray:
         """seed . logits for each of `inputs` (m, C_in, *spatial) -> (m,)."""
-        return self._run(None, [inputs], seed)
+        return self._logits(None, [inputs]) @ seed
 
     def head_scores(self, layer: str, activations: np.ndarray, item_input: np.ndarray,
                     seed: np.ndarray) -> np.ndarray:
@@ -58,4 +55,4 @@ class Probe:
         feeds = [activations]
         if len(sub.input_names) > 1:
             feeds.append(np.broadcast_to(item_input, (len(activations), *item_input.shape)))
-        return self._run(layer, feeds, seed)
+        return self._logits(layer, feeds) @ seed

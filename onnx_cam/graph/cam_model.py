@@ -53,22 +53,18 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     else:
         seed = seed_from_prediction(builder, logits)
     grads = add_gradients(builder, differentiated, seed, list(layers)) if gradients else {}
-    score_out = _expose(graph, logits, SCORE)
+    score_out = expose(graph, logits, SCORE)
     acts, grad_names = [], []
     for i, name in enumerate(layers):
         # a layer in another layout (channels-last) is returned as (N, C, *spatial)
         axes, shape = model.layer_axes.get(name), tensors[name].shape
         view = channels_first(builder, tensors[name], axes, shape)
-        acts.append(_expose(graph, view, f"onnx_cam_activation_{i}").name)
+        acts.append(expose(graph, view, f"onnx_cam_activation_{i}").name)
         if gradients:
             grad = channels_first(builder, grads[name], axes, shape)
-            grad_names.append(_expose(graph, grad, f"onnx_cam_gradient_{i}", view.shape).name)
+            grad_names.append(expose(graph, grad, f"onnx_cam_gradient_{i}", view.shape).name)
     graph.outputs = [score_out] + [graph.tensors()[n] for n in acts + grad_names]
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    proto = gs.export_onnx(graph, do_type_check=False)
-    proto.ir_version = model.proto.ir_version
-    del proto.metadata_props[:]
-    return CamModel(proto, model.input_name, SEED if seed_from == "input" else None,
+    return CamModel(export(model, graph), model.input_name, SEED if seed_from == "input" else None,
                     score_out.name, tuple(acts), tuple(grad_names))
 
 
@@ -133,7 +129,17 @@ def channels_first_inverse(graph: gs.Graph, source: gs.Variable, target: gs.Vari
                                    [tensor], [target]))
 
 
-def _expose(graph: gs.Graph, tensor, name: str, shape=None) -> gs.Variable:
+def export(model: Model, graph: gs.Graph) -> onnx.ModelProto:
+    """The rewritten graph as a model: unused nodes dropped, the original's IR version, and
+    none of its metadata (the layer map names tensors of the original graph)."""
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    proto = gs.export_onnx(graph, do_type_check=False)
+    proto.ir_version = model.proto.ir_version
+    del proto.metadata_props[:]
+    return proto
+
+
+def expose(graph: gs.Graph, tensor, name: str, shape=None) -> gs.Variable:
     """An Identity copy of `tensor` under a fixed output name (one tensor may serve twice)."""
     out = gs.Variable(name, dtype=np.float32, shape=shape or tensor.shape)
     graph.nodes.append(gs.Node("Identity", f"{name}/expose", inputs=[tensor], outputs=[out]))

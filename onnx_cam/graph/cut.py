@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..model import Model
-from .cam_model import channels_first_inverse
+from .cam_model import SCORE, channels_first_inverse, export, expose
 
 
 @dataclass(frozen=True)
@@ -20,15 +20,9 @@ class SubModel:
 
 
 def _finish(model: Model, graph: gs.Graph, inputs: list, score) -> SubModel:
-    out = gs.Variable("onnx_cam_score", dtype=np.float32, shape=score.shape)
-    graph.nodes.append(gs.Node("Identity", "onnx_cam_score/expose", inputs=[score],
-                               outputs=[out]))
+    out = expose(graph, score, SCORE)
     graph.inputs, graph.outputs = inputs, [out]
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    proto = gs.export_onnx(graph, do_type_check=False)
-    proto.ir_version = model.proto.ir_version
-    del proto.metadata_props[:]
-    return SubModel(proto, tuple(t.name for t in inputs), out.name)
+    return SubModel(export(model, graph), tuple(t.name for t in inputs), out.name)
 
 
 def score_model(model: Model, spatial_shape: tuple[int, ...]) -> SubModel:
