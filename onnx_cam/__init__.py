@@ -6,6 +6,7 @@ from .errors import (
     MethodError,
     ModelLoadError,
     OnnxCamError,
+    StoreError,
     TargetError,
     UnsupportedModelError,
     UnsupportedOpError,
@@ -19,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Explainer", "Explanation", "RuntimeOptions", "OnnxCamError", "ModelLoadError",
     "UnsupportedModelError", "UnsupportedOpError", "LayerError", "InputError", "TargetError",
-    "MethodError", "__version__",
+    "MethodError", "StoreError", "__version__",
 ]

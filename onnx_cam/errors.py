@@ -31,3 +31,7 @@ class TargetError(OnnxCamError):
 
 class MethodError(OnnxCamError):
     """An unknown CAM method was requested."""
+
+
+class StoreError(OnnxCamError):
+    """An audit store cannot be written or read as asked (another job's, locked, ...)."""

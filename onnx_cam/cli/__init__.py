@@ -13,10 +13,10 @@ import sys
 
 from .. import __version__
 from ..errors import OnnxCamError
-from . import explain, layers
+from . import audit, explain, layers
 
 EXIT_OK, EXIT_USAGE = 0, 2
-SUBCOMMANDS = (layers, explain)
+SUBCOMMANDS = (layers, explain, audit)
 
 
 def _parser() -> argparse.ArgumentParser:

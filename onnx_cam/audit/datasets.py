@@ -1,0 +1,262 @@
+"""Datasets an audit job reads in chunks: a .npy file (memory-mapped), a Zarr array, an HDF5
+dataset, a folder of files, or an in-memory array. Nothing is loaded whole.
+
+Every dataset is picklable (a Dask worker re-opens the file on its first read) and reads
+items [start, stop) as float32 with a leading item axis; an item that cannot be read is
+returned as zeros with the reason in `failures`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+FOLDER_SUFFIXES = (".npy", ".npz", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff",
+                   ".csv", ".tsv")
+
+
+@dataclass
+class Chunk:
+    """Items [start, stop) of a dataset; failures maps an item's offset in the chunk to why
+    it could not be read (its row in `x` is zeros)."""
+
+    x: np.ndarray
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+class Dataset:
+    """Base class: `kind`, `source`, `shape` (N, *item_shape), `read(start, stop)`."""
+
+    kind = "array"
+    source = "<memory>"
+    shape: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> Chunk:
+        x = np.asarray(self._slice(start, stop), dtype=np.float32)
+        return Chunk(np.ascontiguousarray(x))
+
+    def _slice(self, start: int, stop: int):
+        raise NotImplementedError
+
+    def item_names(self, start: int, stop: int) -> list[str] | None:
+        """Names of the items (file names for folders), None when items have none."""
+        return None
+
+    def describe(self) -> dict:
+        """What identifies the data in an audit manifest: where it came from, its shape and a
+        digest of its first and last items (a cheap guard against a changed file)."""
+        digest = hashlib.sha256()
+        for i in sorted({0, len(self) - 1}):
+            digest.update(self.read(i, i + 1).x.tobytes())
+        return {"kind": self.kind, "source": self.source, "shape": list(self.shape),
+                "edge_items_sha256": digest.hexdigest()}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handle"] = None  # file handles do not travel; re-opened on the next read
+        return state
+
+
+class ArrayDataset(Dataset):
+    """An array already in memory (local jobs only: it is not sent to a cluster)."""
+
+    def __init__(self, array: np.ndarray):
+        self._array = np.asarray(array)
+        self.shape = tuple(self._array.shape)
+        self._handle = None
+
+    def _slice(self, start, stop):
+        return self._array[start:stop]
+
+
+class NpyDataset(Dataset):
+    kind = "npy"
+
+    def __init__(self, path: str):
+        self.source = os.path.abspath(path)
+        self._handle = None
+        self.shape = tuple(self._open().shape)
+
+    def _open(self):
+        if self._handle is None:
+            try:
+                self._handle = np.load(self.source, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"Cannot memory-map {self.source!r} as a .npy array ({exc}); "
+                                 "give a .npy file of shape (N, ...) of numbers.") from None
+        return self._handle
+
+    def _slice(self, start, stop):
+        return self._open()[start:stop]
+
+
+class ZarrDataset(Dataset):
+    kind = "zarr"
+
+    def __init__(self, url: str, key: str | None):
+        self.source, self.key = url, key
+        self._handle = None
+        self.shape = tuple(self._open().shape)
+
+    def _open(self):
+        if self._handle is None:
+            import zarr
+            try:
+                node = zarr.open(self.source, mode="r")
+            except (FileNotFoundError, ValueError, KeyError) as exc:
+                raise InputError(f"Cannot open {self.source!r} as a Zarr store ({exc}).") \
+                    from None
+            if isinstance(node, zarr.Group):
+                names = sorted(name for name, _ in node.arrays())
+                if self.key is None and len(names) != 1:
+                    raise InputError(f"{self.source!r} is a Zarr group holding {names}; name "
+                                     "the array with key= (CLI: --key).")
+                key = self.key or names[0]
+                if key not in names:
+                    raise InputError(f"{self.source!r} has no array {key!r}; it has {names}.")
+                node = node[key]
+            self._handle = node
+        return self._handle
+
+    def _slice(self, start, stop):
+        return self._open()[start:stop]
+
+
+class Hdf5Dataset(Dataset):
+    kind = "hdf5"
+
+    def __init__(self, path: str, key: str | None):
+        self.source, self.key = os.path.abspath(path), key
+        self._handle = None
+        self.shape = tuple(self._open().shape)
+
+    def _open(self):
+        if self._handle is None:
+            import h5py
+            try:
+                f = h5py.File(self.source, "r")
+            except OSError as exc:
+                raise InputError(f"Cannot open {self.source!r} as an HDF5 file ({exc}).") \
+                    from None
+            names = []
+            f.visititems(lambda name, obj: names.append(name)
+                         if isinstance(obj, h5py.Dataset) else None)
+            if self.key is None and len(names) != 1:
+                raise InputError(f"{self.source!r} holds the datasets {names}; name one with "
+                                 "key= (CLI: --key).")
+            key = self.key or names[0]
+            if key not in names:
+                raise InputError(f"{self.source!r} has no dataset {key!r}; it has {names}.")
+            self._handle = f[key]
+        return self._handle
+
+    def _slice(self, start, stop):
+        return self._open()[start:stop]
+
+
+class FolderDataset(Dataset):
+    """One item per file, files in name order; unreadable files are recorded, not fatal."""
+
+    kind = "folder"
+
+    def __init__(self, path: str, item_shape: tuple[int, ...], preprocess=None):
+        self.source = os.path.abspath(path)
+        self.files = sorted(p.name for p in Path(path).iterdir()
+                            if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES)
+        if not self.files:
+            raise InputError(f"The folder {path!r} holds no input files (one of "
+                             f"{', '.join(FOLDER_SUFFIXES)}).")
+        self.preprocess = preprocess
+        self.shape = (len(self.files), *item_shape)
+        self._handle = None
+
+    def read(self, start, stop) -> Chunk:
+        from ..inputs import read_file
+        x = np.zeros((stop - start, *self.shape[1:]), np.float32)
+        failures = {}
+        for offset, name in enumerate(self.files[start:stop]):
+            try:
+                item = read_file(os.path.join(self.source, name), self.preprocess)
+                if item.shape[0] != 1 and item.ndim == len(self.shape) - 1:
+                    item = item[None]
+                if item.shape[1:] != self.shape[1:] or len(item) != 1:
+                    raise InputError(f"holds shape {item.shape}; one item of shape "
+                                     f"{self.shape[1:]} was expected")
+                x[offset] = item[0]
+            except InputError as exc:
+                failures[offset] = f"{name}: {exc}"
+        return Chunk(x, failures)
+
+    def item_names(self, start, stop):
+        return self.files[start:stop]
+
+
+def open_dataset(source, *, key: str | None = None, item_shape: tuple[int, ...] | None = None,
+                 preprocess=None) -> Dataset:
+    """The dataset behind `source`: an array, a .npy path, a Zarr store (path or fsspec URL,
+    `key` names the array in a group), an .h5 / .hdf5 file (`key` names the dataset) or a
+    folder of files (`item_shape` is the model's item shape; `preprocess` as onnx_cam.inputs)."""
+    if isinstance(source, Dataset):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        return ArrayDataset(source)
+    text = os.fspath(source)
+    suffix = Path(text.rstrip("/")).suffix.lower()
+    if "://" in text or suffix == ".zarr":
+        return ZarrDataset(text, key)
+    if not os.path.exists(text):
+        raise InputError(f"The dataset {text!r} does not exist.")
+    if suffix == ".npy":
+        return NpyDataset(text)
+    if suffix in (".h5", ".hdf5"):
+        return Hdf5Dataset(text, key)
+    if os.path.isdir(text):
+        if (Path(text) / "zarr.json").exists() or (Path(text) / ".zarray").exists():
+            return ZarrDataset(text, key)
+        if item_shape is None or any(d is None for d in item_shape):
+            raise InputError(f"Reading the folder {text!r} needs the item shape, and the model "
+                             f"input's is not fixed ({item_shape}); convert the files to one "
+                             ".npy or Zarr array first.")
+        return FolderDataset(text, item_shape, preprocess)
+    raise InputError(f"Cannot read {text!r} as a dataset: give a .npy file, a .zarr store, an "
+                     ".h5 / .hdf5 file or a folder of files.")
+
+
+def read_labels(labels, n: int, class_names: list[str] | None) -> np.ndarray | None:
+    """Labels as an (n,) int64 array: from an array, a .npy file, or a text / CSV file with one
+    label per line (class indices or class names)."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        path = os.fspath(labels)
+        if path.endswith(".npy"):
+            labels = np.load(path, allow_pickle=False)
+        else:
+            try:
+                lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f"Cannot read the labels file {path!r} ({exc}).") from None
+            labels = [_label(v, class_names, path) for v in lines]
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.shape != (n,):
+        raise InputError(f"Labels must be {n} class indices (one per item); got an array of "
+                         f"shape {labels.shape} and dtype {labels.dtype}.")
+    return labels.astype(np.int64)
+
+
+def _label(value: str, class_names, path) -> int:
+    if value.lstrip("-").isdigit():
+        return int(value)
+    if class_names and value in class_names:
+        return class_names.index(value)
+    raise InputError(f"The label {value!r} in {path!r} is neither a class index nor one of the "
+                     f"class names {class_names}.")

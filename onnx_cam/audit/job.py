@@ -1,0 +1,402 @@
+"""Audit jobs: explain a whole dataset chunk by chunk into an audit store; resumable after
+a kill, on one process or a Dask cluster, with the same store either way."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from .. import __version__
+from ..errors import InputError, StoreError, TargetError
+from ..explainer import Explainer
+from ..methods import get_method
+from ..runtime import RuntimeOptions
+from . import stats
+from .datasets import Dataset, open_dataset, read_labels
+from .store import (
+    MANIFEST_KEY,
+    STORE_FORMAT,
+    AuditStore,
+    StoreLock,
+    cam_chunk_items,
+    done_chunks,
+    identity_differences,
+    map_path,
+    remove_partial_files,
+    remove_store,
+    store_state,
+)
+
+CAM_DTYPES = ("float16", "float32")
+# A worker process keeps its Explainer (and so its ONNX Runtime sessions) between chunks.
+_EXPLAINERS: dict[tuple, Explainer] = {}
+_ARRAYS: dict[tuple, dict] = {}
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """What a worker needs to process one chunk; picklable."""
+
+    model: str | bytes  # a path the workers can read, or the model's bytes (local jobs)
+    model_sha256: str
+    dataset: Dataset
+    store: str
+    run_id: str
+    methods: tuple[str, ...]
+    layers: tuple[str, ...]
+    target: str | int
+    foil: str | int | None
+    score: str
+    batch_size: int
+    chunk_items: int
+    cam_dtype: str
+    labels: np.ndarray | None
+    runtime: RuntimeOptions
+
+    @property
+    def maps(self) -> list[tuple[str, str]]:
+        return [(m, layer) for m in self.methods for layer in self.layers]
+
+    @property
+    def chunks(self) -> int:
+        return -(-len(self.dataset) // self.chunk_items)
+
+    def bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_items
+        return start, min(start + self.chunk_items, len(self.dataset))
+
+
+def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred", foil=None,
+        labels=None, key: str | None = None, preprocess=None, score: str = "logits",
+        batch_size: int = 64, chunk_items: int = 256, cam_dtype: str = "float16",
+        class_names=None, overwrite: bool = False, scheduler: str | None = None,
+        workers: int | None = None, runtime: RuntimeOptions | None = None,
+        progress: bool = True) -> AuditStore:
+    """Explain every item of `dataset` into the Zarr store at `store`; returns the store.
+
+    model: an .onnx path (what a cluster needs), ONNX bytes / ModelProto, or an Explainer.
+    dataset: an array, a .npy / .zarr / .h5 path (key= names the array) or a folder of files
+    (read with onnx_cam.inputs; preprocess= as there). target: "pred", "label" (needs labels=),
+    a class index or name; foil: a contrastive class. labels: an array, a .npy or a text file
+    (one label per line). Running the same call again resumes an interrupted job and does
+    nothing on a finished one; a store written with another model or other arguments is
+    refused unless overwrite=True. scheduler= a Dask scheduler address ("tcp://host:8786"),
+    workers= N starts a local Dask cluster of N processes.
+    """
+    if cam_dtype not in CAM_DTYPES:
+        raise InputError(f"cam_dtype={cam_dtype!r}; use one of {CAM_DTYPES}.")
+    if chunk_items < 1 or batch_size < 1:
+        raise InputError("chunk_items and batch_size must be >= 1.")
+    if scheduler is not None and workers is not None:
+        raise InputError("Give either scheduler= (an existing Dask cluster) or workers= (start "
+                         "a local one), not both.")
+    explainer, model_ref, sha = _open_model(model, class_names, runtime)
+    data = open_dataset(dataset, key=key, item_shape=explainer.model.input_shape[1:],
+                        preprocess=preprocess)
+    if len(data) == 0:
+        raise InputError("The dataset holds no items.")
+    explainer._check_input(np.nan_to_num(data.read(0, 1).x))  # shape errors before writing
+    label_array = read_labels(labels, len(data), explainer.class_names)
+    _check_targets(target, label_array, explainer.num_classes)
+    method_names = list(dict.fromkeys(
+        get_method(m).name for m in ([methods] if isinstance(methods, str) else methods)))
+    layer_names = list(dict.fromkeys(
+        explainer.layers[0] if layer == "auto" else layer
+        for layer in ([layers] if isinstance(layers, str) else layers)))
+    for layer in layer_names:
+        explainer.model.resolve_layer(layer)  # unknown layers fail here, not on a worker
+    distributed = scheduler is not None or workers is not None
+    if distributed and data.kind == "array":
+        raise InputError("An in-memory array cannot be sent to a Dask cluster chunk by chunk; "
+                         "save it as a .npy file or a Zarr array first.")
+    if distributed and isinstance(model_ref, bytes):
+        raise InputError("Dask workers load the model from a file: pass the path of the .onnx "
+                         "file (Explainer.save_model writes one).")
+
+    url = os.fspath(store)
+    spec = AuditSpec(model_ref, sha, data, url, "", tuple(method_names), tuple(layer_names),
+                     target, foil, score, batch_size, chunk_items, cam_dtype, label_array,
+                     explainer.runtime)
+    identity = _identity(spec, explainer, data, label_array)
+    with StoreLock(url):
+        run_id = _prepare_store(spec, identity, explainer, overwrite)
+        spec = replace(spec, run_id=run_id)
+        _EXPLAINERS[(sha, spec.runtime)] = explainer
+        group = AuditStore(url, mode="r+").group
+        todo = [c for c, done in enumerate(done_chunks(group)) if not done]
+        if todo:
+            done_items = len(data) - sum(np.subtract(*spec.bounds(c)[::-1]) for c in todo)
+            with _progress_bar(len(data), done_items, progress) as bar:
+                if distributed:
+                    _run_on_dask(spec, todo, bar, scheduler, workers)
+                else:
+                    for chunk in todo:
+                        bar.update(process_chunk(spec, chunk))
+        if group.attrs[MANIFEST_KEY].get("status") != "complete":
+            stats.write_statistics(group, spec, explainer.num_classes)
+            stats.write_summary(url, group, spec)
+            _update_manifest(group, status="complete", finished_at=_now())
+        remove_partial_files(url)
+    return AuditStore(url)
+
+
+def process_chunk(spec: AuditSpec, chunk: int) -> int:
+    """Explain one chunk and write it to the store, its done mark last. Returns its items."""
+    explainer = _explainer(spec)
+    start, stop = spec.bounds(chunk)
+    read = spec.dataset.read(start, stop)
+    x, failures = read.x, dict(read.failures)
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    for i in np.flatnonzero(~finite):
+        failures.setdefault(int(i), "the item contains NaN or Inf")
+    if failures:
+        x = x.copy()
+        x[sorted(failures)] = 0.0
+    res = explainer.explain(x, targets=_chunk_targets(spec, start, stop), foils=spec.foil,
+                            layers=list(spec.layers), methods=list(spec.methods),
+                            score=spec.score, batch_size=spec.batch_size)
+    failed = np.zeros(len(x), bool)
+    failed[sorted(failures)] = True
+    errors = np.array([failures.get(i, "") for i in range(len(x))], dtype=str)
+    values = {"logits": res.logits, "probs": res.probs, "predicted": res.predicted,
+              "target": res.targets, "failed": failed, "error": errors}
+    if spec.foil is not None:
+        values["foil"] = res.foils
+    if spec.labels is not None:
+        values["label"] = spec.labels[start:stop]
+    for method, layer in spec.maps:
+        values[map_path("cams", method, layer)] = res.cam(method, layer).astype(spec.cam_dtype)
+        values[map_path("score_range", method, layer)] = res.score_range(method, layer)
+    for name, value in values.items():
+        if failed.any() and name not in ("failed", "error", "label"):
+            value = _blank(value, failed)
+        _arrays(spec)[name][start:stop] = value
+    _arrays(spec)["chunk_done"][chunk] = 1
+    return stop - start
+
+
+def _blank(value: np.ndarray, failed: np.ndarray) -> np.ndarray:
+    """Rows of failed items: -1 for indices, 0 for maps, NaN for scores."""
+    value = value.copy()
+    value[failed] = -1 if value.dtype.kind in "iu" else (0 if value.ndim > 2 else np.nan)
+    return value
+
+
+def _chunk_targets(spec: AuditSpec, start: int, stop: int):
+    if spec.target == "pred":
+        return None
+    if spec.target == "label":
+        return [int(v) for v in spec.labels[start:stop]]
+    return spec.target
+
+
+def _check_targets(target, labels, classes: int) -> None:
+    if target == "label":
+        if labels is None:
+            raise TargetError("target='label' explains each item's true class: give labels= "
+                              "(CLI: --labels FILE).")
+    if labels is not None and ((labels < 0) | (labels >= classes)).any():
+        bad = labels[(labels < 0) | (labels >= classes)][:5].tolist()
+        raise TargetError(f"Labels {bad} are outside the model's {classes} classes.")
+
+
+def _explainer(spec: AuditSpec) -> Explainer:
+    key = (spec.model_sha256, spec.runtime)
+    if key not in _EXPLAINERS:
+        runtime = spec.runtime
+        worker_threads = _dask_worker_threads()
+        if worker_threads and runtime.intra_op_threads == 0:
+            runtime = replace(runtime, intra_op_threads=worker_threads)
+        explainer = Explainer(spec.model, runtime=runtime)
+        if _sha256(spec.model) != spec.model_sha256:
+            raise StoreError(f"The model this worker reads ({spec.model!r}) is not the one the "
+                             "job started with (SHA-256 differs); give workers the same file.")
+        _EXPLAINERS[key] = explainer
+    return _EXPLAINERS[key]
+
+
+def _arrays(spec: AuditSpec) -> dict:
+    """The store's arrays, opened once per process and job."""
+    key = (spec.store, spec.run_id)
+    if key not in _ARRAYS:
+        group = AuditStore(spec.store, mode="r+").group
+        _ARRAYS.clear()
+        _ARRAYS[key] = _LazyArrays(group)
+    return _ARRAYS[key]
+
+
+class _LazyArrays(dict):
+    def __init__(self, group):
+        super().__init__()
+        self.group = group
+
+    def __missing__(self, name):
+        self[name] = self.group[name]
+        return self[name]
+
+
+def _dask_worker_threads() -> int:
+    if "distributed" not in sys.modules:
+        return 0
+    from distributed import get_worker
+    try:
+        return get_worker().state.nthreads
+    except ValueError:  # not inside a worker
+        return 0
+
+
+def _run_on_dask(spec: AuditSpec, todo: list[int], bar, scheduler, workers) -> None:
+    from distributed import Client, LocalCluster, as_completed
+    if scheduler is not None:
+        client, cluster = Client(scheduler), None
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = client.map(process_chunk, [spec] * len(todo), todo, pure=False)
+        for future in as_completed(futures):
+            bar.update(future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _open_model(model, class_names, runtime):
+    """The driver's Explainer, what workers load the model from, and the model's SHA-256."""
+    if isinstance(model, Explainer):
+        data = model.model.proto.SerializeToString()
+        return model, data, hashlib.sha256(data).hexdigest()
+    if isinstance(model, (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(model))
+        explainer = Explainer(path, class_names=class_names, runtime=runtime)
+        return explainer, path, _sha256(path)
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else bytes(model)
+    explainer = Explainer(data, class_names=class_names, runtime=runtime)
+    return explainer, data, hashlib.sha256(data).hexdigest()
+
+
+def _sha256(model: str | bytes) -> str:
+    if isinstance(model, bytes):
+        return hashlib.sha256(model).hexdigest()
+    digest = hashlib.sha256()
+    with open(model, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _identity(spec: AuditSpec, explainer: Explainer, data: Dataset, labels) -> dict:
+    """What must match for a store to be resumed by this job."""
+    opsets = {imp.domain or "ai.onnx": imp.version for imp in explainer.model.proto.opset_import}
+    return {
+        "format": STORE_FORMAT,
+        "model": {"sha256": spec.model_sha256, "opset": opsets.get("ai.onnx"),
+                  "source": spec.model if isinstance(spec.model, str) else "<bytes>"},
+        "dataset": data.describe(),
+        "arguments": {"maps": [list(m) for m in spec.maps], "target": spec.target,
+                      "foil": spec.foil, "score": spec.score, "batch_size": spec.batch_size,
+                      "chunk_items": spec.chunk_items, "cam_dtype": spec.cam_dtype,
+                      "labels_sha256": None if labels is None
+                      else hashlib.sha256(labels.tobytes()).hexdigest()},
+        "versions": {"onnx_cam": __version__, "onnxruntime": onnxruntime.__version__,
+                     "onnx": onnx.__version__, "numpy": np.__version__},
+    }
+
+
+def _prepare_store(spec: AuditSpec, identity: dict, explainer: Explainer,
+                   overwrite: bool) -> str:
+    """Create the store, or check that an existing one belongs to this job. Returns its run id."""
+    import zarr
+    state = store_state(spec.store)
+    if state in ("audit", "other") and overwrite:
+        remove_store(spec.store)
+        state = "missing"
+    if state == "other":
+        raise StoreError(f"{spec.store!r} exists and is not an audit store; choose another "
+                         "path, or pass overwrite=True (--overwrite) to replace it.")
+    if state == "audit":
+        group = zarr.open_group(spec.store, mode="r+")
+        manifest = dict(group.attrs[MANIFEST_KEY])
+        diffs = identity_differences(manifest["identity"], identity)
+        if diffs:
+            raise StoreError(
+                f"{spec.store!r} holds an audit of another model, dataset or arguments:\n  "
+                + "\n  ".join(diffs) + "\nUse the same command to resume it, another store "
+                "path, or overwrite=True (--overwrite) to replace it.")
+        remove_partial_files(spec.store)
+        _update_manifest(group, sessions=[*manifest["sessions"], _session()])
+        _create_arrays(group, spec, explainer)  # any a killed first session did not create
+        return manifest["run_id"]
+    group = zarr.open_group(spec.store, mode="w")
+    run_id = uuid.uuid4().hex
+    group.attrs[MANIFEST_KEY] = {
+        "identity": identity, "run_id": run_id, "status": "running",
+        "maps": [{"method": m, "layer": layer, "cams": map_path("cams", m, layer),
+                  "score_range": map_path("score_range", m, layer)} for m, layer in spec.maps],
+        "classes": explainer.num_classes, "class_names": explainer.class_names,
+        "head": explainer.head, "items": len(spec.dataset), "chunks": spec.chunks,
+        "started_at": _now(), "finished_at": None, "sessions": [_session()],
+    }
+    _create_arrays(group, spec, explainer)
+    return run_id
+
+
+def _create_arrays(group, spec: AuditSpec, explainer: Explainer) -> None:
+    n, k, step = len(spec.dataset), explainer.num_classes, spec.chunk_items
+    spatial = tuple(spec.dataset.shape[1:-1] if explainer.model.channels_last
+                    else spec.dataset.shape[2:])
+    arrays = {"logits": ((n, k), "float32", np.nan), "probs": ((n, k), "float32", np.nan),
+              "predicted": ((n,), "int64", -1), "target": ((n,), "int64", -1),
+              "failed": ((n,), "bool", False), "error": ((n,), str, "")}
+    if spec.foil is not None:
+        arrays["foil"] = ((n,), "int64", -1)
+    if spec.labels is not None:
+        arrays["label"] = ((n,), "int64", -1)
+    for name, (shape, dtype, fill) in arrays.items():
+        _require(group, name, shape, dtype, (step, *shape[1:]), fill)
+    item_bytes = int(np.prod(spatial)) * np.dtype(spec.cam_dtype).itemsize
+    cam_chunk = cam_chunk_items(step, item_bytes)
+    for method, layer in spec.maps:
+        _require(group, map_path("cams", method, layer), (n, *spatial), spec.cam_dtype,
+                 (cam_chunk, *spatial), 0)
+        _require(group, map_path("score_range", method, layer), (n, 2), "float32", (step, 2),
+                 np.nan)
+    _require(group, "chunk_done", (spec.chunks,), "uint8", (1,), 0)
+
+
+def _require(group, name, shape, dtype, chunks, fill) -> None:
+    if name in group:
+        return
+    group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill)
+
+
+def _update_manifest(group, **fields) -> None:
+    manifest = dict(group.attrs[MANIFEST_KEY])
+    manifest.update(fields)
+    group.attrs[MANIFEST_KEY] = manifest
+
+
+def _session() -> dict:
+    return {"started_at": _now(), "host": platform.node(), "pid": os.getpid(),
+            "command": sys.argv}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="item", desc="audit", file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,245 @@
+"""Audit jobs: the store's contents, statistics, resume after SIGKILL, refusals, Dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+import onnx_cam
+from onnx_cam import StoreError, TargetError
+from onnx_cam.audit import AuditStore, run
+
+ITEMS, CHANNELS, LENGTH = 240, 2, 40
+VOLATILE = ("run_id", "started_at", "finished_at", "sessions")
+
+
+@pytest.fixture(scope="module")
+def files(cnn1d, tmp_path_factory):
+    """The 1D test model, a dataset with one NaN item, and labels, as files."""
+    folder = tmp_path_factory.mktemp("audit")
+    (folder / "model.onnx").write_bytes(cnn1d[2])
+    x = np.random.default_rng(1).normal(size=(ITEMS, CHANNELS, LENGTH)).astype(np.float32)
+    x[13, 1, 5] = np.nan
+    np.save(folder / "data.npy", x)
+    np.save(folder / "labels.npy", np.random.default_rng(2).integers(0, 3, ITEMS))
+    return folder
+
+
+def audit(files, store, **kwargs):
+    options = dict(methods=["gradcam", "hirescam"], labels=files / "labels.npy",
+                   chunk_items=32, batch_size=16, progress=False)
+    options.update(kwargs)
+    return run(files / "model.onnx", files / "data.npy", store, **options)
+
+
+def store_files(url) -> dict[str, bytes]:
+    """Every file of a store, the root manifest without its times and run id."""
+    out = {}
+    for path in sorted(Path(url).rglob("*")):
+        if path.is_file():
+            out[str(path.relative_to(url))] = path.read_bytes()
+    root = json.loads(out.pop("zarr.json"))
+    manifest = root["attributes"]["onnx_cam_audit"]
+    assert manifest["status"] == "complete"
+    for key in VOLATILE:
+        manifest.pop(key)
+    out["zarr.json"] = json.dumps(root, sort_keys=True).encode()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(files, tmp_path_factory):
+    """An uninterrupted single-process run."""
+    url = tmp_path_factory.mktemp("ref") / "store.zarr"
+    return audit(files, url)
+
+
+def test_store_holds_what_the_explainer_gives(files, reference):
+    x = np.load(files / "data.npy")
+    exp = onnx_cam.Explainer(files / "model.onnx")
+    ok = np.setdiff1d(np.arange(ITEMS), [13])
+    res = exp.explain(x[ok], methods=["gradcam", "hirescam"])
+    assert reference.complete and len(reference) == ITEMS
+    np.testing.assert_array_equal(reference["predicted"][:][ok], res.predicted)
+    np.testing.assert_allclose(reference["logits"][:][ok], res.logits, rtol=1e-5, atol=1e-6)
+    for method in ("gradcam", "hirescam"):
+        cams = reference.cams(method, exp.layers[0])
+        assert cams.dtype == np.float16 and cams.shape == (ITEMS, LENGTH)
+        np.testing.assert_allclose(cams[:][ok], res.cam(method), atol=1e-3)
+        np.testing.assert_allclose(reference.score_ranges(method, exp.layers[0])[:][ok],
+                                   res.score_range(method), rtol=1e-5, atol=1e-7)
+    manifest = reference.manifest
+    sha = __import__("hashlib").sha256((files / "model.onnx").read_bytes()).hexdigest()
+    assert manifest["identity"]["model"]["sha256"] == sha
+    assert manifest["identity"]["versions"]["onnx_cam"] == onnx_cam.__version__
+    assert manifest["started_at"] <= manifest["finished_at"]
+
+
+def test_nan_item_is_recorded_as_failed_and_left_out(files, reference):
+    failed = reference["failed"][:]
+    assert np.flatnonzero(failed).tolist() == [13]
+    assert "NaN" in str(reference["error"][13])
+    assert reference["predicted"][13] == -1 and np.isnan(reference["logits"][13]).all()
+    assert reference["stats/label/count"][:].sum() == ITEMS - 1
+
+
+def test_class_statistics_match_a_direct_formula(files, reference):
+    layer = reference.maps[0][1]
+    cams = reference.cams("gradcam", layer)[:].astype(np.float64)
+    labels, predicted = np.load(files / "labels.npy"), reference["predicted"][:]
+    ok = ~reference["failed"][:]
+    for by, classes_of in (("label", labels), ("predicted", predicted)):
+        mean = reference[f"stats/{by}/mean/gradcam/%2F3%2FRelu_output_0"][:]
+        std = reference[f"stats/{by}/std/gradcam/%2F3%2FRelu_output_0"][:]
+        for k in range(3):
+            members = cams[ok & (classes_of == k)]
+            if len(members):
+                np.testing.assert_allclose(mean[k], members.mean(0), rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(std[k], members.std(0), rtol=1e-4, atol=1e-5)
+            else:
+                assert np.isnan(mean[k]).all()
+    confusion = np.zeros((3, 3), int)
+    for i in np.flatnonzero(ok):
+        confusion[labels[i], predicted[i]] += 1
+    np.testing.assert_array_equal(reference["stats/confusion"][:], confusion)
+    label_mean = reference["stats/label/mean/gradcam/%2F3%2FRelu_output_0"][:]
+    distance = reference["distance/gradcam/%2F3%2FRelu_output_0"][:]
+    i = 7
+    expected = np.sqrt(((cams[i] - label_mean[labels[i]]) ** 2).mean())
+    assert distance[i] == pytest.approx(expected, rel=1e-5)
+
+
+def test_summary_table_has_a_row_per_item(files, reference):
+    table = reference.summary().to_pydict()
+    assert table["item"] == list(range(ITEMS))
+    assert table["label"] == np.load(files / "labels.npy").tolist()
+    assert table["failed"][13] and table["error"][13]
+    column = f"gradcam@{reference.maps[0][1]}:score_max"
+    np.testing.assert_allclose(table[column],
+                               reference.score_ranges(*reference.maps[0])[:][:, 1])
+
+
+def test_running_again_does_nothing_and_keeps_the_store(files, reference):
+    before = store_files(reference.url)
+    audit(files, reference.url)
+    assert store_files(reference.url) == before
+
+
+def test_other_arguments_are_refused_unless_overwrite(files, tmp_path):
+    url = tmp_path / "store.zarr"
+    audit(files, url, methods=["gradcam"])
+    with pytest.raises(StoreError, match=r"(?s)arguments.maps.*--overwrite"):
+        audit(files, url)
+    assert AuditStore(url).maps[0][0] == "gradcam" and len(AuditStore(url).maps) == 1
+    assert len(audit(files, url, overwrite=True).maps) == 2
+
+
+def test_a_folder_that_is_not_a_store_is_never_replaced_silently(files, tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not an audit store"):
+        audit(files, tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(files, tmp_path):
+    url = tmp_path / "store.zarr"
+    url.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (url / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": live.pid}))
+        with pytest.raises(StoreError, match=f"pid {live.pid}"):
+            audit(files, url)
+    finally:
+        live.kill()
+        live.wait()
+    assert audit(files, url).complete  # the holder is gone: its lock is stale
+    assert not (url / ".lock").exists()
+
+
+def test_target_label_explains_the_true_class(files, tmp_path):
+    store = audit(files, tmp_path / "s.zarr", target="label", methods=["gradcam"])
+    labels = np.load(files / "labels.npy")
+    ok = ~store["failed"][:]
+    np.testing.assert_array_equal(store["target"][:][ok], labels[ok])
+    with pytest.raises(TargetError, match="labels="):
+        audit(files, tmp_path / "t.zarr", target="label", labels=None)
+
+
+def test_zarr_hdf5_and_folder_datasets_give_the_same_maps(files, tmp_path, reference):
+    x = np.load(files / "data.npy")[:64]
+    zarr.save_array(str(tmp_path / "in.zarr"), x)
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f["signals"] = x
+        f["other"] = np.zeros(3)
+    folder = tmp_path / "items"
+    folder.mkdir()
+    for i, item in enumerate(x):
+        np.save(folder / f"{i:03d}.npy", item)
+    (folder / "017.npy").write_bytes(b"not an array")
+    layer = reference.maps[0][1]
+    expected = reference.cams("gradcam", layer)[:64]
+    for source, key in ((tmp_path / "in.zarr", None), (tmp_path / "in.h5", "signals"),
+                        (folder, None)):
+        store = run(files / "model.onnx", source, tmp_path / f"{source.name}.store",
+                    key=key, methods=["gradcam"], chunk_items=32, batch_size=16,
+                    progress=False)
+        failed = store["failed"][:]
+        expected_failed = {13} | ({17} if source == folder else set())
+        assert set(np.flatnonzero(failed)) == expected_failed
+        ok = ~failed
+        np.testing.assert_array_equal(store.cams("gradcam", layer)[:][ok], expected[ok])
+    assert "017.npy" in str(store["error"][17])
+    assert store.summary().to_pydict()["name"][17] == "017.npy"
+
+
+def _audit_command(files, url, *extra):
+    return [sys.executable, "-m", "onnx_cam.cli", "audit", str(files / "model.onnx"),
+            str(files / "data.npy"), "--store", str(url), "--labels",
+            str(files / "labels.npy"), "--method", "gradcam", "--method", "hirescam",
+            "--chunk-items", "8", "--batch-size", "8", "--quiet", *extra]
+
+
+def test_killed_jobs_resume_to_an_identical_store(files, tmp_path):
+    """SIGKILL at three points (early, mid-run, at random), resume, compare bit for bit."""
+    url = tmp_path / "killed.zarr"
+    done_dir = url / "chunk_done" / "c"
+    rng = np.random.default_rng(0)
+    kills, outcomes = 0, []
+    for threshold in (2, 14, None):
+        job = subprocess.Popen(_audit_command(files, url), stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while job.poll() is None and time.monotonic() < deadline:
+            done = len(list(done_dir.glob("*"))) if done_dir.exists() else 0
+            if (threshold is not None and done >= threshold) or (
+                    threshold is None and done >= 16 and rng.random() < 0.3):
+                job.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.005)
+        job.wait()
+        outcomes.append((job.returncode, job.stderr.read()[-800:]))
+    assert kills >= 2, f"the job ended before it could be killed: {outcomes}"
+    final = subprocess.run(_audit_command(files, url), capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    uninterrupted = tmp_path / "whole.zarr"
+    assert subprocess.run(_audit_command(files, uninterrupted)).returncode == 0
+    assert store_files(url) == store_files(uninterrupted)
+    assert len(AuditStore(url).manifest["sessions"]) == kills + 1
+
+
+@pytest.mark.slow
+def test_a_local_dask_cluster_writes_the_same_store(files, reference, tmp_path):
+    url = tmp_path / "dask.zarr"
+    store = audit(files, url, workers=2)
+    assert store.complete
+    assert store_files(url) == store_files(reference.url)
