@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 import zarr
+from conftest import export_bytes, small_cnn
+from PIL import Image
+from torch import nn
 
 import onnx_cam
 from onnx_cam import StoreError, TargetError
@@ -243,3 +249,59 @@ def test_a_local_dask_cluster_writes_the_same_store(files, reference, tmp_path):
     store = audit(files, url, workers=2)
     assert store.complete
     assert store_files(url) == store_files(reference.url)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _render(page: Path, shot: Path) -> np.ndarray:
+    """Screenshot of `page` in headless Chromium, as an (H, W, 3) array."""
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={shot.parent / 'profile'}",
+         "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
+        check=True, capture_output=True, timeout=120)
+    return np.asarray(Image.open(shot).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def store_2d(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("audit2d")
+    x = np.random.default_rng(3).normal(size=(40, 2, 16, 16)).astype(np.float32)
+    (folder / "model.onnx").write_bytes(
+        export_bytes(small_cnn(2, nn.Softmax(dim=1)), torch.from_numpy(x[:2])))
+    np.save(folder / "x.npy", x)
+    return run(folder / "model.onnx", folder / "x.npy", folder / "store.zarr", progress=False,
+               chunk_items=16)
+
+
+@pytest.mark.parametrize("which", ["reference", "store_2d"])
+def test_report_is_one_self_contained_page(which, request, tmp_path):
+    from onnx_cam.cli import main
+    store = request.getfixturevalue(which)
+    page = tmp_path / "report.html"
+    assert main(["report", store.url, "--out", str(page), "--outliers", "3"]) == 0
+    text = page.read_text()
+    assert "mean and standard deviation of the CAM" in text and "differ most" in text
+    assert text.count("data:image/png;base64,") >= 3
+    assert not re.search(r'(src|href)="(?!data:)', text), "the page links an external file"
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the page "
+                    "was checked as HTML but not rendered")
+    pixels = _render(page, tmp_path / "shot.png")
+    assert pixels.shape[:2] == (1600, 1200)
+    colourful = np.abs(pixels.astype(int) - pixels.mean(axis=2, keepdims=True)).max(axis=2)
+    assert (colourful > 60).mean() > 0.01, "no figure was drawn"
+
+
+def test_report_refuses_an_unfinished_audit(files, tmp_path):
+    from onnx_cam.cli import main
+    url = tmp_path / "store.zarr"
+    audit(files, url, methods=["gradcam"])
+    group = zarr.open_group(str(url), mode="r+")
+    manifest = dict(group.attrs["onnx_cam_audit"], status="running")
+    group.attrs["onnx_cam_audit"] = manifest
+    assert main(["report", str(url), "--out", str(tmp_path / "r.html")]) == 2
+    assert not (tmp_path / "r.html").exists()

@@ -13,10 +13,10 @@ import sys
 
 from .. import __version__
 from ..errors import OnnxCamError
-from . import audit, explain, layers
+from . import audit, explain, layers, report
 
 EXIT_OK, EXIT_USAGE = 0, 2
-SUBCOMMANDS = (layers, explain, audit)
+SUBCOMMANDS = (layers, explain, audit, report)
 
 
 def _parser() -> argparse.ArgumentParser:
