@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -9,11 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+import psutil
 import pytest
 import torch
 import zarr
@@ -305,3 +308,61 @@ def test_report_refuses_an_unfinished_audit(files, tmp_path):
     group.attrs["onnx_cam_audit"] = manifest
     assert main(["report", str(url), "--out", str(tmp_path / "r.html")]) == 2
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_full_disk_keeps_the_done_chunks_and_the_job_resumes(files, reference, tmp_path,
+                                                                monkeypatch):
+    import zarr.storage._local as local_store
+    real_put, writes = local_store._put, []
+
+    def put_until_full(path, value, exclusive=False):
+        writes.append(path)
+        if len(writes) > 60:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_put(path, value, exclusive)
+
+    url = tmp_path / "store.zarr"
+    monkeypatch.setattr(local_store, "_put", put_until_full)
+    with pytest.raises(StoreError, match="(?s)No space left.*run the same command again"):
+        audit(files, url)
+    done = AuditStore(url)["chunk_done"][:]
+    assert 0 < done.sum() < len(done)
+    monkeypatch.setattr(local_store, "_put", real_put)
+    audit(files, url)
+    assert store_files(url) == store_files(reference.url)
+
+
+@pytest.mark.slow
+def test_a_dask_worker_killed_mid_run_loses_nothing(files, reference, tmp_path):
+    url = tmp_path / "store.zarr"
+    outcome = {}
+
+    def job():
+        try:
+            outcome["store"] = audit(files, url, workers=2, chunk_items=32)
+        except Exception as exc:  # reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    done_dir, killed = url / "chunk_done" / "c", None
+    deadline = time.monotonic() + 180
+    while thread.is_alive() and killed is None and time.monotonic() < deadline:
+        workers = [p for p in psutil.Process().children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+        if len(workers) == 2 and done_dir.exists() and len(list(done_dir.glob("*"))) >= 2:
+            killed = workers[0].pid
+            workers[0].kill()
+        time.sleep(0.01)
+    thread.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    assert killed is not None, "the job ended before a worker could be killed"
+    assert store_files(url) == store_files(reference.url)
+
+
+def test_an_fsspec_url_store_works_like_a_folder(files, reference):
+    store = audit(files, "memory://audits/test.zarr")
+    layer = reference.maps[0][1]
+    np.testing.assert_array_equal(store.cams("gradcam", layer)[:],
+                                  reference.cams("gradcam", layer)[:])
+    assert store.summary().num_rows == ITEMS

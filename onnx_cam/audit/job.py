@@ -144,7 +144,8 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
         if group.attrs[MANIFEST_KEY].get("status") != "complete":
             stats.write_statistics(group, spec, explainer.num_classes)
             stats.write_summary(url, group, spec)
-            _update_manifest(group, status="complete", finished_at=_now())
+            _update_manifest(group, status="complete", finished_at=_now(),
+                             failed_items=int(np.count_nonzero(group["failed"][:])))
         remove_partial_files(url)
     return AuditStore(url)
 
@@ -176,11 +177,18 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
     for method, layer in spec.maps:
         values[map_path("cams", method, layer)] = res.cam(method, layer).astype(spec.cam_dtype)
         values[map_path("score_range", method, layer)] = res.score_range(method, layer)
-    for name, value in values.items():
-        if failed.any() and name not in ("failed", "error", "label"):
-            value = _blank(value, failed)
-        _arrays(spec)[name][start:stop] = value
-    _arrays(spec)["chunk_done"][chunk] = 1
+    arrays = _arrays(spec)
+    try:
+        for name, value in values.items():
+            if failed.any() and name not in ("failed", "error", "label"):
+                value = _blank(value, failed)
+            arrays[name][start:stop] = value
+        arrays["chunk_done"][chunk] = 1
+    except OSError as exc:
+        raise StoreError(
+            f"Writing chunk {chunk} (items {start}-{stop - 1}) to {spec.store!r} failed: {exc}. "
+            "The chunks marked done are kept; fix the cause (disk space, permissions) and run "
+            "the same command again to finish the rest.") from exc
     return stop - start
 
 
