@@ -3,6 +3,7 @@
 from .errors import (
     InputError,
     LayerError,
+    MemoryBudgetError,
     MethodError,
     ModelLoadError,
     OnnxCamError,
@@ -13,6 +14,7 @@ from .errors import (
 )
 from .explainer import Explainer
 from .explanation import Explanation
+from .numerics import NumericsWarning, RowFlag, ZeroGradientWarning, describe_flags
 from .runtime import RuntimeOptions
 
 __version__ = "0.1.0"
@@ -20,5 +22,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Explainer", "Explanation", "RuntimeOptions", "OnnxCamError", "ModelLoadError",
     "UnsupportedModelError", "UnsupportedOpError", "LayerError", "InputError", "TargetError",
-    "MethodError", "StoreError", "__version__",
+    "MethodError", "StoreError", "MemoryBudgetError", "RowFlag", "describe_flags",
+    "NumericsWarning", "ZeroGradientWarning", "__version__",
 ]

@@ -35,3 +35,7 @@ class MethodError(OnnxCamError):
 
 class StoreError(OnnxCamError):
     """An audit store cannot be written or read as asked (another job's, locked, ...)."""
+
+
+class MemoryBudgetError(OnnxCamError):
+    """The work asked for would not fit the memory budget (max_memory / ONNX_CAM_MAX_MEMORY)."""

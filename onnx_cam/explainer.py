@@ -9,20 +9,24 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from . import kernels
+from . import kernels, numerics
+from .concurrency import OnceCache, kernel_guard
 from .errors import (
     InputError,
     LayerError,
+    MemoryBudgetError,
     ModelLoadError,
     TargetError,
     UnsupportedModelError,
 )
 from .explanation import Explanation
 from .graph.cam_model import SCORES, CamModel, build_cam_model
+from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
 from .methods import LayerBatch, get_method
 from .model import Layer, Model
 from .probes import Probe
 from .runtime import RuntimeOptions, make_session
+from .runtime import run as run_session
 from .targets import TargetPlan, plan_targets
 
 
@@ -57,18 +61,27 @@ class Explainer:
     channels_last: the model takes (N, *spatial, C) inputs (Keras). None: as the model's
     metadata says (models converted by onnx_cam.converters); without it, channels-last when
     the first convolution reads the input's last axis as its channels.
+    max_memory: the memory one explain call may use (bytes, or "8GB"); None: the
+    ONNX_CAM_MAX_MEMORY environment variable, else 75% of the machine's memory. Batches
+    shrink to fit it; work that cannot fit even one item per run is refused up front.
+
+    One Explainer may serve several threads at once: each cached session and graph is built
+    once, and results equal those of sequential calls.
     """
 
     def __init__(self, model, *, example_input=None, class_names: Sequence[str] | None = None,
                  output: str | None = None, runtime: RuntimeOptions | None = None,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, max_memory: int | str | None = None):
+        memory_budget(max_memory)  # a malformed size fails here, not at the first explain
+        self.max_memory = max_memory
         self.model = Model(_as_model_source(model, example_input, class_names), output=output,
-                           channels_last=channels_last)
+                           channels_last=channels_last, max_memory=max_memory)
         self.runtime = runtime or RuntimeOptions()
         names = class_names if class_names is not None else self.model.class_names
         self.class_names = list(names) if names is not None else None
-        self._sessions: dict[tuple, tuple] = {}
-        self._probes: dict[tuple, Probe] = {}
+        self._sessions: OnceCache[tuple] = OnceCache()
+        self._footprints: OnceCache = OnceCache()
+        self._probe_sessions: OnceCache[OnceCache] = OnceCache()
         if not self.model.layers:
             raise UnsupportedModelError(
                 "The model has no layer a CAM can be computed on: no tensor with channel and "
@@ -110,7 +123,8 @@ class Explainer:
     # ---- explaining ---------------------------------------------------------------------
     def explain(self, x, targets=None, layers="auto", methods="gradcam", foils=None, *,
                 score: str = "logits", batch_size: int = 64,
-                eigen_smooth: bool = False) -> Explanation:
+                eigen_smooth: bool = False, progress=None,
+                nonfinite: str = "raise") -> Explanation:
         """CAMs of `x` for each method and layer; see Explanation for what it holds.
 
         targets: None (each item's predicted class), "all", "top<k>", a class index or name
@@ -121,46 +135,73 @@ class Explainer:
         "log_probs" or "probs".
         eigen_smooth: replace each method's channel sum by the first principal component of
         its weighted activations (pytorch-grad-cam's eigen_smooth).
+        progress: called as progress(done, total) after each batch; both count rows (items,
+        unless several targets or foils per item).
+        batch_size: rows per ONNX Runtime run at most; fewer when the memory budget
+        (max_memory) needs it, with the same results.
+        nonfinite: input items holding NaN or Inf raise an InputError naming them ("raise"),
+        or are explained with NaN maps and RowFlag.INPUT_NONFINITE in `res.flags` ("flag").
+        NaN / Inf inside the model and all-zero gradients are always flagged per row
+        (`res.flags`, `res.flag_reasons(row)`) with a NumericsWarning / ZeroGradientWarning.
         """
-        x, chosen, plan, rows = self._prepare(x, layers, targets, foils, batch_size)
         method_objs = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
         method_names = [m.name for m in method_objs]
+        gradients = any(m.uses_gradients for m in method_objs)
+        x, chosen, plan, rows, batch_size = self._prepare(
+            x, layers, targets, foils, batch_size, score, gradients, len(method_objs), nonfinite)
         n, spatial = len(rows), x.shape[2:]
         keys = [(m, layer.name) for m in method_names for layer in chosen]
         cams = {k: np.empty((n, *spatial), np.float32) for k in keys}
         ranges = {k: np.empty((n, 2), np.float32) for k in keys}
         raws: dict[tuple[str, str], np.ndarray] = {}
+        flags = numerics.flag_where(numerics.nonfinite_rows(rows),
+                                    numerics.RowFlag.INPUT_NONFINITE)
+        zero_gradient_layers: list[str] = []
         probe = self._probe(spatial, batch_size)
 
         def consume(start, xb, seeds, acts, grads):
+            done = slice(start, start + len(xb))
             for layer, a, g in zip(chosen, acts, grads):
+                layer_flags = numerics.layer_flags(a, g) | flags[done]
+                if (layer_flags & numerics.RowFlag.ZERO_GRADIENT).any():
+                    zero_gradient_layers.append(layer.name)
                 batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe)
                 for method in method_objs:
                     key = (method.name, layer.name)
-                    raw = method.raw(batch, eigen_smooth)
+                    with kernel_guard():
+                        raw = method.raw(batch, eigen_smooth)
+                        cam, rng = kernels.resize_normalize(raw, spatial)
+                    layer_flags |= numerics.settle_maps(raw, cam, rng, layer_flags,
+                                                        method.uses_gradients)
                     if key not in raws:
                         raws[key] = np.empty((n, *raw.shape[1:]), np.float32)
-                    raws[key][start:start + len(raw)] = raw
-                    cam, rng = kernels.resize_normalize(raw, spatial)
-                    cams[key][start:start + len(raw)] = cam
-                    ranges[key][start:start + len(raw)] = rng
+                    raws[key][done] = raw
+                    cams[key][done] = cam
+                    ranges[key][done] = rng
+                flags[done] |= layer_flags
+            if progress is not None:
+                progress(start + len(xb), n)
 
-        gradients = any(m.uses_gradients for m in method_objs)
         logits = self._run(rows, plan, chosen, score, batch_size, consume, gradients)
+        flags |= numerics.flag_where(numerics.nonfinite_rows(logits),
+                                     numerics.RowFlag.SCORE_NONFINITE)
+        numerics.warn_flagged(flags, zero_gradient_layers)
         predicted = logits.argmax(1)
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
         return Explanation(
             logits, self._probs(logits), predicted,
             predicted if plan is None else plan.targets, None if plan is None else plan.foils,
             method_names, [layer.name for layer in chosen], cams, raws, ranges, self.head,
-            self.class_names, aliases, np.arange(n) if plan is None else plan.items, score)
+            self.class_names, aliases, np.arange(n) if plan is None else plan.items, score,
+            flags)
 
     def activations_and_gradients(self, x, targets=None, layers="auto", foils=None, *,
                                   score: str = "logits", batch_size: int = 64):
         """Logits and, per layer name, (activations, d score / d activations), one row per
         (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
         first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
-        _, chosen, plan, rows = self._prepare(x, layers, targets, foils, batch_size)
+        _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
+                                                          score)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
 
         def consume(start, xb, seeds, acts, grads):
@@ -173,13 +214,69 @@ class Explainer:
                         for name, (a, g) in parts.items()}
 
     # ---- internals ----------------------------------------------------------------------
-    def _prepare(self, x, layers, targets, foils, batch_size: int):
-        """The checked input, the chosen layers, the target plan and the rows to run."""
-        x = self._check_input(x)
+    def _prepare(self, x, layers, targets, foils, batch_size: int, score: str = "logits",
+                 gradients: bool = True, maps: int = 0, nonfinite: str = "raise"):
+        """The checked input, the chosen layers, the target plan, the rows to run and the
+        batch size the memory budget allows (`maps` methods kept per row; 0: activations and
+        gradients are kept instead)."""
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+        if score not in SCORES:
+            raise TargetError(f"score={score!r} is not one of {SCORES}.")
+        x = self._check_input(x, nonfinite)
         chosen = self._resolve_layers(layers)
+        seeded = not (targets is None and foils is None)  # as plan_targets decides
+
+        def fit(rows: int) -> int:
+            return self._fit_batch(x, chosen, seeded, score, gradients, maps, rows, batch_size)
+
+        batch_size = fit(len(x))
         plan = self._plan(x, targets, foils, batch_size)
         rows = x if plan is None or plan.is_identity else x[plan.items]
-        return x, chosen, plan, rows
+        if len(rows) != len(x):  # several rows per item: more maps to keep
+            batch_size = fit(len(rows))
+        return x, chosen, plan, rows, batch_size
+
+    def _fit_batch(self, x: np.ndarray, chosen: list[Layer], seeded: bool, score: str,
+                   gradients: bool, maps: int, rows: int, batch_size: int) -> int:
+        """The largest batch, up to `batch_size`, whose run fits the memory budget beside the
+        results of `rows` rows; a MemoryBudgetError when not even one item per run fits."""
+        need, run, results = self._memory_need(x, chosen, seeded, score, gradients, maps, rows)
+        budget = memory_budget(self.max_memory)
+        fits = need.max_batch(budget)
+        if fits < 1:
+            fewer = "explain fewer items per call, " if results > budget / 2 else ""
+            raise MemoryBudgetError(
+                f"Explaining {rows} row(s) of inputs shaped {tuple(x.shape[1:])} at layer(s) "
+                f"{[layer.name for layer in chosen]} needs about {gib(need.bytes(1))} (a run "
+                f"of one item {gib(run.bytes(1))}, the maps kept {gib(results)}), more than "
+                f"the memory budget of {gib(budget)}. Raise the budget (Explainer(..., "
+                f"max_memory='32GB') or ONNX_CAM_MAX_MEMORY), {fewer}choose a deeper layer, "
+                "or give smaller (cropped or downsampled) inputs.")
+        return min(batch_size, fits)
+
+    def _memory_need(self, x: np.ndarray, chosen: list[Layer], seeded: bool, score: str,
+                     gradients: bool, maps: int, rows: int):
+        """(everything, one run, the results' bytes) an explain call needs, from shapes
+        (onnx_cam.memory): the rewritten model's live tensors times RUNTIME_OVERHEAD and the
+        methods' numpy temporaries per run, plus the result arrays of `rows` rows."""
+        spatial = tuple(x.shape[2:])
+        key = (tuple(layer.tensor for layer in chosen), spatial, seeded, score, gradients)
+        cam_model, _ = self._session(*key)
+        footprint = self._footprints.get(key, lambda: run_footprint(cam_model.proto))
+        acts = [footprint.outputs.get(name, 0.0) for name in cam_model.activation_names]
+        item = float(x[:1].nbytes)
+        cam = 4.0 * np.prod(spatial)
+        if maps:  # a raw map is the activations over the channels (all of them if unknown)
+            channels = [c if isinstance(c, int) and c > 0 else 1
+                        for c in (layer.shape[1] for layer in chosen)]
+            per_row = maps * sum(cam + a / c + 8 for a, c in zip(acts, channels))
+        else:  # activations_and_gradients: every output kept, then concatenated
+            per_row = 2.0 * sum(footprint.outputs.values())
+        results = rows * (per_row + 8.0 * self.num_classes + 32)
+        workspace = 6 * max(acts, default=0.0) + 2 * cam + 2 * item
+        run = footprint.scaled(RUNTIME_OVERHEAD).plus(per_item=workspace)
+        return run.plus(fixed=results), run, results
 
     def _plan(self, x: np.ndarray, targets, foils, batch_size: int) -> TargetPlan | None:
         def predict() -> np.ndarray:
@@ -190,10 +287,6 @@ class Explainer:
     def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer], score: str,
              batch_size: int, consume, gradients: bool = True) -> np.ndarray:
         """Run the rewritten model batch by batch; hand each batch's arrays to `consume`."""
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-        if score not in SCORES:
-            raise TargetError(f"score={score!r} is not one of {SCORES}.")
         seeded = plan is not None
         cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
                                            tuple(rows.shape[2:]), seeded, score, gradients)
@@ -206,7 +299,7 @@ class Explainer:
             feeds = {cam_model.input_name: xb}
             if seeded:
                 feeds[cam_model.seed_name] = _seed(plan, start, len(xb), k)
-            results = session.run(outputs, feeds)
+            results = run_session(session, outputs, feeds)
             logits[start:start + len(xb)] = results[0]
             seeds = feeds[cam_model.seed_name] if seeded else _one_hot(results[0])
             grads = results[1 + m:] if gradients else [None] * m
@@ -214,21 +307,18 @@ class Explainer:
         return logits
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
-        if spatial not in self._probes:
-            self._probes[spatial] = Probe(self.model, self.runtime, spatial, batch_size)
-        probe = self._probes[spatial]
-        probe.batch_size = batch_size
-        return probe
+        """A Probe of its own for each call (its batch size is the call's); its sessions are
+        shared by every probe of the same spatial shape."""
+        sessions = self._probe_sessions.get(spatial, OnceCache)
+        return Probe(self.model, self.runtime, spatial, batch_size, sessions)
 
     def _session(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool,
-                 score: str, gradients: bool):
-        key = (tensors, spatial, seeded, score, gradients)
-        if key not in self._sessions:
-            cam_model: CamModel = build_cam_model(self.model, list(tensors), spatial,
-                                                  "input" if seeded else "prediction", score,
-                                                  gradients)
-            self._sessions[key] = (cam_model, make_session(cam_model.proto, self.runtime))
-        return self._sessions[key]
+                 score: str, gradients: bool) -> tuple[CamModel, object]:
+        def build():
+            cam_model = build_cam_model(self.model, list(tensors), spatial,
+                                        "input" if seeded else "prediction", score, gradients)
+            return cam_model, make_session(cam_model.proto, self.runtime)
+        return self._sessions.get((tensors, spatial, seeded, score, gradients), build)
 
     def _resolve_layers(self, layers) -> list[Layer]:
         """The layers asked for, each named as the caller named it ("auto": the deepest)."""
@@ -247,8 +337,11 @@ class Explainer:
                 chosen.append(layer)
         return chosen
 
-    def _check_input(self, x) -> np.ndarray:
-        """The input checked against the model's, as (N, C, *spatial) (see Model.graph)."""
+    def _check_input(self, x, nonfinite: str = "raise") -> np.ndarray:
+        """The input checked against the model's, as (N, C, *spatial) (see Model.graph).
+        nonfinite="flag" lets items with NaN / Inf through (explain() flags their rows)."""
+        if nonfinite not in ("raise", "flag"):
+            raise InputError(f"nonfinite={nonfinite!r} is not 'raise' or 'flag'.")
         try:
             x = np.asarray(x, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -269,10 +362,11 @@ class Explainer:
                 raise InputError(f"The model takes {want} {what}; the input has {got} "
                                  f"(input shape {x.shape}, model input {expected})."
                                  f"{self._layout_hint(x.shape)}")
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-        if bad.any():
-            raise InputError(f"Items {np.flatnonzero(bad).tolist()[:20]} contain NaN or Inf; "
-                             "clean or drop them before explaining.")
+        bad = np.flatnonzero(numerics.nonfinite_rows(x)) if nonfinite == "raise" else []
+        if len(bad):
+            raise InputError(f"Items {bad.tolist()[:20]} contain NaN or Inf; clean or drop "
+                             "them before explaining, or pass nonfinite='flag' to get their "
+                             "rows flagged instead.")
         if channel_axis != 1:
             x = np.ascontiguousarray(np.moveaxis(x, channel_axis, 1))
         return x
@@ -289,10 +383,11 @@ class Explainer:
         return ""
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
-        if self.head == "Sigmoid":
-            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite rows are flagged
+            if self.head == "Sigmoid":
+                return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:

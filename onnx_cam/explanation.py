@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import LayerError, MethodError, OnnxCamError
+from .files import write_atomic
 from .methods import get_method
+from .numerics import describe_flags
 
 _SEP = "::"
 
@@ -22,6 +23,10 @@ class Explanation:
     cams are (N, *input_spatial) in [0, 1]; raws are (N, *layer_spatial), post-ReLU and
     unnormalised; score ranges are (N, 2): each item's (min, max) of the upsampled map
     before normalisation, so that ``cam * (max - min) + min`` restores it.
+
+    flags are (N,) uint8 bit masks of onnx_cam.RowFlag: NaN / Inf met in the row's input,
+    scores, activations, gradients or maps, an all-zero gradient, a constant map (0: none);
+    ``flag_reasons(row)`` says them in words.
     """
 
     logits: np.ndarray
@@ -39,10 +44,22 @@ class Explanation:
     layer_aliases: dict[str, str] = field(default_factory=dict)
     items: np.ndarray | None = None   # (rows,) input item of each row; None: row i is item i
     score: str = "logits"
+    flags: np.ndarray | None = None   # (rows,) uint8 RowFlag masks; None: no flag raised
 
     def __post_init__(self):
         if self.items is None:
             self.items = np.arange(len(self.logits))
+        if self.flags is None:
+            self.flags = np.zeros(len(self.logits), np.uint8)
+
+    def flag_reasons(self, row: int) -> list[str]:
+        """What the flags of `row` stand for, in words (empty when the row is clean)."""
+        return describe_flags(self.flags[row])
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """The rows with any flag raised."""
+        return np.flatnonzero(self.flags)
 
     # ---- lookup ------------------------------------------------------------------------
     def _key(self, method: str | None, layer: str | None) -> tuple[str, str]:
@@ -88,9 +105,8 @@ class Explanation:
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write one .npz file; the file appears whole or not at all."""
-        path = os.fspath(path)
         arrays = {"logits": self.logits, "probs": self.probs, "predicted": self.predicted,
-                  "targets": self.targets, "items": self.items}
+                  "targets": self.targets, "items": self.items, "flags": self.flags}
         if self.foils is not None:
             arrays["foils"] = self.foils
         for store, prefix in ((self.cams, "cam"), (self.raws, "raw"), (self.ranges, "range")):
@@ -100,34 +116,27 @@ class Explanation:
                 "class_names": self.class_names, "layer_aliases": self.layer_aliases,
                 "score": self.score}
         arrays["meta"] = np.array(json.dumps(meta))
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(path, lambda handle: np.savez_compressed(handle, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Explanation:
+        """Read a file written by save(); never unpickles. Files written before flags existed
+        load with no flag raised."""
         try:
             with np.load(os.fspath(path), allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
             meta = json.loads(str(arrays.pop("meta")))
+            stores: dict[str, dict] = {"cam": {}, "raw": {}, "range": {}}
+            for key in [k for k in arrays if _SEP in k]:
+                prefix, method, layer = key.split(_SEP, 2)
+                stores[prefix][(method, layer)] = arrays.pop(key)
+            return cls(arrays["logits"], arrays["probs"], arrays["predicted"],
+                       arrays["targets"], arrays.get("foils"), meta["methods"], meta["layers"],
+                       stores["cam"], stores["raw"], stores["range"], meta["head"],
+                       meta["class_names"], meta["layer_aliases"], arrays["items"],
+                       meta["score"], arrays.get("flags"))
         except Exception as exc:
             raise OnnxCamError(
-                f"{os.fspath(path)!r} is not an explanation saved by Explanation.save ({exc})."
+                f"{os.fspath(path)!r} is not an explanation saved by Explanation.save "
+                f"({type(exc).__name__}: {exc})."
             ) from None
-        stores: dict[str, dict] = {"cam": {}, "raw": {}, "range": {}}
-        for key in [k for k in arrays if _SEP in k]:
-            prefix, method, layer = key.split(_SEP, 2)
-            stores[prefix][(method, layer)] = arrays.pop(key)
-        return cls(arrays["logits"], arrays["probs"], arrays["predicted"], arrays["targets"],
-                   arrays.get("foils"), meta["methods"], meta["layers"], stores["cam"],
-                   stores["raw"], stores["range"], meta["head"], meta["class_names"],
-                   meta["layer_aliases"], arrays["items"], meta["score"])

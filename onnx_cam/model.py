@@ -11,8 +11,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference, version_converter
 
+from . import safety
+from .concurrency import OnceCache
 from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
+from .memory import memory_budget
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
 MIN_OPSET = 16  # ScatterElements(reduction="add"), used by the MaxPool gradient
@@ -54,32 +57,31 @@ class Layer:
 
 
 def load_proto(source) -> onnx.ModelProto:
-    """Read a model from a path, bytes or ModelProto; never executes code."""
+    """Read a model from a path, bytes or ModelProto; never executes code, and reads no file
+    but the one named and the external data in its folder (see onnx_cam.safety)."""
     if isinstance(source, onnx.ModelProto):
-        return source
-    if isinstance(source, (bytes, bytearray)):
+        proto = source
+    elif isinstance(source, (bytes, bytearray)):
+        if len(source) > safety.PROTOBUF_LIMIT:
+            raise ModelLoadError("The bytes given are 2 GiB or more, which protobuf cannot "
+                                 "read. Save the model with external data and pass its path.")
         try:
-            return onnx.load_from_string(bytes(source))
+            proto = onnx.load_from_string(bytes(source))
         except Exception as exc:
             raise ModelLoadError(
                 f"The bytes given are not a serialized ONNX model ({exc}). "
                 "Pass the contents of an .onnx file, a path, or an onnx.ModelProto."
             ) from None
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise ModelLoadError(f"No model file at {path!r}. Check the path.")
-        try:
-            return onnx.load(path)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"{path!r} is not a readable ONNX model ({type(exc).__name__}: {exc}). "
-                "Export the model to ONNX first (onnx_cam.converters.export_torch for torch)."
-            ) from None
-    raise ModelLoadError(
-        f"Cannot load a model from a {type(source).__name__}. "
-        "Pass a path, bytes, an onnx.ModelProto, or a torch.nn.Module with example_input=."
-    )
+    elif isinstance(source, (str, os.PathLike)):
+        return safety.read_model_file(os.fspath(source))
+    else:
+        raise ModelLoadError(
+            f"Cannot load a model from a {type(source).__name__}. "
+            "Pass a path, bytes, an onnx.ModelProto, or a torch.nn.Module with example_input=."
+        )
+    safety.check_external_data(proto, None)
+    safety.check_proto_size(proto)
+    return proto
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -92,14 +94,19 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 class Model:
     """A validated ONNX model with everything onnx-cam needs to know about it."""
 
-    def __init__(self, source, output: str | None = None, channels_last: bool | None = None):
+    def __init__(self, source, output: str | None = None, channels_last: bool | None = None,
+                 max_memory: int | str | None = None):
         proto = load_proto(source)
+        safety.check_text(proto)
+        safety.check_tensor_data(proto)
         try:
             onnx.checker.check_model(proto)
         except Exception as exc:
             raise ModelLoadError(
                 f"The ONNX checker rejects this model: {exc}. Re-export it with a current exporter."
             ) from None
+        safety.check_ops(proto)
+        self.max_tensor_bytes = memory_budget(max_memory)
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
             try:
@@ -143,7 +150,7 @@ class Model:
             raise UnsupportedModelError(
                 f"The model has no output {self.output_name!r}; its outputs are {outputs}."
             )
-        self._graphs: dict[tuple, gs.Graph] = {}
+        self._graphs: OnceCache[gs.Graph] = OnceCache()
         graph = self.graph(self.default_spatial_shape())
         self.head, self.score_name = _find_head(graph, self.output_name)
         score_shape = graph.tensors()[self.score_name].shape
@@ -194,9 +201,7 @@ class Model:
         channels-first arrays. Returns a fresh copy each call so callers may rewrite it.
         """
         key = tuple(spatial_shape)
-        if key not in self._graphs:
-            self._graphs[key] = self._prepare_graph(key)
-        return self._graphs[key].copy()
+        return self._graphs.get(key, lambda: self._prepare_graph(key)).copy()
 
     def _prepare_graph(self, spatial_shape: tuple[int, ...]) -> gs.Graph:
         proto = onnx.ModelProto()
@@ -214,6 +219,9 @@ class Model:
         if self.channels_last:
             _channels_first_input(graph, self.input_name)
         ceil_pools_to_floor(graph)
+        # constant folding runs parts of the graph in ONNX Runtime: check the shapes first
+        safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
+                            f"for input spatial shape {spatial_shape}")
         graph.fold_constants(error_ok=True).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed)

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 
+from .concurrency import OnceCache
 from .graph.cut import SubModel, head_model, score_model
 from .model import Model
-from .runtime import RuntimeOptions, make_session
+from .runtime import RuntimeOptions, make_session, run
 
 
 class Probe:
     """Scores (seed . logits) of modified inputs, or of modified activations of one layer."""
 
     def __init__(self, model: Model, runtime: RuntimeOptions, spatial_shape: tuple[int, ...],
-                 batch_size: int):
+                 batch_size: int, sessions: OnceCache | None = None):
+        """sessions: shared by probes of the same model, runtime and spatial shape that differ
+        in batch size only (each session is built once, even across threads)."""
         self._model, self._runtime, self._spatial = model, runtime, spatial_shape
         self.batch_size = batch_size
-        self._sessions: dict[str | None, tuple[SubModel, object]] = {}
+        self._sessions = sessions if sessions is not None else OnceCache()
 
-    def _session(self, layer: str | None):
-        if layer not in self._sessions:
+    def _session(self, layer: str | None) -> tuple[SubModel, object]:
+        def build():
             sub = (score_model(self._model, self._spatial) if layer is None
                    else head_model(self._model, layer, self._spatial))
-            self._sessions[layer] = (sub, make_session(sub.proto, self._runtime))
-        return self._sessions[layer]
+            return sub, make_session(sub.proto, self._runtime)
+        return self._sessions.get(layer, build)
 
     def _logits(self, layer: str | None, feeds: list[np.ndarray]) -> np.ndarray:
         """(m, K) logits of the sub-model ending at the score, run in batches."""
@@ -33,7 +36,7 @@ class Probe:
         for start in range(0, count, self.batch_size):
             chunk = {name: np.ascontiguousarray(f[start:start + self.batch_size], np.float32)
                      for name, f in zip(sub.input_names, feeds)}
-            parts.append(session.run([sub.score_name], chunk)[0])
+            parts.append(run(session, [sub.score_name], chunk)[0])
         return np.concatenate(parts).reshape(count, -1)
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import onnx
 import onnxruntime as ort
 
+from .errors import UnsupportedModelError
+
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -38,7 +40,34 @@ _LEVELS = {
 }
 
 
+#: what ONNX Runtime raises: its own exception classes (not RuntimeError subclasses) and
+#: RuntimeError from its Python layer
+RUNTIME_ERRORS = (RuntimeError, *(
+    cls for cls in vars(ort.capi.onnxruntime_pybind11_state).values()
+    if isinstance(cls, type) and issubclass(cls, Exception)))
+_REPORT = ("If the original model runs in ONNX Runtime as it is, onnx-cam's rewrite of it is "
+           "at fault: please report it.")
+
+
 def make_session(proto: onnx.ModelProto, options: RuntimeOptions) -> ort.InferenceSession:
+    """A session for `proto`; an UnsupportedModelError when ONNX Runtime refuses it."""
+    try:
+        return _make_session(proto, options)
+    except RUNTIME_ERRORS as exc:
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot load this model: {str(exc)[:500]}. {_REPORT}") from None
+
+
+def run(session, outputs: list[str], feeds: dict):
+    """session.run; an UnsupportedModelError when ONNX Runtime fails on the model."""
+    try:
+        return session.run(outputs, feeds)
+    except RUNTIME_ERRORS as exc:
+        raise UnsupportedModelError(
+            f"ONNX Runtime failed running this model: {str(exc)[:500]}. {_REPORT}") from None
+
+
+def _make_session(proto: onnx.ModelProto, options: RuntimeOptions) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[options.optimization]
     so.intra_op_num_threads = options.intra_op_threads

@@ -12,7 +12,8 @@ For each modality the script
          res.cam("gradcam")  # (N, *input_spatial) in [0, 1]
   4. draws the maps (cam_1d.png, cam_2d.png, cam_3d.png) and plays the "pointing game":
      the fraction of items whose CAM maximum lies on the planted object.
-It also writes the exported models (model_*.onnx) and one saved Explanation (explanation_2d.npz).
+It also writes the exported models (model_*.onnx), one saved Explanation (explanation_2d.npz)
+and held-out items as files for the README's `onnx-cam` examples (see save_samples).
 """
 
 import argparse
@@ -27,6 +28,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 from matplotlib.collections import LineCollection
+from PIL import Image
 from torch import nn
 
 import onnx_cam
@@ -241,6 +243,35 @@ def plot_3d(x, y, region, res, names, items, path, step=2):
     plt.close(fig)
 
 
+def save_samples(name, net, x, out):
+    """Held-out items as the files `onnx-cam explain` reads, and the 1D net's weights for
+    `onnx-cam convert torch scripts.demo:net_1d`."""
+    np.save(out / f"items_{name}.npy", x[:8])
+    if name == "1d":  # one signal: a row per sample, a column per channel
+        np.savetxt(out / "signal_1d.csv", x[0].T, fmt="%.5f", delimiter=",", header="ch0,ch1",
+                   comments="")
+        torch.save(net.state_dict(), out / "net_1d.pt")
+    if name == "2d":  # pixel = 255 * (x + 1) / 3: explained with --mean 1/3 --std 1/3
+        Image.fromarray(np.round(255 * to_unit(x[0, 0])).astype(np.uint8)).save(
+            out / "image_2d.png")
+
+
+def audit_1d(classes, out, items=2000):
+    """An audit job over a fresh 1D dataset (onnx_cam.audit), and its HTML report."""
+    from onnx_cam.audit import run
+    from onnx_cam.audit.report import write_report
+    x, y, _ = make_1d(items, np.random.default_rng(7))
+    np.save(out / "audit_1d.npy", x)
+    np.save(out / "audit_1d_labels.npy", y)
+    t0 = time.perf_counter()
+    store = run(out / "model_1d.onnx", out / "audit_1d.npy", out / "audit_1d.zarr",
+                labels=out / "audit_1d_labels.npy", overwrite=True, progress=False)
+    confusion = store["stats/confusion"][:]
+    write_report(store, out / "audit_1d.html")
+    print(f"[audit] {items} items in {time.perf_counter() - t0:.1f}s -> {store.url}: accuracy "
+          f"{np.trace(confusion) / confusion.sum():.1%}, report audit_1d.html")
+
+
 # ---- main: train, explain, draw, score --------------------------------------------------
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -274,6 +305,7 @@ def main():
         x, y, region = (a[:N_TEST] for a in t["data"])
         exp = onnx_cam.Explainer(t["net"], example_input=x[:2], class_names=t["classes"])
         onnx.save(exp.model.proto, out / f"model_{name}.onnx")
+        save_samples(name, t["net"], x, out)
         print(f"[{name}] {exp}\n[{name}] candidate layers, deepest first: {exp.layers}")
         res = exp.explain(x, targets=None, layers="auto", methods=METHODS)
         print(f"[{name}] {res}: held-out accuracy {(res.predicted == y).mean():.1%}, "
@@ -297,6 +329,7 @@ def main():
     for name, scores in summary.items():
         cells = "  ".join(f"{TITLES[m]} {hit:.0%}" for m, (hit, _) in scores.items())
         print(f"  {name}: {cells}   (n={next(iter(scores.values()))[1]})")
+    audit_1d(tasks["1d"]["classes"], out)
     print(f"Wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/ "
           f"in {time.perf_counter() - start:.0f}s")
 

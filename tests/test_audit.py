@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import h5py
 import numpy as np
@@ -80,6 +81,7 @@ def test_store_holds_what_the_explainer_gives(files, reference):
     res = exp.explain(x[ok], methods=["gradcam", "hirescam"])
     assert reference.complete and len(reference) == ITEMS
     np.testing.assert_array_equal(reference["predicted"][:][ok], res.predicted)
+    np.testing.assert_array_equal(reference["flags"][:][ok], res.flags)
     np.testing.assert_allclose(reference["logits"][:][ok], res.logits, rtol=1e-5, atol=1e-6)
     for method in ("gradcam", "hirescam"):
         cams = reference.cams(method, exp.layers[0])
@@ -366,3 +368,30 @@ def test_an_fsspec_url_store_works_like_a_folder(files, reference):
     np.testing.assert_array_equal(store.cams("gradcam", layer)[:],
                                   reference.cams("gradcam", layer)[:])
     assert store.summary().num_rows == ITEMS
+
+
+def test_the_command_prints_the_manifest_and_refuses_with_exit_code_2(files, tmp_path, capsys):
+    from onnx_cam.cli import main
+    base = ["audit", str(files / "model.onnx"), str(files / "data.npy"), "--store",
+            str(tmp_path / "s.zarr"), "--chunk-items", "64", "--quiet"]
+    assert main([*base, "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["status"] == "complete" and manifest["failed_items"] == 1
+    assert main([*base, "--method", "hirescam"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*base, "--target", "label"]) == 2
+    assert "--labels" in capsys.readouterr().err
+
+
+def test_metrics_are_stored_per_item_and_map(files, tmp_path):
+    from onnx_cam.metrics import evaluate
+    store = audit(files, tmp_path / "m.zarr", methods=["gradcam"], metrics=["deletion"])
+    x = np.load(files / "data.npy")[:32]
+    exp = onnx_cam.Explainer(files / "model.onnx")
+    ok = np.flatnonzero(np.isfinite(x.reshape(32, -1)).all(1))
+    expected = evaluate(exp, x[ok], exp.explain(x[ok]), ["deletion"])["deletion"]
+    stored = store[f"metrics/deletion/gradcam/{quote(exp.layers[0], safe='')}"][:32]
+    np.testing.assert_allclose(stored[ok], expected, rtol=1e-5)
+    assert np.isnan(stored[13])  # the NaN item
+    column = store.summary().to_pydict()[f"gradcam@{exp.layers[0]}:deletion"]
+    np.testing.assert_allclose(column[:32], stored, rtol=0)

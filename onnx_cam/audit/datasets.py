@@ -116,14 +116,8 @@ class ZarrDataset(Dataset):
                 raise InputError(f"Cannot open {self.source!r} as a Zarr store ({exc}).") \
                     from None
             if isinstance(node, zarr.Group):
-                names = sorted(name for name, _ in node.arrays())
-                if self.key is None and len(names) != 1:
-                    raise InputError(f"{self.source!r} is a Zarr group holding {names}; name "
-                                     "the array with key= (CLI: --key).")
-                key = self.key or names[0]
-                if key not in names:
-                    raise InputError(f"{self.source!r} has no array {key!r}; it has {names}.")
-                node = node[key]
+                node = node[_pick(self.source, self.key,
+                                  sorted(name for name, _ in node.arrays()))]
             self._handle = node
         return self._handle
 
@@ -150,17 +144,22 @@ class Hdf5Dataset(Dataset):
             names = []
             f.visititems(lambda name, obj: names.append(name)
                          if isinstance(obj, h5py.Dataset) else None)
-            if self.key is None and len(names) != 1:
-                raise InputError(f"{self.source!r} holds the datasets {names}; name one with "
-                                 "key= (CLI: --key).")
-            key = self.key or names[0]
-            if key not in names:
-                raise InputError(f"{self.source!r} has no dataset {key!r}; it has {names}.")
-            self._handle = f[key]
+            self._handle = f[_pick(self.source, self.key, names)]
         return self._handle
 
     def _slice(self, start, stop):
         return self._open()[start:stop]
+
+
+def _pick(source: str, key: str | None, names: list[str]) -> str:
+    """The array `key` names in a Zarr group / HDF5 file, or its only array."""
+    if key is None and len(names) != 1:
+        raise InputError(f"{source!r} holds the arrays {names}; name one with key= "
+                         "(CLI: --key).")
+    key = key or names[0]
+    if key not in names:
+        raise InputError(f"{source!r} has no array {key!r}; it has {names}.")
+    return key
 
 
 class FolderDataset(Dataset):

@@ -4,11 +4,13 @@ a kill, on one process or a Dask cluster, with the same store either way."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import sys
 import uuid
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -18,7 +20,11 @@ import onnxruntime
 from .. import __version__
 from ..errors import InputError, StoreError, TargetError
 from ..explainer import Explainer
+from ..inputs import preprocess_for
 from ..methods import get_method
+from ..metrics import METRICS, evaluate
+from ..numerics import NumericsWarning, RowFlag, describe_flags
+from ..progress import progress_bar
 from ..runtime import RuntimeOptions
 from . import stats
 from .datasets import Dataset, open_dataset, read_labels
@@ -37,6 +43,9 @@ from .store import (
 )
 
 CAM_DTYPES = ("float16", "float32")
+# Rows whose maps are NaN: recorded as failed (left out of the statistics).
+NAN_MAPS = (RowFlag.SCORE_NONFINITE | RowFlag.ACTIVATION_NONFINITE | RowFlag.GRADIENT_NONFINITE
+            | RowFlag.MAP_NONFINITE)
 # A worker process keeps its Explainer (and so its ONNX Runtime sessions) between chunks.
 _EXPLAINERS: dict[tuple, Explainer] = {}
 _ARRAYS: dict[tuple, dict] = {}
@@ -61,6 +70,7 @@ class AuditSpec:
     cam_dtype: str
     labels: np.ndarray | None
     runtime: RuntimeOptions
+    metrics: tuple[str, ...] = ()
 
     @property
     def maps(self) -> list[tuple[str, str]]:
@@ -80,17 +90,20 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
         batch_size: int = 64, chunk_items: int = 256, cam_dtype: str = "float16",
         class_names=None, overwrite: bool = False, scheduler: str | None = None,
         workers: int | None = None, runtime: RuntimeOptions | None = None,
-        progress: bool = True) -> AuditStore:
+        metrics=(), progress: bool = True) -> AuditStore:
     """Explain every item of `dataset` into the Zarr store at `store`; returns the store.
 
     model: an .onnx path (what a cluster needs), ONNX bytes / ModelProto, or an Explainer.
     dataset: an array, a .npy / .zarr / .h5 path (key= names the array) or a folder of files
-    (read with onnx_cam.inputs; preprocess= as there). target: "pred", "label" (needs labels=),
+    (read with onnx_cam.inputs: preprocess= an onnx_cam.inputs.Preprocess, or a dict of the
+    fields that differ from the model's defaults). target: "pred", "label" (needs labels=),
     a class index or name; foil: a contrastive class. labels: an array, a .npy or a text file
     (one label per line). Running the same call again resumes an interrupted job and does
     nothing on a finished one; a store written with another model or other arguments is
     refused unless overwrite=True. scheduler= a Dask scheduler address ("tcp://host:8786"),
-    workers= N starts a local Dask cluster of N processes.
+    workers= N starts a local Dask cluster of N processes. metrics: names of
+    onnx_cam.metrics to store per item and map (e.g. ("deletion", "road")), with their
+    default options.
     """
     if cam_dtype not in CAM_DTYPES:
         raise InputError(f"cam_dtype={cam_dtype!r}; use one of {CAM_DTYPES}.")
@@ -99,7 +112,13 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     if scheduler is not None and workers is not None:
         raise InputError("Give either scheduler= (an existing Dask cluster) or workers= (start "
                          "a local one), not both.")
+    metric_names = tuple(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
+    unknown = [m for m in metric_names if m not in METRICS]
+    if unknown:
+        raise InputError(f"Unknown metric(s) {unknown}; known: {list(METRICS)}.")
     explainer, model_ref, sha = _open_model(model, class_names, runtime)
+    if preprocess is None or isinstance(preprocess, dict):
+        preprocess = replace(preprocess_for(explainer), **(preprocess or {}))
     data = open_dataset(dataset, key=key, item_shape=explainer.model.input_shape[1:],
                         preprocess=preprocess)
     if len(data) == 0:
@@ -125,7 +144,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     url = os.fspath(store)
     spec = AuditSpec(model_ref, sha, data, url, "", tuple(method_names), tuple(layer_names),
                      target, foil, score, batch_size, chunk_items, cam_dtype, label_array,
-                     explainer.runtime)
+                     explainer.runtime, metric_names)
     identity = _identity(spec, explainer, data, label_array)
     with StoreLock(url):
         run_id = _prepare_store(spec, identity, explainer, overwrite)
@@ -135,17 +154,19 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
         todo = [c for c, done in enumerate(done_chunks(group)) if not done]
         if todo:
             done_items = len(data) - sum(np.subtract(*spec.bounds(c)[::-1]) for c in todo)
-            with _progress_bar(len(data), done_items, progress) as bar:
+            with progress_bar("audit", enabled=progress) as update:
+                done = Counter(done_items, len(data), update)
                 if distributed:
-                    _run_on_dask(spec, todo, bar, scheduler, workers)
+                    _run_on_dask(spec, todo, done, scheduler, workers)
                 else:
                     for chunk in todo:
-                        bar.update(process_chunk(spec, chunk))
+                        done.add(process_chunk(spec, chunk))
         if group.attrs[MANIFEST_KEY].get("status") != "complete":
             stats.write_statistics(group, spec, explainer.num_classes)
             stats.write_summary(url, group, spec)
             _update_manifest(group, status="complete", finished_at=_now(),
-                             failed_items=int(np.count_nonzero(group["failed"][:])))
+                             failed_items=int(np.count_nonzero(group["failed"][:])),
+                             flagged_items=int(np.count_nonzero(group["flags"][:])))
         remove_partial_files(url)
     return AuditStore(url)
 
@@ -162,14 +183,18 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
     if failures:
         x = x.copy()
         x[sorted(failures)] = 0.0
-    res = explainer.explain(x, targets=_chunk_targets(spec, start, stop), foils=spec.foil,
-                            layers=list(spec.layers), methods=list(spec.methods),
-                            score=spec.score, batch_size=spec.batch_size)
+    with warnings.catch_warnings():  # the store keeps each row's flags instead
+        warnings.simplefilter("ignore", NumericsWarning)
+        res = explainer.explain(x, targets=_chunk_targets(spec, start, stop), foils=spec.foil,
+                                layers=list(spec.layers), methods=list(spec.methods),
+                                score=spec.score, batch_size=spec.batch_size)
+    for i in np.flatnonzero(res.flags & NAN_MAPS):
+        failures.setdefault(int(i), "; ".join(describe_flags(res.flags[i])))
     failed = np.zeros(len(x), bool)
     failed[sorted(failures)] = True
     errors = np.array([failures.get(i, "") for i in range(len(x))], dtype=str)
     values = {"logits": res.logits, "probs": res.probs, "predicted": res.predicted,
-              "target": res.targets, "failed": failed, "error": errors}
+              "target": res.targets, "failed": failed, "error": errors, "flags": res.flags}
     if spec.foil is not None:
         values["foil"] = res.foils
     if spec.labels is not None:
@@ -177,10 +202,14 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
     for method, layer in spec.maps:
         values[map_path("cams", method, layer)] = res.cam(method, layer).astype(spec.cam_dtype)
         values[map_path("score_range", method, layer)] = res.score_range(method, layer)
+        if spec.metrics:
+            scores = evaluate(explainer, x, res, spec.metrics, method=method, layer=layer)
+            for name, value in scores.items():
+                values[map_path(f"metrics/{name}", method, layer)] = value.astype(np.float32)
     arrays = _arrays(spec)
     try:
         for name, value in values.items():
-            if failed.any() and name not in ("failed", "error", "label"):
+            if failed.any() and name not in ("failed", "error", "label", "flags"):
                 value = _blank(value, failed)
             arrays[name][start:stop] = value
         arrays["chunk_done"][chunk] = 1
@@ -262,7 +291,19 @@ def _dask_worker_threads() -> int:
         return 0
 
 
-def _run_on_dask(spec: AuditSpec, todo: list[int], bar, scheduler, workers) -> None:
+class Counter:
+    """Items done so far, reported to a progress callback."""
+
+    def __init__(self, done: int, total: int, report):
+        self.done, self.total, self.report = done, total, report
+        report(done, total)
+
+    def add(self, items: int) -> None:
+        self.done += items
+        self.report(self.done, self.total)
+
+
+def _run_on_dask(spec: AuditSpec, todo: list[int], done: Counter, scheduler, workers) -> None:
     from distributed import Client, LocalCluster, as_completed
     if scheduler is not None:
         client, cluster = Client(scheduler), None
@@ -273,7 +314,7 @@ def _run_on_dask(spec: AuditSpec, todo: list[int], bar, scheduler, workers) -> N
     try:
         futures = client.map(process_chunk, [spec] * len(todo), todo, pure=False)
         for future in as_completed(futures):
-            bar.update(future.result())
+            done.add(future.result())
     finally:
         client.close()
         if cluster is not None:
@@ -305,9 +346,9 @@ def _sha256(model: str | bytes) -> str:
 
 
 def _identity(spec: AuditSpec, explainer: Explainer, data: Dataset, labels) -> dict:
-    """What must match for a store to be resumed by this job."""
+    """What must match for a store to be resumed by this job (as JSON gives it back)."""
     opsets = {imp.domain or "ai.onnx": imp.version for imp in explainer.model.proto.opset_import}
-    return {
+    identity = {
         "format": STORE_FORMAT,
         "model": {"sha256": spec.model_sha256, "opset": opsets.get("ai.onnx"),
                   "source": spec.model if isinstance(spec.model, str) else "<bytes>"},
@@ -315,11 +356,15 @@ def _identity(spec: AuditSpec, explainer: Explainer, data: Dataset, labels) -> d
         "arguments": {"maps": [list(m) for m in spec.maps], "target": spec.target,
                       "foil": spec.foil, "score": spec.score, "batch_size": spec.batch_size,
                       "chunk_items": spec.chunk_items, "cam_dtype": spec.cam_dtype,
+                      "metrics": list(spec.metrics),
                       "labels_sha256": None if labels is None
-                      else hashlib.sha256(labels.tobytes()).hexdigest()},
+                      else hashlib.sha256(labels.tobytes()).hexdigest(),
+                      "preprocess": asdict(data.preprocess)
+                      if data.kind == "folder" else None},
         "versions": {"onnx_cam": __version__, "onnxruntime": onnxruntime.__version__,
                      "onnx": onnx.__version__, "numpy": np.__version__},
     }
+    return json.loads(json.dumps(identity))
 
 
 def _prepare_store(spec: AuditSpec, identity: dict, explainer: Explainer,
@@ -366,7 +411,8 @@ def _create_arrays(group, spec: AuditSpec, explainer: Explainer) -> None:
                     else spec.dataset.shape[2:])
     arrays = {"logits": ((n, k), "float32", np.nan), "probs": ((n, k), "float32", np.nan),
               "predicted": ((n,), "int64", -1), "target": ((n,), "int64", -1),
-              "failed": ((n,), "bool", False), "error": ((n,), str, "")}
+              "failed": ((n,), "bool", False), "error": ((n,), str, ""),
+              "flags": ((n,), "uint8", 0)}
     if spec.foil is not None:
         arrays["foil"] = ((n,), "int64", -1)
     if spec.labels is not None:
@@ -380,6 +426,9 @@ def _create_arrays(group, spec: AuditSpec, explainer: Explainer) -> None:
                  (cam_chunk, *spatial), 0)
         _require(group, map_path("score_range", method, layer), (n, 2), "float32", (step, 2),
                  np.nan)
+        for name in spec.metrics:
+            _require(group, map_path(f"metrics/{name}", method, layer), (n,), "float32",
+                     (step,), np.nan)
     _require(group, "chunk_done", (spec.chunks,), "uint8", (1,), 0)
 
 
@@ -402,9 +451,3 @@ def _session() -> dict:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="item", desc="audit", file=sys.stderr,
-                disable=not enabled, dynamic_ncols=True)

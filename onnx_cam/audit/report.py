@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import StoreError
+from ..files import write_atomic
 from .store import AuditStore, map_path
 
 MAX_CLASSES_SHOWN = 12  # the most frequent classes, for datasets with many classes
@@ -35,9 +36,7 @@ def write_report(store: str | os.PathLike | AuditStore, out: str | os.PathLike, 
     page = _PAGE.format(title=html.escape(f"onnx-cam audit: {audit.url}"),
                         body="\n".join(sections))
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    write_atomic(out, lambda handle: handle.write(page.encode("utf-8")))
     return out
 
 

@@ -7,6 +7,7 @@ in item order (so a resumed or distributed job gets the same bits as a single ru
     stats/confusion                   (K, K) int64 label x predicted counts (with labels)
     distance/<method>/<layer>         (N,) float32 RMS distance of each item's map from the
                                       mean map of its class (its label, else its prediction)
+(The per-item metrics/<name>/<method>/<layer> arrays are written with the chunks.)
 Failed items are left out of every statistic (their distance is NaN).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..metrics import ClassStatistics
 from .store import map_path, write_parquet_atomic
 
 
@@ -40,39 +42,27 @@ def write_statistics(group, spec, classes: int) -> None:
     reference = by.get("label", by["predicted"])
     for method, layer in spec.maps:
         cams = group[map_path("cams", method, layer)]
-        means = {}
-        for name, classes_of in by.items():
-            mean, std = _class_moments(cams, classes_of, failed, classes, spec)
+        moments = {name: ClassStatistics() for name in by}
+        for start, stop in _chunks(spec):
+            ok = ~failed[start:stop]
+            maps = np.asarray(cams[start:stop])[ok]
+            for name, classes_of in by.items():
+                moments[name].add(maps, classes_of[start:stop][ok])
+        for name, stats in moments.items():
+            mean, std = (np.full((classes, *cams.shape[1:]), np.nan, np.float32)
+                         for _ in range(2))
+            for k in stats.classes:
+                mean[k], std[k] = stats.mean(k), stats.std(k)
             _write(group, map_path(f"stats/{name}/mean", method, layer), mean)
             _write(group, map_path(f"stats/{name}/std", method, layer), std)
-            means[name] = mean
-        anchor = means["label" if "label" in by else "predicted"]
+        anchor = moments["label" if "label" in by else "predicted"]
         distance = np.full(len(failed), np.nan, np.float32)
         for start, stop in _chunks(spec):
-            maps = np.asarray(cams[start:stop], np.float64)
             ok = ~failed[start:stop]
-            diff = maps[ok] - anchor[reference[start:stop][ok]]
-            distance[start:stop][ok] = np.sqrt((diff.reshape(len(diff), -1) ** 2).mean(axis=1))
+            if ok.any():
+                distance[start:stop][ok] = anchor.distance(np.asarray(cams[start:stop])[ok],
+                                                           reference[start:stop][ok])
         _write(group, map_path("distance", method, layer), distance)
-
-
-def _class_moments(cams, classes_of, failed, classes: int, spec):
-    """Per-class mean and (population) standard deviation, summed in float64 in item order."""
-    shape = (classes, *cams.shape[1:])
-    total, squares = np.zeros(shape), np.zeros(shape)
-    for start, stop in _chunks(spec):
-        maps = np.asarray(cams[start:stop], np.float64)
-        ok = ~failed[start:stop]
-        for k in np.unique(classes_of[start:stop][ok]):
-            members = maps[ok & (classes_of[start:stop] == k)]
-            total[k] += members.sum(axis=0)
-            squares[k] += (members ** 2).sum(axis=0)
-    count = np.bincount(classes_of[~failed], minlength=classes)[:classes]
-    count = count.reshape(-1, *([1] * (len(shape) - 1)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / count
-        var = np.maximum(squares / count - mean ** 2, 0.0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
 def _write(group, name: str, value: np.ndarray) -> None:
@@ -107,10 +97,14 @@ def write_summary(url: str, group, spec) -> None:
     columns["p_target"] = np.where(ok, probs[rows, np.maximum(target, 0)], np.nan)
     columns["failed"] = np.asarray(group["failed"][:])
     columns["error"] = np.asarray(group["error"][:]).astype(object)
+    columns["flags"] = np.asarray(group["flags"][:])
     for method, layer in spec.maps:
         prefix = f"{method}@{layer}"
         ranges = np.asarray(group[map_path("score_range", method, layer)][:])
         columns[f"{prefix}:score_min"] = ranges[:, 0]
         columns[f"{prefix}:score_max"] = ranges[:, 1]
         columns[f"{prefix}:distance"] = np.asarray(group[map_path("distance", method, layer)][:])
+        for name in spec.metrics:
+            columns[f"{prefix}:{name}"] = np.asarray(
+                group[map_path(f"metrics/{name}", method, layer)][:])
     write_parquet_atomic(url, pa.table({k: pa.array(v) for k, v in columns.items()}))

@@ -7,6 +7,7 @@ statistics and a Parquet summary.
       logits, probs                  (N, K) float32
       predicted, target, foil, label (N,) int64  (-1: none / failed)
       failed (N,) bool, error (N,) str           items that could not be read or explained
+      flags (N,) uint8                           onnx_cam.RowFlag bits (NaN / Inf, zero gradient)
       cams/<method>/<layer>          (N, *input_spatial) float16 in [0, 1], chunked by item
       score_range/<method>/<layer>   (N, 2) float32
       chunk_done                     (chunks,) uint8, one Zarr chunk per job chunk

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from ..progress import wanted
+from .options import add_preprocess_options, parse_class, preprocess_overrides
 
 EXAMPLE = """\
 examples:
@@ -49,34 +51,37 @@ def add_parser(sub):
                         help="items per job chunk, the unit of resume and of Dask tasks "
                              "(default 256)")
     parser.add_argument("--cam-dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--metric", action="append", dest="metrics", default=[],
+                        help="store this onnx_cam.metrics value per item and map, repeatable "
+                             "(e.g. deletion, insertion, road, avg_drop; see onnx-cam "
+                             "evaluate --help)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a store written by another job")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler")
     where.add_argument("--workers", type=int, help="start a local Dask cluster of N processes")
+    add_preprocess_options(parser, "a folder of images / CSV signals (arrays are taken as "
+                                   "they are)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     return parser
 
 
-def _class(value: str | None):
-    if value is None:
-        return None
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
 def run(args) -> None:
     from ..audit import run as run_audit
     store = run_audit(args.model, args.dataset, args.store, methods=args.methods or "gradcam",
-                      layers=args.layers or "auto", target=_class(args.target),
-                      foil=_class(args.foil), labels=args.labels, key=args.key,
+                      layers=args.layers or "auto",
+                      target="pred" if args.target == "pred" else parse_class(args.target),
+                      foil=parse_class(args.foil), labels=args.labels, key=args.key,
+                      preprocess=preprocess_overrides(args),
                       score=args.score, batch_size=args.batch_size,
                       chunk_items=args.chunk_items, cam_dtype=args.cam_dtype,
                       overwrite=args.overwrite, scheduler=args.scheduler,
-                      workers=args.workers, progress=not args.quiet and sys.stderr.isatty())
+                      workers=args.workers, metrics=args.metrics,
+                      progress=wanted(args.quiet))
     manifest = store.manifest
     if args.json:
         print(json.dumps(manifest, indent=2))
     elif not args.quiet:
-        failed = int(store["failed"][:].sum())
-        print(f"audited {manifest['items']} items ({failed} failed) -> {args.store}")
+        print(f"audited {manifest['items']} items ({manifest['failed_items']} failed) -> "
+              f"{args.store}")

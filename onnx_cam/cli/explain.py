@@ -1,92 +1,205 @@
-"""`onnx-cam explain MODEL.onnx INPUT... --out DIR`: CAMs for the items of the inputs."""
+"""`onnx-cam explain MODEL.onnx INPUT... --out DIR`: CAMs for the items of input files."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from ..explainer import Explainer
+from ..files import write_atomic, write_json
+from ..inputs import concatenate_items, expand_paths, read_file
+from ..methods import METHODS
+from ..progress import progress_bar, wanted
+from .options import add_preprocess_options, parse_class, preprocess_from_args
+
+DESCRIPTION = """\
+Explain every item of the input files with one or more CAM methods and layers.
+
+Inputs (files or folders, in the order given; a folder means its input files by name):
+  .npy / .npz     arrays batch first, as the model takes them (.npz: every array, by name)
+  .png .jpg ...   one image each: converted to RGB (or grayscale for 1-channel models),
+                  resized to --size, then (pixel * scale - mean) / std per channel
+  .csv / .tsv     one signal each: one column per channel, one row per sample, an optional
+                  header row (--csv-transpose: one row per channel)
+
+Writes into DIR (each file appears whole or not at all, summary.json last):
+  cams.npz        every map, score, target (onnx_cam.Explanation.load reads it), or with
+                  --format npy one array per (method, layer): cam_<method>_<layer>.npy
+  summary.json    per map: item, input file, target, prediction, probabilities, class
+                  names, score range (the map's min and max before scaling to [0, 1])"""
+
+EXAMPLES = """\
+examples:
+  onnx-cam explain model.onnx batch.npy --out results
+  onnx-cam explain model.onnx scans/ --out results --method gradcam --method hirescam \\
+      --layer layer4 --target pred --size 224 224 --mean 0.485 0.456 0.406 \\
+      --std 0.229 0.224 0.225
+  onnx-cam explain ecg.onnx record.csv --out results --target af --foil normal --json"""
 
 
 def add_parser(sub):
     parser = sub.add_parser(
-        "explain", help="CAMs for the items of .npy / .npz files (batch first)",
-        description="Explain every item of the input arrays; writes DIR/cams.npz (one "
-                    "Explanation, readable by onnx_cam.Explanation.load) and DIR/summary.json.")
+        "explain", help="CAMs for the items of .npy / .npz / image / CSV files",
+        description=DESCRIPTION, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="an .onnx file")
-    parser.add_argument("inputs", nargs="+", help=".npy or .npz files of shape (N, ...) as the "
-                        "model takes them; .npz: every array, in name order")
-    parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--method", action="append", dest="methods",
-                        help="CAM method, repeatable (default gradcam)")
-    parser.add_argument("--layer", action="append", dest="layers",
-                        help="layer name, repeatable (default: auto, the deepest)")
-    parser.add_argument("--target", default="pred",
-                        help="pred (predicted class), a class index or a class name")
-    parser.add_argument("--foil", help="contrastive class index or name")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="input files or folders (see above)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (created; existing files of the same names are "
+                             "replaced)")
+    what = parser.add_argument_group("what to explain")
+    what.add_argument("--method", action="append", dest="methods", metavar="NAME",
+                      help="CAM method, repeatable (default: gradcam); one of "
+                           + ", ".join(sorted({m.name for m in METHODS.values()})))
+    what.add_argument("--layer", action="append", dest="layers", metavar="NAME",
+                      help="layer, repeatable (default: auto, the deepest candidate; "
+                           "`onnx-cam layers MODEL` lists them)")
+    what.add_argument("--target", default="pred",
+                      help="pred (each item's predicted class; the default), a class index, a "
+                           "class name, all (every class) or topK (e.g. top2)")
+    what.add_argument("--foil", metavar="CLASS",
+                      help="contrast each target with this class index or name (default: none)")
+    what.add_argument("--score", choices=("logits", "log_probs", "probs"), default="logits",
+                      help="what is differentiated (default: logits, the tensor before a final "
+                           "softmax / sigmoid)")
+    what.add_argument("--batch-size", type=int, default=64, metavar="N",
+                      help="items per ONNX Runtime run (default: 64)")
+    add_preprocess_options(parser, "images and CSV signals (arrays are taken as they are)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--format", choices=("npz", "npy"), default="npz",
+                     help="npz: one cams.npz (default); npy: one .npy per (method, layer)")
+    out.add_argument("--json", action="store_true",
+                     help="print the summary as JSON on stdout (default: a short table)")
+    out.add_argument("--plot", action="store_true",
+                     help="also draw one figure per map row into DIR/figures/ (signals: "
+                          "coloured lines; images: overlays; volumes: animated GIFs)")
+    out.add_argument("--fs", type=float, metavar="HZ",
+                     help="with --plot: sampling frequency, for a time axis in seconds")
+    out.add_argument("--channel-names", metavar="A,B,...",
+                     help="with --plot: names of the input channels, comma-separated")
+    out.add_argument("--cmap", default="jet",
+                     help="with --plot: any matplotlib colormap name (default: jet)")
+    out.add_argument("--quiet", action="store_true",
+                     help="no progress bar, no table (errors still go to stderr)")
     return parser
-def _class(value: str | None):
-    if value is None or value == "pred":
-        return None
-    return int(value) if value.lstrip("-").isdigit() else value
 
 
-def _read_inputs(paths: list[str]) -> np.ndarray:
-    arrays = []
-    for path in paths:
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(f"Cannot read {path!r} as a .npy / .npz array ({exc}).") from None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                arrays.extend(loaded[k] for k in sorted(loaded.files))
-        else:
-            arrays.append(loaded)
-    if any(a.ndim == 0 for a in arrays):
-        raise InputError("An input array is a scalar; give arrays shaped (N, ...).")
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) != 1:
-        raise InputError(f"The input arrays have different item shapes {sorted(shapes)}; "
-                         "give arrays of one shape per call.")
-    return np.concatenate(arrays)
+def _file_name(prefix: str, method: str, layer: str, taken: set[str]) -> str:
+    """A file name for a map: layer names may hold '/' and ':' (ONNX tensor names)."""
+    stem = f"{prefix}_{method}_" + re.sub(r"[^A-Za-z0-9._+-]+", "_", layer).strip("_.")
+    name, k = f"{stem}.npy", 1
+    while name in taken:
+        k += 1
+        name = f"{stem}_{k}.npy"
+    taken.add(name)
+    return name
 
 
 def explain(args) -> dict:
+    """Read, explain, write; returns the summary written to DIR/summary.json."""
     exp = Explainer(args.model)
-    x = _read_inputs(args.inputs)
-    res = exp.explain(x, targets=_class(args.target), foils=_class(args.foil),
-                      layers=args.layers or "auto", methods=args.methods or "gradcam",
-                      batch_size=args.batch_size)
+    pre = preprocess_from_args(args, exp)
+    files = expand_paths(args.inputs)
+    arrays = [read_file(p, pre, item_shape=exp.model.input_shape[1:]) for p in files]
+    x = concatenate_items(files, arrays)
+    with progress_bar("explaining", enabled=wanted(args.quiet)) as progress:
+        res = exp.explain(x, targets=parse_class(args.target), foils=parse_class(args.foil),
+                          layers=args.layers or "auto", methods=args.methods or "gradcam",
+                          score=args.score, batch_size=args.batch_size, progress=progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res.save(out / "cams.npz")
-    summary = {
-        "model": os.fspath(args.model), "items": len(x), "methods": res.methods,
-        "layers": res.layers, "head": res.head,
-        "rows": [{"item": int(res.items[r]), "target": int(res.targets[r]),
-                  "predicted": int(res.predicted[r]),
-                  "probability": float(res.probs[r, res.targets[r]]),
-                  "score_ranges": {f"{m}/{layer}": res.score_range(m, layer)[r].tolist()
-                                   for m in res.methods for layer in res.layers}}
-                 for r in range(len(res))],
-    }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "summary.json")
+    written = _write_maps(res, out, args.format)
+    if args.plot:
+        written["figures"] = [os.fspath(p.relative_to(out)) for p in _plot(args, res, x, out)]
+    summary = _summary(args.model, res, files, [len(a) for a in arrays], pre, written)
+    write_json(out / "summary.json", summary)
     return summary
+
+
+def _write_maps(res, out: Path, fmt: str) -> dict[str, str]:
+    """The maps as cams.npz or one .npy per (method, layer); returns what went where."""
+    if fmt == "npz":
+        res.save(out / "cams.npz")
+        return {"explanation": "cams.npz"}
+    written, taken = {}, set()
+    for m in res.methods:
+        for layer in res.layers:
+            name = written[f"{m}/{layer}"] = _file_name("cam", m, layer, taken)
+            cam = res.cam(m, layer)
+            write_atomic(out / name, lambda handle, cam=cam: np.save(handle, cam))
+    return written
+
+
+def _plot(args, res, x, out: Path) -> list[Path]:
+    from ..viz import save_figures
+    names = args.channel_names.split(",") if args.channel_names else None
+    return save_figures(res, x, out / "figures", fs=args.fs, channel_names=names,
+                        cmap=args.cmap)
+
+
+def _summary(model, res, files: list[Path], counts: list[int], pre, written: dict) -> dict:
+    """Everything about the run and, per row (item, target, foil), scores and map ranges."""
+    starts = np.cumsum([0, *counts])
+    file_of_item = np.repeat(np.arange(len(files)), counts)
+    keys = [(m, layer) for m in res.methods for layer in res.layers]
+    names = res.class_names
+
+    def name(k):
+        return None if k is None or names is None else names[k]
+
+    rows = []
+    for r in range(len(res)):
+        item, target = int(res.items[r]), int(res.targets[r])
+        foil = None if res.foils is None else int(res.foils[r])
+        predicted = int(res.predicted[r])
+        rows.append({
+            "item": item, "file": os.fspath(files[file_of_item[item]]),
+            "target": target, "target_name": name(target), "foil": foil, "foil_name": name(foil),
+            "predicted": predicted, "predicted_name": name(predicted),
+            "probability": float(res.probs[r, target]),
+            "flags": res.flag_reasons(r),
+            "probabilities": res.probs[r].tolist(),
+            "score_ranges": {f"{m}/{layer}": res.score_range(m, layer)[r].tolist()
+                             for m, layer in keys}})
+    return {
+        "model": os.fspath(model), "items": int(starts[-1]), "maps": len(res),
+        "inputs": [{"file": os.fspath(f), "items": [int(a), int(b)]}
+                   for f, a, b in zip(files, starts[:-1], starts[1:])],
+        "methods": res.methods, "layers": res.layers, "head": res.head, "score": res.score,
+        "class_names": names, "preprocess": dataclasses.asdict(pre), "files": written,
+        "rows": rows,
+    }
 
 
 def run(args) -> None:
     summary = explain(args)
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        print(f"explained {summary['items']} items ({len(summary['rows'])} maps per method and "
-              f"layer) -> {args.out}/cams.npz, {args.out}/summary.json")
+    elif not args.quiet:
+        _print_table(summary, args.out)
+
+
+def _print_table(summary: dict, out: str, shown: int = 20) -> None:
+    rows = summary["rows"]
+    print(f"{'item':>5}  {'target':<16} {'predicted':<16} {'p(target)':>9}  file")
+    for row in rows[:shown]:
+        target = row["target_name"] or row["target"]
+        if row["foil"] is not None:
+            target = f"{target} vs {row['foil_name'] or row['foil']}"
+        predicted = row["predicted_name"] or row["predicted"]
+        print(f"{row['item']:>5}  {target!s:<16} {predicted!s:<16} {row['probability']:>9.3f}  "
+              f"{row['file']}")
+    if len(rows) > shown:
+        print(f"  ... {len(rows) - shown} more rows in summary.json")
+    files = ", ".join(f"{out}/{f}" for f in [*summary["files"].values(), "summary.json"][:4])
+    more = " ..." if len(summary["files"]) > 3 else ""
+    items = f"{summary['items']} item" + "s" * (summary["items"] != 1)
+    print(f"explained {items} ({summary['maps']} maps per method and layer; "
+          f"{', '.join(summary['methods'])} on {', '.join(summary['layers'])}) -> {files}{more}")

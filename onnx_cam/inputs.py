@@ -1,0 +1,323 @@
+"""Readers of input files: arrays, images and CSV signals, as float32 batches (N, ...).
+
+Conventions
+-----------
+* ``.npy`` / ``.npz``: taken as they are, batch first and in the model's layout (never
+  unpickled). An ``.npz`` contributes every array, in name order. ``Preprocess`` does not
+  apply to them.
+* Images (``.png .jpg .jpeg .bmp .tif .tiff``): one item each. Pillow converts the image to
+  ``mode`` ("RGB": 3 channels, alpha dropped; "L": 1 channel, luminance), resizes it to
+  ``size`` (H, W) with bilinear filtering (Pillow's, as torchvision's ``Resize`` on a PIL
+  image), then each value becomes ``(pixel * scale - mean[c]) / std[c]``, and the channel
+  axis goes first (C, H, W) or last (H, W, C). Single-channel 16-bit / 32-bit / float images
+  keep their values (no 8-bit conversion) with mode "L": give ``scale`` to suit them.
+* CSV signals (``.csv`` comma-separated, ``.tsv`` tab-separated): one file is one item. One
+  column per channel, one row per sample, so a file of T rows and C columns is the item
+  (C, T) (or (T, C) channels-last). With ``transpose=True`` it is one row per channel
+  instead. The first row is a header when any of its cells is not a number; empty lines are
+  skipped; every other row must have the same number of cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SIGNAL_SUFFIXES = (".csv", ".tsv")
+SUFFIXES = ARRAY_SUFFIXES + IMAGE_SUFFIXES + SIGNAL_SUFFIXES
+_MODES = {"RGB": 3, "L": 1}
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # single channel, more than 8 bits
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images and CSV signals become model inputs (arrays are taken as they are).
+
+    size: (H, W) images are resized to (bilinear), None to keep their size.
+    scale, mean, std: each image value becomes ``(pixel * scale - mean[c]) / std[c]``;
+        mean / std hold one value per channel, or one for all; None: 0 and 1.
+    channels_first: items (C, H, W) / (C, T) when True, (H, W, C) / (T, C) when False
+        (Keras models).
+    mode: "RGB" (3 channels) or "L" (grayscale, 1 channel) for images.
+    transpose: CSV files hold one row per channel (default: one column per channel).
+    """
+
+    size: tuple[int, int] | None = None
+    scale: float = 1 / 255
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels_first: bool = True
+    mode: str = "RGB"
+    transpose: bool = False
+
+    def __post_init__(self):
+        if self.mode not in _MODES:
+            raise InputError(f"Image mode {self.mode!r} is not one of {list(_MODES)}; use 'RGB' "
+                             "for 3-channel models and 'L' (grayscale) for 1-channel ones.")
+        if self.size is not None:
+            size = tuple(int(s) for s in self.size)
+            if len(size) != 2 or min(size) < 1:
+                raise InputError(f"size={self.size!r} must be two positive numbers (H, W).")
+            object.__setattr__(self, "size", size)
+        channels = _MODES[self.mode]
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = tuple(float(v) for v in np.atleast_1d(value))
+            if len(value) not in (1, channels):
+                wanted = "one value" if channels == 1 else f"{channels} values or one"
+                raise InputError(f"{name} has {len(value)} values; mode {self.mode!r} images "
+                                 f"have {channels} channel(s): give {wanted}.")
+            object.__setattr__(self, name, value)
+        if self.std is not None and 0.0 in self.std:
+            raise InputError(f"std={self.std} contains 0; every channel needs a std > 0.")
+
+
+def preprocess_for(explainer) -> Preprocess:
+    """Defaults that fit the explainer's model: its static (H, W) as the image size, grayscale
+    for 1 input channel (else RGB), and the model's channel layout."""
+    model = explainer.model
+    spatial = model.spatial_input_shape
+    size = tuple(spatial) if len(spatial) == 2 and None not in spatial else None
+    return Preprocess(size=size, mode="L" if model.channels == 1 else "RGB",
+                      channels_first=not model.channels_last)
+
+
+def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files to read: each path as given, a folder as its readable files in name order."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in SUFFIXES)
+            if not found:
+                raise InputError(f"{path}: the folder holds no input file; onnx-cam reads "
+                                 f"{' '.join(SUFFIXES)} files.")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def read_file(path: str | os.PathLike, preprocess: Preprocess | None = None, *,
+              item_shape: Sequence[int | None] | None = None) -> np.ndarray:
+    """The items of one file as a float32 array (N, ...); see the module's conventions.
+
+    item_shape: the shape one item must have (None for a free axis), e.g. the model's input
+    shape without its batch axis; a file that does not fit raises an InputError naming it.
+    """
+    path = Path(path)
+    preprocess = preprocess or Preprocess()
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"{path}: unknown file type {suffix or '(no suffix)'!r}; onnx-cam "
+                         f"reads {' '.join(SUFFIXES)}.")
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise InputError(f"{path} {what}; give the path of an input file.")
+    if suffix in ARRAY_SUFFIXES:
+        x = _read_array(path)
+    elif suffix in IMAGE_SUFFIXES:
+        x = _read_image(path, preprocess)[None]
+    else:
+        x = _read_signal(path, preprocess)[None]
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise InputError(f"{path}: items {np.flatnonzero(bad).tolist()[:20]} contain NaN or "
+                         "Inf; clean or drop them before explaining.")
+    if item_shape is not None:
+        _check_item_shape(path, x.shape[1:], tuple(item_shape), preprocess)
+    return x
+
+
+def read_inputs(paths: Sequence[str | os.PathLike], preprocess: Preprocess | None = None, *,
+                item_shape: Sequence[int | None] | None = None) -> np.ndarray:
+    """The items of all files (folders: their readable files), in order, as one float32
+    array (N, ...); every file must give items of one shape."""
+    files = expand_paths(paths)
+    if not files:
+        raise InputError("No input file given.")
+    return concatenate_items(files, [read_file(p, preprocess, item_shape=item_shape)
+                                     for p in files])
+
+
+def concatenate_items(paths: Sequence[str | os.PathLike], arrays: Sequence[np.ndarray]):
+    """The arrays read from `paths` as one batch; an InputError names files whose items
+    differ in shape."""
+    shapes: dict[tuple, list[str]] = {}
+    for path, array in zip(paths, arrays):
+        shapes.setdefault(array.shape[1:], []).append(os.fspath(path))
+    if len(shapes) > 1:
+        listed = "; ".join(f"{shape}: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}"
+                           for shape, files in shapes.items())
+        raise InputError(f"The input files give items of different shapes ({listed}). Give "
+                         "files of one item shape per call; resize images with --size H W "
+                         "(Preprocess(size=...)).")
+    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+
+
+# ---- arrays ---------------------------------------------------------------------------------
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                named = [(f"{path}[{k!r}]", loaded[k]) for k in sorted(loaded.files)]
+        else:
+            named = [(os.fspath(path), loaded)]
+    except ValueError as exc:
+        if "Object arrays" in str(exc):
+            raise InputError(f"{path} holds Python objects (an object array, stored pickled); "
+                             "onnx-cam never unpickles. Save a numeric array: np.save(path, "
+                             "np.asarray(x, dtype='float32')).") from None
+        if "pickled" in str(exc):
+            raise InputError(f"{path} is neither a .npy nor an .npz file (numpy would have to "
+                             "unpickle it, which onnx-cam never does). Save arrays with np.save "
+                             "or np.savez.") from None
+        raise InputError(f"{path} is not a readable {path.suffix} array ({exc}).") from None
+    except Exception as exc:  # numpy's header and zip parsers fail in many ways on bad bytes
+        raise InputError(f"{path} is not a readable {path.suffix} array "
+                         f"({type(exc).__name__}: {exc}).") from None
+    if not named:
+        raise InputError(f"{path} holds no array; save at least one with np.savez.")
+    for name, array in named:
+        if not isinstance(array, np.ndarray):  # an .npz member numpy cannot parse: its bytes
+            raise InputError(f"{name} is not an .npy array; save arrays with np.savez.")
+        if array.dtype.kind not in "biuf":
+            raise InputError(f"{name} has dtype {array.dtype}; give real numbers "
+                             "(float32 preferably).")
+        if array.ndim == 0:
+            raise InputError(f"{name} is a scalar; give arrays shaped (N, ...), batch first.")
+    shapes = {array.shape[1:] for _, array in named}
+    if len(shapes) > 1:
+        raise InputError(f"{path}: its arrays have different item shapes {sorted(shapes)}; "
+                         "keep arrays of one item shape per file.")
+    return np.concatenate([array for _, array in named]).astype(np.float32, copy=False)
+
+
+# ---- images ---------------------------------------------------------------------------------
+def _read_image(path: Path, pre: Preprocess) -> np.ndarray:
+    """One image as (C, H, W) or (H, W, C) float32."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if getattr(image, "n_frames", 1) > 1:
+                raise InputError(f"{path} holds {image.n_frames} frames (an image stack); "
+                                 "onnx-cam reads single images. Save volumes as .npy arrays.")
+            image.load()
+            image = _converted(path, image, pre.mode)
+            if pre.size is not None and image.size != pre.size[::-1]:
+                image = image.resize(pre.size[::-1], Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float32)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path} is not a readable image ({exc}); check the file, or convert "
+                         "it to PNG.") from None
+    pixels = pixels.reshape(*pixels.shape[:2], -1) * np.float32(pre.scale)  # (H, W, C)
+    if pre.mean is not None:
+        pixels -= np.asarray(pre.mean, np.float32)
+    if pre.std is not None:
+        pixels /= np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(pixels, -1, 0)) if pre.channels_first else pixels
+
+
+def _converted(path: Path, image, mode: str):
+    """The image in `mode`; single-channel images deeper than 8 bits keep their values."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        if mode != "L":
+            raise InputError(f"{path} is a single-channel {image.mode} image (more than 8 bits) "
+                             "and the model takes RGB; give it to a 1-channel model "
+                             "(--grayscale) or save the input as a .npy array.")
+        return image.convert("F")  # float32 values, resized without rounding
+    return image if image.mode == mode else image.convert(mode)
+
+
+# ---- CSV signals ----------------------------------------------------------------------------
+def _read_signal(path: Path, pre: Preprocess) -> np.ndarray:
+    """One CSV / TSV file as (C, T) or (T, C) float32."""
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = [(line, row) for line, row in enumerate(csv.reader(handle, delimiter=delimiter),
+                                                           start=1) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path} is not a readable text table ({exc}).") from None
+    if rows and not all(_is_number(cell) for cell in rows[0][1]):
+        rows = rows[1:]  # header
+    if not rows:
+        raise InputError(f"{path} holds no numbers; a CSV signal has one row per sample and one "
+                         "column per channel.")
+    width = len(rows[0][1])
+    values = np.empty((len(rows), width), np.float32)
+    for r, (line, row) in enumerate(rows):
+        if len(row) != width:
+            raise InputError(f"{path}, line {line}: {len(row)} cells where the rows above have "
+                             f"{width}; every row needs one value per column.")
+        try:
+            values[r] = [float(cell) for cell in row]
+        except ValueError:
+            bad = next(c for c, cell in enumerate(row, start=1) if not _is_number(cell))
+            raise InputError(f"{path}, line {line}, column {bad}: {row[bad - 1]!r} is not a "
+                             "number; only the first row may be a header.") from None
+    channels_first = values if pre.transpose else values.T
+    return np.ascontiguousarray(channels_first if pre.channels_first else channels_first.T)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+# ---- fitting the model ----------------------------------------------------------------------
+def _check_item_shape(path: Path, got: tuple, want: tuple, pre: Preprocess) -> None:
+    """An InputError naming `path` when its items cannot fit `want` (None: any size)."""
+    def fits(shape):
+        return len(shape) == len(want) and all(w is None or w == g for w, g in zip(want, shape))
+
+    if fits(got):
+        return
+    suffix = path.suffix.lower()
+    wanted = "(" + ", ".join("any" if w is None else str(w) for w in want) + ")"
+    if suffix in ARRAY_SUFFIXES:
+        hint = ("Arrays are used as they are: batch first, then one item in the model's "
+                "layout.")
+    elif suffix in SIGNAL_SUFFIXES:
+        if len(got) == 2 and fits(got[::-1]):
+            hint = ("The file seems to hold one column per channel: leave out --csv-transpose "
+                    "(Preprocess(transpose=False))." if pre.transpose else
+                    "The file seems to hold one row per channel: pass --csv-transpose "
+                    "(Preprocess(transpose=True)).")
+        else:
+            hint = "A CSV file is one item: one column per channel, one row per sample."
+    elif len(got) != len(want):
+        hint = "An image is one (C, H, W) item: images fit 2D models only; give .npy arrays."
+    else:
+        hint = _image_hint(got, want, pre)
+    raise InputError(f"{path}: its items are shaped {got}, the model takes {wanted}. {hint}")
+
+
+def _image_hint(got: tuple, want: tuple, pre: Preprocess) -> str:
+    c_axis = 0 if pre.channels_first else -1
+    other = (*got[1:], got[0]) if pre.channels_first else (got[-1], *got[:-1])
+    if all(w is None or w == g for w, g in zip(want, other)):
+        flag = "--channels-last" if pre.channels_first else "channels first (no --channels-last)"
+        return f"The model takes the other channel layout: use {flag} (Preprocess.channels_first)."
+    if want[c_axis] is not None and want[c_axis] != got[c_axis]:
+        return (f"The model takes {want[c_axis]} channel(s): use --grayscale for 1 channel, RGB "
+                "(the default) for 3 (Preprocess.mode).")
+    spatial = want[1:] if pre.channels_first else want[:-1]
+    size = " ".join(map(str, spatial)) if None not in spatial else "H W"
+    return f"Resize the images to the model's size with --size {size} (Preprocess.size)."

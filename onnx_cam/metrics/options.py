@@ -1,0 +1,95 @@
+"""The options every metric reads, checked once, and the error a bad metric request raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from ..errors import OnnxCamError
+
+SCORE_KINDS = ("probs", "logits", "log_probs")
+BASELINES = ("zero", "mean", "blur", "interp")
+ORDERS = ("morf", "lerf")
+RANDOMIZATIONS = ("normal", "shuffle")
+ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class MetricError(OnnxCamError):
+    """An unknown metric, or a metric option out of range."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the metrics perturb and score (every field can be given to `evaluate` by name).
+
+    score: what is read off the model for each row: "probs" (the model's softmax / sigmoid of
+        the target; the default), "logits" or "log_probs"; with a foil, target minus foil.
+        None: "probs", or "logits" for a single-output model without a head (regression).
+    step: deletion / insertion step, as a fraction of the input's positions.
+    order: "morf" (most relevant first, the default) or "lerf" for deletion / insertion.
+    baseline: what replaces removed positions in deletion / insertion: "zero", "mean" (per
+        channel, of the item), "blur" (Gaussian, `blur_sigma` samples, spatial axes only),
+        "interp" (linear interpolation across removed positions; n-D: the noise-free linear
+        imputation ROAD uses), or an array broadcastable to one item (C, *spatial).
+        None: "mean" for signals (1D), "blur" for images and volumes.
+    road_fractions: the fractions of positions ROAD removes (MoRF and LeRF alike).
+    road_noise: standard deviation of the noise added to ROAD's imputed values (absolute, in
+        input units, as Rong et al. and pytorch-grad-cam: meant for standardised inputs).
+    randomization: how sanity checks redraw a layer's initializers: "normal" (Gaussian with
+        each tensor's own mean and standard deviation) or "shuffle" (a permutation of them).
+    batch_size: perturbed copies per ONNX Runtime run.
+    seed: seeds the noise, the random maps and labels, and the randomised weights.
+    class_stats: reference ClassStatistics for "class_distance" (None: the rows' own).
+    """
+
+    score: str | None = None
+    step: float = 0.05
+    order: str = "morf"
+    baseline: str | np.ndarray | None = None
+    blur_sigma: float = 5.0
+    road_fractions: tuple[float, ...] = ROAD_FRACTIONS
+    road_noise: float = 0.01
+    randomization: str = "normal"
+    batch_size: int = 64
+    seed: int = 0
+    class_stats: object = None
+
+    @classmethod
+    def from_kwargs(cls, options: dict) -> Options:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise MetricError(f"Unknown metric option(s) {unknown}; the options are "
+                              f"{sorted(known)}.")
+        return cls(**options)
+
+    def __post_init__(self):
+        if self.score is not None and self.score not in SCORE_KINDS:
+            raise MetricError(f"score={self.score!r} is not one of {SCORE_KINDS}.")
+        if not 0 < self.step <= 1:
+            raise MetricError(f"step={self.step} must be a fraction in (0, 1], e.g. 0.05.")
+        if self.order not in ORDERS:
+            raise MetricError(f"order={self.order!r} is not one of {ORDERS}.")
+        if isinstance(self.baseline, str) and self.baseline not in BASELINES:
+            raise MetricError(f"baseline={self.baseline!r} is not one of {BASELINES} "
+                              "(or an array shaped like one item).")
+        if self.blur_sigma <= 0:
+            raise MetricError(f"blur_sigma={self.blur_sigma} must be > 0 (in samples).")
+        fractions = np.asarray(self.road_fractions, float)
+        if fractions.ndim != 1 or not len(fractions) or not ((fractions > 0)
+                                                              & (fractions < 1)).all():
+            raise MetricError(f"road_fractions={self.road_fractions} must be fractions in "
+                              "(0, 1), e.g. (0.1, 0.2, ..., 0.9).")
+        if self.road_noise < 0:
+            raise MetricError(f"road_noise={self.road_noise} must be >= 0.")
+        if self.randomization not in RANDOMIZATIONS:
+            raise MetricError(f"randomization={self.randomization!r} is not one of "
+                              f"{RANDOMIZATIONS}.")
+        if self.batch_size < 1:
+            raise MetricError(f"batch_size must be >= 1, got {self.batch_size}.")
+
+
+def row_rng(seed: int, row: int, purpose: int) -> np.random.Generator:
+    """A generator that depends only on (seed, row, purpose), not on batching or order."""
+    return np.random.default_rng([seed, row, purpose])

@@ -1,0 +1,153 @@
+"""Removing input positions: which ones (ranked by a map) and what replaces them.
+
+One item is (C, *spatial), channels first; a map is (*spatial). Everything here works over
+the flattened spatial axes, so signals, images and volumes share one code path.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import cg, spsolve
+
+# Unknowns up to which imputation solves directly (sparse LU). Beyond, in 2D / 3D, the LU's
+# fill-in (growing as m**1.5 / m**2) makes it slower than conjugate gradients: seconds for a
+# 224 x 224 image, minutes for a 32 x 64 x 64 volume. 1D systems are tridiagonal: always LU.
+DIRECT_SOLVE_LIMIT = 4096
+
+
+def ranked_masks(cam: np.ndarray, counts: np.ndarray, most_first: bool) -> np.ndarray:
+    """(len(counts), *spatial) bool: mask k removes the counts[k] best (most_first) or worst
+    ranked positions of `cam`. Ties go to the lower flat position first (a stable sort)."""
+    flat = cam.ravel()
+    order = np.argsort(-flat if most_first else flat, kind="stable")
+    rank = np.empty(flat.size, np.int64)
+    rank[order] = np.arange(flat.size)
+    masks = rank[None, :] < np.asarray(counts)[:, None]
+    return masks.reshape((len(counts), *cam.shape))
+
+
+def removal_counts(positions: int, fractions) -> np.ndarray:
+    """How many of `positions` a removed fraction means (rounded to the nearest)."""
+    return np.rint(np.asarray(fractions, float) * positions).astype(np.int64)
+
+
+@cache
+def neighbour_stencil(ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (K, ndim) of the 3**ndim - 1 neighbours and their weights (K,), summing to 1.
+
+    A neighbour's weight is the product over axes of the binomial kernel (1, 2, 1) at its
+    offset, the centre left out: in 2D the 1/6 (edge) and 1/12 (corner) weights of ROAD's
+    imputation (Rong et al. 2022); in 1D 1/2 each (linear interpolation); in 3D 1/14 (face),
+    1/28 (edge), 1/56 (corner).
+    """
+    offsets = np.array([o for o in itertools.product((-1, 0, 1), repeat=ndim) if any(o)])
+    weights = np.prod(np.where(offsets == 0, 2.0, 1.0), axis=1)
+    return offsets, weights / weights.sum()
+
+
+def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """Each removed position becomes the weighted mean of its neighbours (removed or not),
+    solved jointly as one sparse linear system per item, plus Gaussian noise of std `noise`.
+
+    item: (C, *spatial); removed: (*spatial) bool. ROAD's noisy linear imputation (Rong et
+    al. 2022) with `neighbour_stencil` weights; out-of-bounds neighbours are left out and the
+    weights renormalised. In 1D without noise this is linear interpolation between the kept
+    samples (constant beyond the first / last one). With every position removed nothing is
+    left to interpolate from: each channel is filled with its mean.
+    """
+    shape, channels = removed.shape, item.shape[0]
+    flat_item = item.reshape(channels, -1).astype(np.float64)
+    flat_removed = removed.ravel()
+    unknown = np.flatnonzero(flat_removed)
+    out = flat_item.copy()
+    m = len(unknown)
+    if m == 0:
+        return item.copy()
+    if m == flat_removed.size:
+        out[:] = flat_item.mean(axis=1, keepdims=True)
+    else:
+        out[:, unknown] = _solve_imputation(flat_item, flat_removed, unknown, shape).T
+    if noise > 0:
+        rng = rng if rng is not None else np.random.default_rng()
+        out[:, unknown] += noise * rng.standard_normal((channels, m))
+    return out.reshape(item.shape).astype(item.dtype)
+
+
+def _solve_imputation(flat_item, flat_removed, unknown, shape) -> np.ndarray:
+    """(m, C): the values of the m unknown positions, from diag * v_i - sum_j w_ij v_j (j
+    unknown) = sum_j w_ij x_j (j known), over in-bounds neighbours j of i (diag: their
+    weights' sum)."""
+    m = len(unknown)
+    variable = np.full(flat_removed.size, -1, np.int64)
+    variable[unknown] = np.arange(m)
+    coords = np.array(np.unravel_index(unknown, shape))           # (ndim, m)
+    extent = np.array(shape)[:, None]
+    diagonal = np.zeros(m)
+    rhs = np.zeros((m, flat_item.shape[0]))
+    rows, cols, values = [], [], []
+    offsets, weights = neighbour_stencil(len(shape))
+    for offset, weight in zip(offsets, weights):
+        moved = coords + offset[:, None]
+        inside = np.flatnonzero(((moved >= 0) & (moved < extent)).all(axis=0))
+        neighbour = np.ravel_multi_index(moved[:, inside], shape)
+        diagonal[inside] += weight
+        is_unknown = flat_removed[neighbour]
+        rows.append(inside[is_unknown])
+        cols.append(variable[neighbour[is_unknown]])
+        values.append(np.full(is_unknown.sum(), -weight))
+        known = inside[~is_unknown]  # each row appears once per offset: no repeated indices
+        rhs[known] += weight * flat_item[:, neighbour[~is_unknown]].T
+    rows.append(np.arange(m))
+    cols.append(np.arange(m))
+    values.append(diagonal)
+    system = sparse.coo_matrix((np.concatenate(values),
+                                (np.concatenate(rows), np.concatenate(cols))), shape=(m, m))
+    if len(shape) == 1 or m <= DIRECT_SOLVE_LIMIT:
+        return np.asarray(spsolve(system.tocsc(), rhs)).reshape(m, -1)
+    # symmetric positive definite (the stencil is symmetric, every row diagonally dominant,
+    # and every group of removed positions touches a kept one): conjugate gradients
+    system = system.tocsr()
+    solution = np.empty_like(rhs)
+    for c in range(rhs.shape[1]):
+        solution[:, c], info = cg(system, rhs[:, c], rtol=1e-10, atol=0.0)
+        if info:  # not converged within 10 m iterations (never seen): solve directly
+            solution[:, c] = spsolve(system.tocsc(), rhs[:, c])
+    return solution
+
+
+class Perturbation:
+    """Replaces the removed positions of an item: by a fixed baseline ("zero", "mean",
+    "blur", an array) or by linear imputation ("interp", with optional noise: ROAD)."""
+
+    def __init__(self, baseline, blur_sigma: float = 5.0, noise: float = 0.0):
+        self.baseline, self.blur_sigma, self.noise = baseline, blur_sigma, noise
+
+    @property
+    def imputes(self) -> bool:
+        return isinstance(self.baseline, str) and self.baseline == "interp"
+
+    def fill(self, item: np.ndarray) -> np.ndarray:
+        """The fixed baseline of one item (C, *spatial)."""
+        if not isinstance(self.baseline, str):
+            return np.broadcast_to(np.asarray(self.baseline, item.dtype), item.shape)
+        if self.baseline == "zero":
+            return np.zeros_like(item)
+        if self.baseline == "mean":
+            axes = tuple(range(1, item.ndim))
+            return np.broadcast_to(item.mean(axis=axes, keepdims=True), item.shape)
+        if self.baseline == "blur":
+            sigma = (0.0,) + (self.blur_sigma,) * (item.ndim - 1)
+            return ndimage.gaussian_filter(item, sigma, mode="reflect")
+        raise ValueError(f"{self.baseline!r} has no fixed baseline")
+
+    def apply(self, item: np.ndarray, masks: np.ndarray,
+              rng: np.random.Generator | None = None) -> np.ndarray:
+        """(K, C, *spatial): the item with the positions of each of the K masks replaced."""
+        if self.imputes:
+            return np.stack([linear_impute(item, mask, self.noise, rng) for mask in masks])
+        return np.where(masks[:, None], self.fill(item)[None], item[None])

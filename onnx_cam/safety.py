@@ -1,0 +1,286 @@
+"""Load-time defences against untrusted model files.
+
+Reading a model never executes code (ONNX is data; no custom-op library is ever registered
+with ONNX Runtime) and never reads a file the user did not name, other than the external
+data files that sit in the model's own folder. Each check raises a ModelLoadError or an
+UnsupportedModelError that says what was refused and what to do instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from google.protobuf.message import Message
+from onnx import TensorProto, external_data_helper, helper, shape_inference
+
+from .errors import MemoryBudgetError, ModelLoadError, UnsupportedModelError
+
+#: protobuf cannot parse or serialise a message of 2 GiB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+#: ops that make an execution provider read a file or a precompiled blob named in the model
+FILE_READING_OPS = frozenset({("com.microsoft", "EPContext")})
+_PACKED_4BIT = {TensorProto.INT4, TensorProto.UINT4,
+                getattr(TensorProto, "FLOAT4E2M1", TensorProto.UINT4)}
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+_SAVE_HINT = ("Save it with its weights in a separate file beside it: onnx.save_model(model, "
+              "'model.onnx', save_as_external_data=True, location='model.onnx.data').")
+
+
+def read_model_file(path: str) -> onnx.ModelProto:
+    """Parse the .onnx file at `path` and the external data it names in its own folder."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise ModelLoadError(f"No model file at {path!r}. Check the path.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelLoadError(f"{path!r} is not a regular file. Give the path of an .onnx file.")
+    if info.st_size > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{path!r} is {info.st_size / 2**30:.1f} GiB; protobuf cannot read a model file of "
+            f"2 GiB or more, so models that large must keep their weights as external data. "
+            f"{_SAVE_HINT}")
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path!r} is not a readable ONNX model ({type(exc).__name__}: {exc}). Give an "
+            ".onnx file (onnx_cam.converters.export_torch / export_keras write one)."
+        ) from None
+    base_dir = os.path.dirname(os.path.abspath(path))
+    check_external_data(proto, base_dir)
+    try:
+        external_data_helper.load_external_data_for_model(proto, base_dir)
+    except Exception as exc:
+        raise ModelLoadError(f"Reading the external data of {path!r} failed: {exc}") from None
+    left = [t.name for t in model_tensors(proto) if external_data_helper.uses_external_data(t)]
+    if left:  # where onnx does not load it (ONNX Runtime would look for it on its own)
+        raise ModelLoadError(f"Tensors {left[:5]} of {path!r} keep external data where onnx "
+                             "cannot load it. Re-save the model with onnx.save_model.")
+    check_proto_size(proto)
+    return proto
+
+
+def check_external_data(proto: onnx.ModelProto, base_dir: str | None) -> None:
+    """Refuse external-data references that could read anything but a regular file inside
+    `base_dir` (None: the model came as bytes or a ModelProto, so there is no folder)."""
+    for tensor in model_tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        where = f"Tensor {tensor.name!r} keeps its data in the external file {location!r}"
+        if base_dir is None:
+            raise ModelLoadError(
+                f"{where}, but the model was given as bytes or a ModelProto, so there is no "
+                "folder to read it from. Pass the path of the .onnx file instead.")
+        if not location or "\0" in location:
+            raise ModelLoadError(f"{where}: not a valid file name. Re-save the model.")
+        parts = location.replace("\\", "/").split("/")
+        if os.path.isabs(location) or os.path.splitdrive(location)[0] or ".." in parts:
+            raise ModelLoadError(
+                f"{where}, which lies outside the model's folder {base_dir!r}; onnx-cam only "
+                "reads external data stored beside the model. Move the data file into the "
+                "model's folder and name it relative to it.")
+        root = os.path.realpath(base_dir)
+        target = os.path.realpath(os.path.join(root, location))
+        if os.path.commonpath([root, target]) != root:
+            raise ModelLoadError(
+                f"{where}, a symbolic link to {target!r} outside the model's folder "
+                f"{base_dir!r}; onnx-cam does not follow links out of it. Copy the data file "
+                "into the model's folder.")
+        try:
+            info = os.stat(target)
+        except OSError:
+            raise ModelLoadError(f"{where}, which does not exist in {base_dir!r}. Copy the "
+                                 "data file beside the model.") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelLoadError(f"{where}, which is not a regular file. Give the data file "
+                                 "the model was saved with.")
+        _check_extent(tensor, entries, info.st_size, where)
+
+
+def _check_extent(tensor: TensorProto, entries: dict, file_size: int, where: str) -> None:
+    """The byte range named must lie in the file and hold exactly the tensor's values."""
+    try:
+        offset = int(entries.get("offset", 0))
+        length = int(entries["length"]) if "length" in entries else file_size - offset
+    except ValueError:
+        raise ModelLoadError(f"{where} with a non-numeric offset or length. Re-save the "
+                             "model.") from None
+    if offset < 0 or length < 0 or offset + length > file_size:
+        raise ModelLoadError(
+            f"{where} at bytes {offset}..{offset + length}, beyond the file's {file_size} "
+            "bytes. The data file is truncated or belongs to another model.")
+    expected = tensor_bytes(tensor)
+    if expected is not None and expected != length:
+        raise ModelLoadError(
+            f"{where}: {length} bytes for a tensor of shape {list(tensor.dims)} that needs "
+            f"{expected}. The data file belongs to another model; re-save the model.")
+
+
+def tensor_bytes(tensor: TensorProto) -> int | None:
+    """Bytes of a tensor's values as stored raw; None for types of no fixed size."""
+    count = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if tensor.data_type == TensorProto.STRING else count * itemsize
+
+
+def check_tensor_data(proto: onnx.ModelProto) -> None:
+    """Refuse stored tensors whose data does not hold exactly what their shape and type say
+    (the ONNX checker does not look; a runtime would read past it or reject it)."""
+    for tensor in model_tensors(proto):
+        if external_data_helper.uses_external_data(tensor):
+            continue  # checked against its file by check_external_data
+        expected = tensor_bytes(tensor)
+        if tensor.HasField("raw_data"):
+            got, what = len(tensor.raw_data), "bytes"
+        else:
+            stored = [len(getattr(tensor, f)) for f in _TYPED_FIELDS if len(getattr(tensor, f))]
+            if not stored or expected is None or tensor.data_type in _PACKED_4BIT:
+                continue
+            got, what = stored[0], "values"
+            expected = math.prod(tensor.dims) * (
+                2 if tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) else 1)
+        if expected is not None and got != expected:
+            raise ModelLoadError(
+                f"Tensor {tensor.name!r} of shape {list(tensor.dims)} holds {got} {what} of "
+                f"data where its shape and type need {expected}: the model file is damaged. "
+                "Re-export the model.")
+
+
+def check_proto_size(proto: onnx.ModelProto) -> None:
+    """Refuse a model too large to hand to ONNX Runtime: sessions are made from its bytes."""
+    size = proto.ByteSize()
+    if size > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"The model with its weights is {size / 2**30:.1f} GiB; onnx-cam hands models to "
+            "ONNX Runtime serialised, and protobuf cannot serialise 2 GiB or more. Models "
+            "that large are not supported yet.")
+
+
+def check_text(proto: onnx.ModelProto) -> None:
+    """Refuse names and other text that are not UTF-8 (protobuf hands such a string field
+    over as bytes, which the graph tools then fail on)."""
+    stack: list = [proto]
+    while stack:
+        message = stack.pop()
+        for field, value in message.ListFields():
+            if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+                continue
+            values = [value] if isinstance(value, (str, bytes, Message)) else list(value)
+            if field.type == field.TYPE_STRING:
+                bad = next((v for v in values if isinstance(v, bytes)), None)
+                if bad is not None:
+                    raise ModelLoadError(
+                        f"The model's {message.DESCRIPTOR.name}.{field.name} holds "
+                        f"{bad[:40]!r}, which is not UTF-8 text: the file is damaged or not "
+                        "written by an ONNX exporter. Re-export the model.")
+            elif field.type == field.TYPE_MESSAGE:
+                stack.extend(values)
+
+
+def check_ops(proto: onnx.ModelProto) -> None:
+    """Refuse nodes that make ONNX Runtime read files or precompiled code named in the model."""
+    for node in model_nodes(proto):
+        if (node.domain, node.op_type) in FILE_READING_OPS:
+            raise UnsupportedModelError(
+                f"Node {node.name!r} is an {node.op_type} node: a model compiled for one "
+                "execution provider, whose node loads a file or binary blob. Explain the "
+                "original (uncompiled) ONNX model.")
+
+
+def check_shapes(proto: onnx.ModelProto, limit: int, what: str) -> None:
+    """Strict ONNX shape inference on `proto`, and no tensor of one item above `limit` bytes.
+
+    Runs before ONNX Runtime sees the model (constant folding evaluates parts of it), so a
+    graph whose shapes contradict each other, or that would build a huge constant, is refused
+    up front.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    del copy.graph.value_info[:]
+    try:
+        inferred = shape_inference.infer_shapes(copy, check_type=True, strict_mode=True,
+                                                data_prop=True)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"ONNX shape inference rejects this model {what}: {exc}. Check that the input "
+            "size is one the model accepts, or re-export the model."
+        ) from None
+    graph = inferred.graph
+    for value in [*graph.value_info, *graph.output]:
+        size = _item_bytes(value.type.tensor_type)
+        if size is not None and size > limit:
+            raise MemoryBudgetError(
+                f"Tensor {value.name!r} {what} would take {size / 2**30:.1f} GiB for one item, "
+                f"more than the memory budget of {limit / 2**30:.1f} GiB (max_memory= or "
+                "ONNX_CAM_MAX_MEMORY). Use a smaller input or a larger budget.")
+
+
+def _item_bytes(tensor_type) -> int | None:
+    """Bytes of one batch item of a tensor whose other dimensions are all known."""
+    if not tensor_type.HasField("shape") or not tensor_type.elem_type:
+        return None
+    dims = tensor_type.shape.dim
+    if not all(d.HasField("dim_value") for d in dims[1:]):
+        return None
+    sizes = [d.dim_value for d in dims]
+    if dims and not dims[0].HasField("dim_value"):
+        sizes[0] = 1
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    return math.prod(sizes) * itemsize
+
+
+def model_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph and every subgraph (Loop, Scan, If bodies), functions' included."""
+    stack = [proto.graph, *_subgraphs(n for f in proto.functions for n in f.node)]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        stack.extend(_subgraphs(graph.node))
+
+
+def model_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node: of the graph, of its subgraphs and of the model's functions."""
+    for graph in model_graphs(proto):
+        yield from graph.node
+    for function in proto.functions:
+        yield from function.node
+
+
+def model_tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every tensor stored in the model: initializers and tensor attributes, everywhere."""
+    for graph in model_graphs(proto):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+    for node in model_nodes(proto):
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+
+
+def _subgraphs(nodes) -> Iterator[onnx.GraphProto]:
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                yield from attr.graphs

@@ -1,0 +1,118 @@
+"""onnx_cam.compat.TfCamBuilder on a Keras Conv1D model against tf.GradientTape (and against
+SignalGrad-CAM 2.2.0's TfCamBuilder where it is installed).
+
+The reference differentiates SignalGrad-CAM's score of the Keras model itself with
+tf.GradientTape: log(clip(p, eps, 1 - eps)) of the softmax output for the target (minus the
+foil's), Grad-CAM / HiResCAM on the layer's channels-last output; the 0..255 scaling and the
+resize are the torch re-derivation of tests/test_compat.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+keras = pytest.importorskip("keras")
+
+from test_compat import assert_cams, assert_ranges, reference_cams  # noqa: E402
+
+from onnx_cam.compat import TfCamBuilder  # noqa: E402
+from onnx_cam.errors import UnsupportedModelError  # noqa: E402
+
+pytestmark = pytest.mark.slow  # converts a Keras model with tf2onnx
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((40, 2))
+    h = L.Conv1D(5, 3, padding="same", activation="relu", name="conv1")(inp)
+    h = L.Conv1D(6, 3, strides=2, padding="same", activation="relu", name="conv2")(h)
+    h = L.GlobalAveragePooling1D(name="gap")(h)
+    return keras.Model(inp, L.Dense(3, activation="softmax", name="head")(h))
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((40, 2)).astype(np.float32) for _ in range(4)]
+
+
+def tape_reference(model, layer, batch, target, foil, method, eps=1e-6):
+    """Raw maps (n, T_layer) of SignalGrad-CAM's softmax_final=True score by GradientTape."""
+    probe = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
+    with tf.GradientTape() as tape:
+        acts, probs = probe(tf.constant(batch))
+        scores = tf.math.log(tf.clip_by_value(probs, eps, 1 - eps))
+        score = scores[:, target] - (0 if foil is None else scores[:, foil])
+    grads = tape.gradient(score, acts).numpy()
+    acts = acts.numpy()
+    if method == "Grad-CAM":
+        raw = (grads.mean(axis=1, keepdims=True) * acts).sum(-1)
+    else:
+        raw = (grads * acts).sum(-1)
+    return np.maximum(raw, 0)
+
+
+def test_matches_gradient_tape(model, data):
+    builder = TfCamBuilder(model, class_names=["a", "b", "c"], time_axs=0)
+    cams, probs, ranges = builder.get_cam(data, 0, [0, 2], ["Grad-CAM", "HiResCAM"],
+                                          ["conv2", "conv1"], True, contrastive_foils=[None, 1])
+    assert len(cams) == 2 * 2 * 2 * 2
+    expected_probs = model(np.stack(data)).numpy()
+    for method in ("Grad-CAM", "HiResCAM"):
+        for layer in ("conv2", "conv1"):
+            for target in (0, 2):
+                for foil in (None, 1):
+                    key = builder.get_item_key(method, layer, target, foil)
+                    raw = tape_reference(model, layer, np.stack(data), target, foil, method)
+                    assert raw.max() > 0
+                    expected, low, high = reference_cams(raw, (40,))
+                    assert_cams(cams[key], expected)
+                    assert_ranges(ranges[key], low, high, 1)
+                    columns = [target] if foil is None else [target, foil]
+                    np.testing.assert_allclose(probs[key].reshape(4, -1),
+                                               expected_probs[:, columns], rtol=1e-5)
+
+
+def test_same_results_as_signal_grad_cam(model, data):
+    sgc = pytest.importorskip("signal_grad_cam", reason="signal-grad-cam is not installed")
+    from signal_grad_cam import cam_builder
+
+    call = dict(data_list=data, data_labels=0, target_classes=[0, 2],
+                explainer_types=["Grad-CAM", "HiResCAM"], target_layers="conv2",
+                softmax_final=True, contrastive_foils=[None, 1])
+    resize = cam_builder.cv2.resize
+    with pytest.MonkeyPatch.context() as patch:  # as in test_compat.py's sgc fixture
+        patch.setattr(cam_builder.CamBuilder, "_CamBuilder__display_output",
+                      lambda self, *args, **kwargs: None)
+        patch.setattr(cam_builder.cv2, "resize", lambda a, size, *args, **kwargs: resize(
+            a[:, None] if a.ndim == 1 else a, size, *args, **kwargs))
+        with contextlib.redirect_stdout(io.StringIO()):
+            theirs = sgc.TfCamBuilder(model, time_axs=0).get_cam(**call)
+    ours = TfCamBuilder(model, time_axs=0).get_cam(**call)
+    for mine, their in zip(ours, theirs):
+        assert list(mine) == list(their)
+    for key in theirs[0]:
+        assert_cams(ours[0][key], theirs[0][key], mismatched=0)
+        np.testing.assert_allclose(ours[1][key], theirs[1][key], rtol=1e-4)
+        for a, b in zip(ours[2][key], theirs[2][key]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_model_without_channel_axis_is_refused_with_the_fix():
+    inp = keras.Input((40,))
+    h = L.Conv1D(4, 3, padding="same", name="conv1")(L.Reshape((40, 1))(inp))
+    model = keras.Model(inp, L.Dense(3, activation="softmax")(L.GlobalAveragePooling1D()(h)))
+    builder = TfCamBuilder(model, ignore_channel_dim=True, time_axs=0)
+    data = [np.zeros(40, np.float32)]
+    with pytest.raises(UnsupportedModelError, match=r"keras.Input\(\(40, 1\)\)"):
+        builder.get_cam(data, 0, 0, "Grad-CAM", "conv1", True)
