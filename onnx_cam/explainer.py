@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ from .errors import (
     InputError,
     LayerError,
     MemoryBudgetError,
+    MethodError,
     ModelLoadError,
     TargetError,
     UnsupportedModelError,
@@ -124,7 +126,8 @@ class Explainer:
     def explain(self, x, targets=None, layers="auto", methods="gradcam", foils=None, *,
                 score: str = "logits", batch_size: int = 64,
                 eigen_smooth: bool = False, progress=None,
-                nonfinite: str = "raise") -> Explanation:
+                nonfinite: str = "raise", pad_id: int | None = None,
+                mask=None) -> Explanation:
         """CAMs of `x` for each method and layer; see Explanation for what it holds.
 
         targets: None (each item's predicted class), "all", "top<k>", a class index or name
@@ -143,13 +146,26 @@ class Explainer:
         or are explained with NaN maps and RowFlag.INPUT_NONFINITE in `res.flags` ("flag").
         NaN / Inf inside the model and all-zero gradients are always flagged per row
         (`res.flags`, `res.flag_reasons(row)`) with a NumericsWarning / ZeroGradientWarning.
+        pad_id: for a model taking (N, T) token ids, the padding id: `x` may then be a list of
+        sequences of different lengths (padded with it to one length), and padding positions
+        are left out of the maps (0, and outside each map's min-max).
+        mask: (N, *input_spatial) bool, True where the input is real: positions outside it
+        are left out of the maps the same way (any modality; e.g. padded signals).
         """
         method_objs = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
         method_names = [m.name for m in method_objs]
         gradients = any(m.uses_gradients for m in method_objs)
+        if self.model.tokens and any(m.scales_input for m in method_objs):
+            raise MethodError(f"{[m.name for m in method_objs if m.scales_input]} multiply the "
+                              "input by masks, which token ids cannot be; use a gradient "
+                              "method or ablationcam.")
+        x = self._pad(x, pad_id)
         x, chosen, plan, rows, batch_size = self._prepare(
             x, layers, targets, foils, batch_size, score, gradients, len(method_objs), nonfinite)
-        n, spatial = len(rows), x.shape[2:]
+        n, spatial = len(rows), self.model.spatial_of(x)
+        valid = self._valid_positions(x, spatial, pad_id, mask)
+        if valid is not None and plan is not None and not plan.is_identity:
+            valid = valid[plan.items]
         keys = [(m, layer.name) for m in method_names for layer in chosen]
         cams = {k: np.empty((n, *spatial), np.float32) for k in keys}
         ranges = {k: np.empty((n, 2), np.float32) for k in keys}
@@ -171,6 +187,8 @@ class Explainer:
                     with kernel_guard():
                         raw = method.raw(batch, eigen_smooth)
                         cam, rng = kernels.resize_normalize(raw, spatial)
+                    if valid is not None:
+                        cam, rng = _normalize_within(cam, rng, valid[done])
                     layer_flags |= numerics.settle_maps(raw, cam, rng, layer_flags,
                                                         method.uses_gradients)
                     if key not in raws:
@@ -260,7 +278,7 @@ class Explainer:
         """(everything, one run, the results' bytes) an explain call needs, from shapes
         (onnx_cam.memory): the rewritten model's live tensors times RUNTIME_OVERHEAD and the
         methods' numpy temporaries per run, plus the result arrays of `rows` rows."""
-        spatial = tuple(x.shape[2:])
+        spatial = self.model.spatial_of(x)
         key = (tuple(layer.tensor for layer in chosen), spatial, seeded, score, gradients)
         cam_model, _ = self._session(*key)
         footprint = self._footprints.get(key, lambda: run_footprint(cam_model.proto))
@@ -280,7 +298,7 @@ class Explainer:
 
     def _plan(self, x: np.ndarray, targets, foils, batch_size: int) -> TargetPlan | None:
         def predict() -> np.ndarray:
-            probe = self._probe(x.shape[2:], batch_size)
+            probe = self._probe(self.model.spatial_of(x), batch_size)
             return probe.logits(x)
         return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict)
 
@@ -289,7 +307,8 @@ class Explainer:
         """Run the rewritten model batch by batch; hand each batch's arrays to `consume`."""
         seeded = plan is not None
         cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
-                                           tuple(rows.shape[2:]), seeded, score, gradients)
+                                           self.model.spatial_of(rows), seeded, score,
+                                           gradients)
         n, k = len(rows), self.num_classes
         logits = np.empty((n, k), np.float32)
         outputs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
@@ -342,6 +361,8 @@ class Explainer:
         nonfinite="flag" lets items with NaN / Inf through (explain() flags their rows)."""
         if nonfinite not in ("raise", "flag"):
             raise InputError(f"nonfinite={nonfinite!r} is not 'raise' or 'flag'.")
+        if self.model.tokens:
+            return self._check_tokens(x)
         try:
             x = np.asarray(x, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -371,6 +392,57 @@ class Explainer:
             x = np.ascontiguousarray(np.moveaxis(x, channel_axis, 1))
         return x
 
+    def _check_tokens(self, x) -> np.ndarray:
+        """Token ids checked against the model's (N, T) input, in its integer dtype."""
+        try:
+            ids = np.asarray(x)
+        except ValueError:
+            ids = None
+        if ids is None or ids.dtype == object:
+            raise InputError("The token sequences have different lengths; pass pad_id= to pad "
+                             "them to one length (padding is left out of the maps).")
+        if ids.dtype.kind == "f" and np.isfinite(ids).all() and (ids == np.round(ids)).all():
+            ids = ids.astype(np.int64)
+        if ids.dtype.kind not in "iu":
+            raise InputError(f"The model takes integer token ids; got {ids.dtype} values.")
+        if ids.ndim != 2 or len(ids) == 0:
+            hint = " Add a batch axis: x[None]." if ids.ndim == 1 else ""
+            raise InputError(f"The model takes token ids shaped (N, T); got {ids.shape}.{hint}")
+        length = self.model.input_shape[1]
+        if length is not None and ids.shape[1] != length:
+            raise InputError(f"The model takes sequences of {length} tokens; got "
+                             f"{ids.shape[1]}. Pad (pad_id=) or cut them to {length}.")
+        return np.ascontiguousarray(ids, dtype=self.model.input_dtype)
+
+    def _pad(self, x, pad_id: int | None):
+        """A list of token sequences of different lengths, padded with pad_id to one length
+        (the model's, when fixed)."""
+        if pad_id is None or not self.model.tokens or isinstance(x, np.ndarray):
+            return x
+        seqs = [np.asarray(seq).reshape(-1) for seq in x]
+        length = self.model.input_shape[1] or max(len(seq) for seq in seqs)
+        if any(len(seq) > length for seq in seqs):
+            raise InputError(f"A sequence is longer than the model's {length} tokens; cut it.")
+        out = np.full((len(seqs), length), pad_id, np.int64)
+        for row, seq in zip(out, seqs):
+            row[:len(seq)] = seq
+        return out
+
+    def _valid_positions(self, x: np.ndarray, spatial: tuple, pad_id, mask):
+        """(N, *spatial) bool: the positions the maps cover (None: all of them)."""
+        if mask is not None:
+            valid = np.asarray(mask, bool)
+            if valid.shape != (len(x), *spatial):
+                raise InputError(f"mask must be shaped (N, *input_spatial) = "
+                                 f"{(len(x), *spatial)}; got {valid.shape}.")
+            return valid
+        if pad_id is not None:
+            if not self.model.tokens:
+                raise InputError("pad_id= is for models taking token ids; give mask= to leave "
+                                 "padded positions of other inputs out of the maps.")
+            return x != pad_id
+        return None
+
     def _layout_hint(self, shape: tuple) -> str:
         """A hint when the input would fit with its channel axis moved to the other end."""
         if self.model.channels_last:
@@ -388,6 +460,23 @@ class Explainer:
                 return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _normalize_within(cam: np.ndarray, rng: np.ndarray, valid: np.ndarray):
+    """Maps scaled to [0, 1] over their valid positions only, 0 elsewhere; the score range
+    becomes that of the valid positions."""
+    values = cam * (rng[:, 1:] - rng[:, :1]).reshape(-1, *[1] * (cam.ndim - 1)) \
+        + rng[:, :1].reshape(-1, *[1] * (cam.ndim - 1))
+    inside = np.where(valid, values, np.nan).reshape(len(cam), -1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows with no valid position
+        lo, hi = np.nanmin(inside, axis=1), np.nanmax(inside, axis=1)
+    lo, hi = np.nan_to_num(lo), np.nan_to_num(hi)
+    span = (hi - lo).reshape(-1, *[1] * (cam.ndim - 1))
+    scaled = np.where(span > 0, (values - lo.reshape(span.shape)) / np.where(span > 0, span, 1),
+                      0.0)
+    return (np.where(valid, scaled, 0.0).astype(np.float32),
+            np.stack([lo, hi], axis=1).astype(np.float32))
 
 
 def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:

@@ -132,17 +132,23 @@ class Model:
         self.input_name = inputs[0].name
         dims = inputs[0].type.tensor_type.shape.dim
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-        if channels_last is None:  # the converter's word, else what the convolutions read
+        self.input_dtype = onnx.helper.tensor_dtype_to_np_dtype(
+            inputs[0].type.tensor_type.elem_type)
+        # (N, T) integer token ids feeding an embedding: one spatial axis, no channel axis
+        self.tokens = self.input_dtype.kind in "iu" and len(self.input_shape) == 2
+        if self.tokens:
+            channels_last = False
+        elif channels_last is None:  # the converter's word, else what the convolutions read
             layout = metadata.get(LAYOUT_KEY)
             channels_last = (layout == CHANNELS_LAST if layout
                              else _convs_read_last_axis(proto, self.input_name))
         self.channels_last = bool(channels_last)
-        if len(self.input_shape) not in (3, 4, 5):
+        if len(self.input_shape) not in (3, 4, 5) and not self.tokens:
             layouts = ("(N, T, C), (N, H, W, C) and (N, D, H, W, C)" if self.channels_last
                        else "(N, C, T), (N, C, H, W) and (N, C, D, H, W)")
             raise UnsupportedModelError(
                 f"The model input {self.input_name!r} has rank {len(self.input_shape)}; onnx-cam "
-                f"explains {layouts} inputs."
+                f"explains {layouts} inputs, and (N, T) integer token ids."
             )
         outputs = [o.name for o in proto.graph.output]
         self.output_name = output or outputs[0]
@@ -162,28 +168,37 @@ class Model:
             )
         self.num_classes = score_shape[1] if len(score_shape) == 2 else 1
         self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map,
-                                        self.channels_last)
+                                        self.channels_last, self.spatial_rank + 2)
         self.layer_axes = {layer.tensor: layer.axes for layer in self.layers
                            if layer.axes is not None}
 
     # ---- shapes -------------------------------------------------------------------------
     @property
     def spatial_rank(self) -> int:
-        return len(self.input_shape) - 2
+        return len(self.input_shape) - (1 if self.tokens else 2)
 
     @property
-    def channel_axis(self) -> int:
-        """The channel axis of the model's input: 1, or the last one if channels-last."""
+    def channel_axis(self) -> int | None:
+        """The channel axis of the model's input: 1, the last one if channels-last, None for
+        token ids."""
+        if self.tokens:
+            return None
         return len(self.input_shape) - 1 if self.channels_last else 1
 
     @property
     def channels(self) -> int | None:
-        return self.input_shape[self.channel_axis]
+        return None if self.tokens else self.input_shape[self.channel_axis]
 
     @property
     def spatial_input_shape(self) -> tuple:
         """The input's spatial axes in order (T), (H, W) or (D, H, W), None where free."""
+        if self.tokens:
+            return self.input_shape[1:]
         return self.input_shape[1:-1] if self.channels_last else self.input_shape[2:]
+
+    def spatial_of(self, x: np.ndarray) -> tuple[int, ...]:
+        """The spatial shape of a checked input batch (channels first, or token ids)."""
+        return tuple(x.shape[1:] if self.tokens else x.shape[2:])
 
     def default_spatial_shape(self) -> tuple[int, ...]:
         spatial = self.spatial_input_shape
@@ -210,7 +225,8 @@ class Model:
         dims = inp.type.tensor_type.shape.dim
         dims[0].Clear()
         dims[0].dim_param = "N"
-        spatial_dims = list(dims)[1:-1] if self.channels_last else list(dims)[2:]
+        spatial_dims = list(dims)[1:] if self.tokens else (
+            list(dims)[1:-1] if self.channels_last else list(dims)[2:])
         for d, size in zip(spatial_dims, spatial_shape):
             d.Clear()
             d.dim_value = int(size)
@@ -403,13 +419,12 @@ def ancestors(graph: gs.Graph, target: str, within: set[str]) -> set[str]:
 
 
 def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
-                      layer_map: dict[str, str], channels_last: bool = False) -> list[Layer]:
-    """Tensors with spatial extent downstream of a Conv and upstream of the score.
+                      layer_map: dict[str, str], channels_last: bool, rank: int) -> list[Layer]:
+    """Tensors (N, C, *spatial) of `rank` axes downstream of a Conv and upstream of the score.
 
     In a channels-last model every tensor's axes are traced from the input (_trace_axes), so a
     layer is found and described as (N, C, *spatial) whatever layout the converter gave it.
     """
-    rank = len(graph.tensors()[input_name].shape)
     conv_outputs = {n.outputs[0].name for n in graph.nodes if n.op in SPATIAL_OPS}
     reaches_score = ancestors(graph, score, differentiable_closure(graph, conv_outputs))
     aliases: dict[str, list[str]] = {}

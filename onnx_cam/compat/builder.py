@@ -335,11 +335,11 @@ def _check_numeric(arrays: Sequence[np.ndarray]) -> None:
     kinds = {a.dtype.kind for a in arrays}
     if kinds & set("iub"):
         raise UnsupportedModelError(
-            "The inputs are integers (token ids?): onnx-cam's core explains float inputs "
-            "(N, C, *spatial) only, for now. Feed one-hot or embedded float inputs instead: a "
-            "transform_fn returning e.g. one_hot(ids).T as float (C = vocabulary, T = "
-            "positions), and a model taking them (an Embedding becomes a bias-free Linear / "
-            "1x1 convolution with the same weights).")
+            "The inputs are integers (token ids?): the facade explains float inputs only. "
+            "onnx_cam.Explainer explains (N, T) token-id models directly (explain(seqs, "
+            "pad_id=...) leaves padding out of the maps; onnx_cam.viz.token_figure draws "
+            "them). Or feed one-hot / embedded float inputs here: a transform_fn returning "
+            "e.g. one_hot(ids).T as float, and a model taking them.")
     if not kinds <= set("f"):
         raise UnsupportedModelError(f"Inputs of dtype {sorted(kinds)} cannot be explained: "
                                     "transform_fn should return float arrays or tensors.")

@@ -55,6 +55,8 @@ class CamMethod:
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     uses_gradients: ClassVar[bool] = True
+    # multiplies the input by masks: meaningless for integer token ids
+    scales_input: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -24,6 +24,7 @@ class ScoreCAM(WeightedChannels):
     name = "scorecam"
     aliases = ("score-cam",)
     uses_gradients = False
+    scales_input = True
 
     def weights(self, batch: LayerBatch) -> np.ndarray:
         acts, x = batch.activations, batch.inputs
