@@ -342,7 +342,36 @@ def _run_cli(case: dict, state: dict):
     return "error", message
 
 
-TARGETS = {"model": _run_model, "explain": _run_explain, "cli": _run_cli}
+def _run_audit(case: dict, state: dict):
+    """onnx-cam audit over a folder holding one mutated file: exit 0 with a complete store
+    that records every item (the mutated one as a result or as failed with a reason), or
+    exit 2 with a message."""
+    from contextlib import redirect_stderr
+
+    from onnx_cam.audit import AuditStore
+    from onnx_cam.cli import main
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(["audit", case["model"], case["folder"], "--store", case["store"],
+                     "--chunk-items", "2", "--quiet"])
+    if code == 0:
+        store = AuditStore(case["store"])
+        failed = store["failed"][:]
+        if not store.complete or len(store) != case["items"]:
+            raise AssertionError(f"store incomplete: {store}")
+        if any(not str(store["error"][i]) for i in np.flatnonzero(failed)):
+            raise AssertionError("a failed item without a reason")
+        if failed[:-1].any():
+            raise AssertionError("a valid item was recorded as failed")
+        return "ok", ""
+    message = err.getvalue().strip()
+    if code != 2 or not message.startswith("onnx-cam: error:") or "Traceback" in message:
+        return "bug", f"exit {code}: {message[-2000:]}"
+    return "error", message
+
+
+TARGETS = {"model": _run_model, "explain": _run_explain, "cli": _run_cli, "audit": _run_audit}
 
 
 def worker() -> None:
@@ -497,6 +526,21 @@ class Campaign:
                 "out": str(path.parent / "out")}
         return self.run("cli", case, path)
 
+    def audit(self, kind: str, ops: list) -> str:
+        """onnx-cam audit on a folder of three valid one-item .npy files and, last in name
+        order, one mutated .npy or CSV item."""
+        valid = np.load(io.BytesIO(self.inputs["npy"]))
+        single = io.BytesIO()
+        np.save(single, valid[0])
+        seed = {"npy": single.getvalue(), "csv": self.inputs["csv"]}[kind]
+        path = self._file(f"z_mutated.{kind}", mutate_bytes(seed, ops))
+        for i, item in enumerate(valid):
+            np.save(path.parent / f"item{i}.npy", item)
+        case = {"model": str(self.models["1d"]), "folder": str(path.parent),
+                "store": str(path.parent.with_name(path.parent.name + "_store.zarr")),
+                "items": len(valid) + 1}
+        return self.run("audit", case, path)
+
     def explain(self, x: tuple[str, object], arguments: dict) -> str:
         """explain() on the 1D seed model: x is ("array", an input_arrays() spec) or
         ("value", any JSON value)."""
@@ -525,6 +569,8 @@ TARGETS_FUZZED = {
               lambda c, v: c.file(*v)),
     "csv": (st.one_of(st.tuples(st.just("text"), csv_texts),
                       st.tuples(st.just("bytes"), byte_ops())), lambda c, v: c.csv(*v)),
+    "audit": (st.tuples(st.sampled_from(["npy", "csv"]), byte_ops(head=128)),
+              lambda c, v: c.audit(*v)),
     "explain": (st.tuples(st.one_of(st.tuples(st.just("array"), input_arrays()),
                                     st.tuples(st.just("value"), odd_inputs)),
                           explain_arguments()), lambda c, v: c.explain(*v)),
