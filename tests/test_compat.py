@@ -22,7 +22,7 @@ from torch import nn
 
 from onnx_cam import Explainer
 from onnx_cam.compat import TorchCamBuilder
-from onnx_cam.errors import MethodError, TargetError, UnsupportedModelError
+from onnx_cam.errors import MethodError, ModelLoadError, TargetError, UnsupportedModelError
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
@@ -384,7 +384,7 @@ def test_errors_name_the_fix():
         builder.get_cam(data, 0, 0, "Grad-CAM", "conv2", True, contrastive_foils=7)
     with pytest.raises(UnsupportedModelError, match="softmax_final=False"):
         TorchCamBuilder(make(1, head=None)).get_cam(data, 0, 0, "Grad-CAM", "conv2", True)
-    with pytest.raises(UnsupportedModelError, match="one-hot"):
+    with pytest.raises(ModelLoadError, match="dtype the model expects"):  # ids, float model
         builder.get_cam([np.arange(40)[None]], 0, 0, "Grad-CAM", "conv2", True)
     with pytest.raises(UnsupportedModelError, match="Wrap the model"):
         builder.get_cam(data, 0, 0, "Grad-CAM", "conv2", True, extra_inputs_dict={"k": 1})
@@ -549,3 +549,31 @@ def test_signal_grad_cam_regression_fails_where_the_facade_works(sgc):
                 explainer_types="Grad-CAM", target_layers="conv2", softmax_final=False)
     with pytest.raises(RuntimeError, match="scalar outputs"):
         run_both(sgc, model, call, is_regression_network=True)
+
+
+def test_token_ids_are_explained_over_positions():
+    """Integer items (a text CNN: embedding -> conv) explained over token positions, with
+    SignalGrad-CAM's transformer items (1, T) and plain (T,) items alike."""
+
+    class TextNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(30, 6)
+            self.conv1 = nn.Conv1d(6, 8, 3, padding=1)
+            self.conv2 = nn.Conv1d(8, 8, 3, stride=2, padding=1)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, ids):
+            h = torch.relu(self.conv1(self.embed(ids).transpose(1, 2)))
+            return torch.softmax(self.fc(torch.relu(self.conv2(h)).mean(2)), dim=1)
+
+    torch.manual_seed(0)
+    model = TextNet().eval()
+    ids = np.random.default_rng(0).integers(0, 30, (3, 20))
+    raw = reference_raw(model, model.conv2, ids, 1, softmax_final=False, method="gradcam")
+    expected, low, high = reference_cams(raw, (20,))
+    for transformer, given in ((True, [row[None] for row in ids]), (False, list(ids))):
+        builder = TorchCamBuilder(model, is_transformer_network=transformer)
+        cams, _, ranges = builder.get_cam(given, 0, 1, "Grad-CAM", "conv2", False)
+        assert_cams(cams["Grad-CAM_conv2_class1"], expected)
+        assert_ranges(ranges["Grad-CAM_conv2_class1"], low, high, 1)

@@ -59,6 +59,8 @@ class CamBuilder:
         self.padding_dim = padding_dim
         self.seed = seed
 
+    takes_token_ids = False  # integer (T,) items explained as an (N, T) token-id model
+
     # ---- what a framework builder provides -------------------------------------------
     def _layer_rank(self, layer: str) -> int:
         """The spatial rank (1, 2, 3) of a named layer's output."""
@@ -125,12 +127,16 @@ class CamBuilder:
         layout = Layout(request.rank, self.time_axs, self.padding_dim, self.ignore_channel_dim,
                         self.is_transformer_network)
         arrays = prepare(items, self.transform_fn, extra_preprocess_inputs_list, layout)
-        _check_numeric(arrays)
+        tokens = _check_numeric(arrays, self.takes_token_ids)
+        if tokens:  # (T,) token ids: the model takes (N, T), no channel axis
+            arrays = [a[0] if a.ndim == 2 and len(a) == 1 else a for a in arrays]
         keys = request.keys(self.get_item_key)
         results = _Results.empty(keys.values(), len(items))
         for shape, members in group_by_shape(arrays).items():
-            batch = with_unit_channel(np.stack([arrays[i] for i in members]), request.rank)
-            explainer = self._explainer(shape, batch, needs_unit_channel(shape, request.rank))
+            stacked = np.stack([arrays[i] for i in members])
+            unit = not tokens and needs_unit_channel(shape, request.rank)
+            batch = with_unit_channel(stacked, request.rank) if unit else stacked
+            explainer = self._explainer(shape, batch, unit)
             self._explain_batch(explainer, batch, members, request, keys, results)
         cams, probs, ranges = results.dictionaries(request.rank)
         if results_dir_path is not None:
@@ -331,18 +337,21 @@ def _method_name(explainer_type: str) -> str:
     return name
 
 
-def _check_numeric(arrays: Sequence[np.ndarray]) -> None:
+def _check_numeric(arrays: Sequence[np.ndarray], token_ids: bool) -> bool:
+    """Whether the items are integer token ids (float items: False); refuses the rest."""
     kinds = {a.dtype.kind for a in arrays}
+    if kinds <= set("iu") and token_ids:
+        return True
     if kinds & set("iub"):
         raise UnsupportedModelError(
-            "The inputs are integers (token ids?): the facade explains float inputs only. "
-            "onnx_cam.Explainer explains (N, T) token-id models directly (explain(seqs, "
-            "pad_id=...) leaves padding out of the maps; onnx_cam.viz.token_figure draws "
-            "them). Or feed one-hot / embedded float inputs here: a transform_fn returning "
-            "e.g. one_hot(ids).T as float, and a model taking them.")
+            "The inputs are integers (token ids?): this builder explains float inputs; "
+            "TorchCamBuilder and onnx_cam.Explainer take token ids (explain(seqs, pad_id=...) "
+            "leaves padding out of the maps). Or feed one-hot / embedded float inputs: a "
+            "transform_fn returning e.g. one_hot(ids).T as float, and a model taking them.")
     if not kinds <= set("f"):
         raise UnsupportedModelError(f"Inputs of dtype {sorted(kinds)} cannot be explained: "
                                     "transform_fn should return float arrays or tensors.")
+    return False
 
 
 def _display_args(arguments: dict) -> dict:

@@ -27,8 +27,11 @@ class TorchCamBuilder(CamBuilder):
     module names (``model.named_modules()``): convolutions as in SignalGrad-CAM, and any
     other module onnx-cam can explain. ``use_gpu`` runs ONNX Runtime on CUDA when
     onnxruntime-gpu offers it. The module is not modified (not even put in eval mode: the
-    export runs it in eval mode and restores its flags).
+    export runs it in eval mode and restores its flags). Integer items are token ids: the
+    module takes them as (N, T) (an embedding first), and the maps cover token positions.
     """
+
+    takes_token_ids = True
 
     def __init__(self, model, transform_fn: Callable | None = None,
                  class_names: Sequence[str] | None = None, time_axs: int = 1,
@@ -73,8 +76,9 @@ class TorchCamBuilder(CamBuilder):
 
             wrapped = _adapter_class()(self.model, unit_channel, self.model_output_index,
                                        self.is_transformer_network)
+            dtype = np.int64 if example.dtype.kind in "iu" else np.float32  # token ids
             self._explainers[key] = Explainer(wrapped, example_input=torch.from_numpy(
-                np.ascontiguousarray(example[:1], dtype=np.float32)), runtime=self._runtime)
+                np.ascontiguousarray(example[:1], dtype=dtype)), runtime=self._runtime)
         return self._explainers[key]
 
 
