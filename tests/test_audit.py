@@ -334,6 +334,13 @@ def test_a_full_disk_keeps_the_done_chunks_and_the_job_resumes(files, reference,
     assert store_files(url) == store_files(reference.url)
 
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # exited (or a zombie) since it was listed
+        return []
+
+
 @pytest.mark.slow
 def test_a_dask_worker_killed_mid_run_loses_nothing(files, reference, tmp_path):
     url = tmp_path / "store.zarr"
@@ -351,10 +358,13 @@ def test_a_dask_worker_killed_mid_run_loses_nothing(files, reference, tmp_path):
     deadline = time.monotonic() + 180
     while thread.is_alive() and killed is None and time.monotonic() < deadline:
         workers = [p for p in psutil.Process().children(recursive=True)
-                   if "spawn_main" in " ".join(p.cmdline())]
+                   if "spawn_main" in " ".join(_cmdline(p))]
         if len(workers) == 2 and done_dir.exists() and len(list(done_dir.glob("*"))) >= 2:
             killed = workers[0].pid
-            workers[0].kill()
+            try:
+                workers[0].kill()
+            except psutil.NoSuchProcess:
+                killed = None
         time.sleep(0.01)
     thread.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
