@@ -101,6 +101,7 @@ def test_nan_item_is_recorded_as_failed_and_left_out(files, reference):
     assert np.flatnonzero(failed).tolist() == [13]
     assert "NaN" in str(reference["error"][13])
     assert reference["predicted"][13] == -1 and np.isnan(reference["logits"][13]).all()
+    assert (reference.cams(*reference.maps[0])[13] == 0).all()
     assert reference["stats/label/count"][:].sum() == ITEMS - 1
 
 

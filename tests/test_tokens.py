@@ -89,3 +89,15 @@ def test_token_input_errors_say_what_to_do(text_model):
     with pytest.raises(MethodError, match="gradient method"):
         exp.explain(ids.numpy(), methods="scorecam")
     assert exp.explain(ids.numpy(), methods="ablationcam").cam().shape == (6, LENGTH)
+
+
+def test_token_datasets_audit_over_positions(text_model, tmp_path):
+    from onnx_cam.audit import run
+    net, ids, exp = text_model
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    exp.save_model(tmp_path / "text.onnx")
+    store = run(tmp_path / "text.onnx", tmp_path / "ids.npy", tmp_path / "s.zarr",
+                layers="conv2", progress=False)
+    assert store.cams("gradcam", "conv2").shape == (len(ids), LENGTH)
+    np.testing.assert_allclose(store.cams("gradcam", "conv2")[:],
+                               exp.explain(ids.numpy(), layers="conv2").cam(), atol=1e-3)

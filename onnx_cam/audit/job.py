@@ -210,7 +210,7 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
     try:
         for name, value in values.items():
             if failed.any() and name not in ("failed", "error", "label", "flags"):
-                value = _blank(value, failed)
+                value = _blank(name, value, failed)
             arrays[name][start:stop] = value
         arrays["chunk_done"][chunk] = 1
     except OSError as exc:
@@ -221,10 +221,11 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
     return stop - start
 
 
-def _blank(value: np.ndarray, failed: np.ndarray) -> np.ndarray:
-    """Rows of failed items: -1 for indices, 0 for maps, NaN for scores."""
+def _blank(name: str, value: np.ndarray, failed: np.ndarray) -> np.ndarray:
+    """Rows of failed items: -1 for indices, 0 for maps, NaN for scores and metrics."""
     value = value.copy()
-    value[failed] = -1 if value.dtype.kind in "iu" else (0 if value.ndim > 2 else np.nan)
+    value[failed] = (-1 if value.dtype.kind in "iu" else
+                     0 if name.startswith("cams/") else np.nan)
     return value
 
 
@@ -407,8 +408,9 @@ def _prepare_store(spec: AuditSpec, identity: dict, explainer: Explainer,
 
 def _create_arrays(group, spec: AuditSpec, explainer: Explainer) -> None:
     n, k, step = len(spec.dataset), explainer.num_classes, spec.chunk_items
-    spatial = tuple(spec.dataset.shape[1:-1] if explainer.model.channels_last
-                    else spec.dataset.shape[2:])
+    item = spec.dataset.shape[1:]
+    spatial = tuple(item if explainer.model.tokens else
+                    item[:-1] if explainer.model.channels_last else item[1:])
     arrays = {"logits": ((n, k), "float32", np.nan), "probs": ((n, k), "float32", np.nan),
               "predicted": ((n,), "int64", -1), "target": ((n,), "int64", -1),
               "failed": ((n,), "bool", False), "error": ((n,), str, ""),
