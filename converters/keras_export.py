@@ -128,7 +128,8 @@ def export_keras(
             f"{keras.backend.backend()!r} backend. Set KERAS_BACKEND=tensorflow."
         )
     shape = _input_shape(model, example_input)
-    spec = tf.TensorSpec((None, *shape[1:]), tf.float32, name=input_name)
+    dtype = _input_dtype(model)
+    spec = tf.TensorSpec((None, *shape[1:]), dtype, name=input_name)
     function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     with _quiet_tf2onnx():
         try:
@@ -141,7 +142,7 @@ def export_keras(
             ) from err
     _check_ops(proto)
     _rename_io(proto, input_name, output_name)
-    x = _example(example_input, shape)
+    x = _example(example_input, shape, dtype)
     layer_map = _layer_map(model, keras, proto, x)
     versions = {"onnx_cam.keras_version": str(getattr(keras, "__version__", "")),
                 "onnx_cam.tensorflow_version": str(tf.__version__),
@@ -195,11 +196,21 @@ def _input_shape(model: Any, example_input: Any) -> tuple:
     return (None, *np.shape(example_input)[1:])
 
 
-def _example(example_input: Any, shape: tuple) -> np.ndarray:
+def _input_dtype(model: Any) -> str:
+    """The model input's dtype when it takes integers (token ids), else float32."""
+    inputs = getattr(model, "inputs", None) or []
+    dtype = np.dtype(str(getattr(inputs[0], "dtype", "float32"))) if inputs else None
+    return dtype.name if dtype is not None and dtype.kind in "iu" else "float32"
+
+
+def _example(example_input: Any, shape: tuple, dtype: str = "float32") -> np.ndarray:
     if example_input is not None:
-        return np.ascontiguousarray(np.asarray(example_input, dtype=np.float32))
+        return np.ascontiguousarray(np.asarray(example_input, dtype=dtype))
     dims = [d if d is not None else _NOMINAL_SIZE for d in shape[1:]]
-    return np.random.default_rng(0).standard_normal((2, *dims)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    if np.dtype(dtype).kind in "iu":  # token ids: 0 and 1 exist in any vocabulary
+        return rng.integers(0, 2, (2, *dims)).astype(dtype)
+    return rng.standard_normal((2, *dims)).astype(np.float32)
 
 
 def _layout(model: Any) -> str:

@@ -116,3 +116,26 @@ def test_model_without_channel_axis_is_refused_with_the_fix():
     data = [np.zeros(40, np.float32)]
     with pytest.raises(UnsupportedModelError, match=r"keras.Input\(\(40, 1\)\)"):
         builder.get_cam(data, 0, 0, "Grad-CAM", "conv1", True)
+
+
+def test_token_ids_through_a_keras_embedding():
+    """Integer items of a Keras Embedding -> Conv1D model, against tf.GradientTape."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((20,), dtype="int32")
+    h = L.Embedding(30, 6)(inp)
+    h = L.Conv1D(8, 3, padding="same", activation="relu", name="conv1")(h)
+    h = L.Conv1D(8, 3, padding="same", activation="relu", name="conv2")(h)
+    text = keras.Model(inp, L.Dense(3, activation="softmax")(L.GlobalAveragePooling1D()(h)))
+    ids = np.random.default_rng(0).integers(0, 30, (3, 20)).astype(np.int32)
+    layer_out = keras.Model(inp, [text.get_layer("conv2").output, text.output])
+    with tf.GradientTape() as tape:
+        a, out = layer_out(ids)
+        score = tf.reduce_sum(out[:, 1])
+    g, a = tape.gradient(score, a).numpy(), a.numpy()
+    raw = np.maximum((g.mean(1, keepdims=True) * a).sum(2), 0)
+    expected, low, high = reference_cams(raw, (20,))
+    builder = TfCamBuilder(text, is_transformer_network=True)
+    cams, _, ranges = builder.get_cam([row[None] for row in ids], 0, 1, "Grad-CAM", "conv2",
+                                      False)
+    assert_cams(cams["Grad-CAM_conv2_class1"], expected)
+    assert_ranges(ranges["Grad-CAM_conv2_class1"], low, high, 1)

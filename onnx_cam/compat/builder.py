@@ -59,8 +59,6 @@ class CamBuilder:
         self.padding_dim = padding_dim
         self.seed = seed
 
-    takes_token_ids = False  # integer (T,) items explained as an (N, T) token-id model
-
     # ---- what a framework builder provides -------------------------------------------
     def _layer_rank(self, layer: str) -> int:
         """The spatial rank (1, 2, 3) of a named layer's output."""
@@ -127,7 +125,7 @@ class CamBuilder:
         layout = Layout(request.rank, self.time_axs, self.padding_dim, self.ignore_channel_dim,
                         self.is_transformer_network)
         arrays = prepare(items, self.transform_fn, extra_preprocess_inputs_list, layout)
-        tokens = _check_numeric(arrays, self.takes_token_ids)
+        tokens = _check_numeric(arrays)
         if tokens:  # (T,) token ids: the model takes (N, T), no channel axis
             arrays = [a[0] if a.ndim == 2 and len(a) == 1 else a for a in arrays]
         keys = request.keys(self.get_item_key)
@@ -337,17 +335,15 @@ def _method_name(explainer_type: str) -> str:
     return name
 
 
-def _check_numeric(arrays: Sequence[np.ndarray], token_ids: bool) -> bool:
+def _check_numeric(arrays: Sequence[np.ndarray]) -> bool:
     """Whether the items are integer token ids (float items: False); refuses the rest."""
     kinds = {a.dtype.kind for a in arrays}
-    if kinds <= set("iu") and token_ids:
+    if kinds <= set("iu"):
         return True
     if kinds & set("iub"):
         raise UnsupportedModelError(
-            "The inputs are integers (token ids?): this builder explains float inputs; "
-            "TorchCamBuilder and onnx_cam.Explainer take token ids (explain(seqs, pad_id=...) "
-            "leaves padding out of the maps). Or feed one-hot / embedded float inputs: a "
-            "transform_fn returning e.g. one_hot(ids).T as float, and a model taking them.")
+            "The inputs mix integers and floats, or are booleans: give token ids as integers "
+            "for every item, or float arrays for every item.")
     if not kinds <= set("f"):
         raise UnsupportedModelError(f"Inputs of dtype {sorted(kinds)} cannot be explained: "
                                     "transform_fn should return float arrays or tensors.")

@@ -66,7 +66,8 @@ class TfCamBuilder(CamBuilder):
         if self._explainer_ is None:
             index = self.model_output_index or 0
             self._explainer_ = Explainer(
-                self.model, example_input=example[:2].astype(np.float32),
+                self.model, example_input=example[:2] if example.dtype.kind in "iu"
+                else example[:2].astype(np.float32),
                 output="output" if index == 0 else f"output_{index}",
                 runtime=RuntimeOptions(providers=(CPU,)))
         return self._explainer_

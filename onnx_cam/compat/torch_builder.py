@@ -31,8 +31,6 @@ class TorchCamBuilder(CamBuilder):
     module takes them as (N, T) (an embedding first), and the maps cover token positions.
     """
 
-    takes_token_ids = True
-
     def __init__(self, model, transform_fn: Callable | None = None,
                  class_names: Sequence[str] | None = None, time_axs: int = 1,
                  input_transposed: bool = False, ignore_channel_dim: bool = False,
