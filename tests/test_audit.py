@@ -406,3 +406,17 @@ def test_metrics_are_stored_per_item_and_map(files, tmp_path):
     assert np.isnan(stored[13])  # the NaN item
     column = store.summary().to_pydict()[f"gradcam@{exp.layers[0]}:deletion"]
     np.testing.assert_allclose(column[:32], stored, rtol=0)
+
+
+def test_npy_datasets_are_read_by_chunk_and_bad_files_refused(tmp_path):
+    from onnx_cam.audit.datasets import NpyDataset
+    x = np.random.default_rng(0).normal(size=(37, 3, 5))  # float64: converted per chunk
+    np.save(tmp_path / "a.npy", x)
+    np.testing.assert_array_equal(NpyDataset(str(tmp_path / "a.npy")).read(5, 17).x,
+                                  x[5:17].astype(np.float32))
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))
+    with pytest.raises(onnx_cam.InputError, match="Fortran"):
+        NpyDataset(str(tmp_path / "f.npy"))
+    (tmp_path / "t.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-100])
+    with pytest.raises(onnx_cam.InputError, match="truncated|mmap length"):
+        NpyDataset(str(tmp_path / "t.npy")).read(30, 37)

@@ -79,24 +79,37 @@ class ArrayDataset(Dataset):
 
 
 class NpyDataset(Dataset):
+    """A .npy file read chunk by chunk with plain file reads (a memory map would keep every
+    page read so far in the process's resident memory)."""
+
     kind = "npy"
 
     def __init__(self, path: str):
         self.source = os.path.abspath(path)
         self._handle = None
-        self.shape = tuple(self._open().shape)
-
-    def _open(self):
-        if self._handle is None:
-            try:
-                self._handle = np.load(self.source, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise InputError(f"Cannot memory-map {self.source!r} as a .npy array ({exc}); "
-                                 "give a .npy file of shape (N, ...) of numbers.") from None
-        return self._handle
+        try:  # the header only: shape, dtype, layout and where the data starts
+            mapped = np.load(self.source, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Cannot read {self.source!r} as a .npy array ({exc}); give a "
+                             ".npy file of shape (N, ...) of numbers.") from None
+        shape, dtype, self._offset = mapped.shape, mapped.dtype, mapped.offset
+        fortran = mapped.ndim > 1 and not mapped.flags.c_contiguous
+        del mapped
+        if dtype.hasobject or fortran or not shape:
+            raise InputError(f"{self.source!r} holds a {'Fortran-ordered ' if fortran else ''}"
+                             f"array of dtype {dtype} and shape {shape}; give a C-ordered "
+                             "numeric array of shape (N, ...).")
+        self.shape, self._dtype = tuple(shape), dtype
 
     def _slice(self, start, stop):
-        return self._open()[start:stop]
+        item = int(np.prod(self.shape[1:])) * self._dtype.itemsize
+        with open(self.source, "rb") as f:
+            f.seek(self._offset + start * item)
+            data = f.read((stop - start) * item)
+        if len(data) != (stop - start) * item:
+            raise InputError(f"{self.source!r} is shorter than its header says (items "
+                             f"{start}-{stop - 1} are cut off): the file is truncated.")
+        return np.frombuffer(data, self._dtype).reshape(stop - start, *self.shape[1:])
 
 
 class ZarrDataset(Dataset):
