@@ -34,7 +34,7 @@ class Probe:
         count = len(feeds[0])
         parts = []
         for start in range(0, count, self.batch_size):
-            chunk = {name: np.ascontiguousarray(f[start:start + self.batch_size], np.float32)
+            chunk = {name: _as_feed(f[start:start + self.batch_size])
                      for name, f in zip(sub.input_names, feeds)}
             parts.append(run(session, [sub.score_name], chunk)[0])
         return np.concatenate(parts).reshape(count, -1)
@@ -59,3 +59,8 @@ class Probe:
         if len(sub.input_names) > 1:
             feeds.append(np.broadcast_to(item_input, (len(activations), *item_input.shape)))
         return self._logits(layer, feeds) @ seed
+
+
+def _as_feed(values: np.ndarray) -> np.ndarray:
+    """Floats as float32; integer token ids as given (already in the model's dtype)."""
+    return np.ascontiguousarray(values, None if values.dtype.kind in "iu" else np.float32)

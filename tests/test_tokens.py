@@ -101,3 +101,10 @@ def test_token_datasets_audit_over_positions(text_model, tmp_path):
     assert store.cams("gradcam", "conv2").shape == (len(ids), LENGTH)
     np.testing.assert_allclose(store.cams("gradcam", "conv2")[:],
                                exp.explain(ids.numpy(), layers="conv2").cam(), atol=1e-3)
+
+
+def test_top_k_targets_are_planned_on_token_ids(text_model):
+    net, ids, exp = text_model
+    res = exp.explain(ids.numpy(), targets="top2", layers="conv2")
+    expected = net(ids).topk(2, dim=1).indices.numpy()
+    np.testing.assert_array_equal(res.targets.reshape(-1, 2), expected)
