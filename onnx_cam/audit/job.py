@@ -153,9 +153,9 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
         group = AuditStore(url, mode="r+").group
         todo = [c for c, done in enumerate(done_chunks(group)) if not done]
         if todo:
-            done_items = len(data) - sum(np.subtract(*spec.bounds(c)[::-1]) for c in todo)
+            remaining = sum(stop - start for start, stop in map(spec.bounds, todo))
             with progress_bar("audit", enabled=progress) as update:
-                done = Counter(done_items, len(data), update)
+                done = Counter(len(data) - remaining, len(data), update)
                 if distributed:
                     _run_on_dask(spec, todo, done, scheduler, workers)
                 else:
@@ -254,11 +254,10 @@ def _explainer(spec: AuditSpec) -> Explainer:
         worker_threads = _dask_worker_threads()
         if worker_threads and runtime.intra_op_threads == 0:
             runtime = replace(runtime, intra_op_threads=worker_threads)
-        explainer = Explainer(spec.model, runtime=runtime)
         if _sha256(spec.model) != spec.model_sha256:
             raise StoreError(f"The model this worker reads ({spec.model!r}) is not the one the "
                              "job started with (SHA-256 differs); give workers the same file.")
-        _EXPLAINERS[key] = explainer
+        _EXPLAINERS[key] = Explainer(spec.model, runtime=runtime)
     return _EXPLAINERS[key]
 
 
