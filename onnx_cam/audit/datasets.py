@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-
-FOLDER_SUFFIXES = (".npy", ".npz", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff",
-                   ".csv", ".tsv")
+from ..inputs import expand_paths, read_file
 
 
 @dataclass
@@ -182,17 +180,12 @@ class FolderDataset(Dataset):
 
     def __init__(self, path: str, item_shape: tuple[int, ...], preprocess=None):
         self.source = os.path.abspath(path)
-        self.files = sorted(p.name for p in Path(path).iterdir()
-                            if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES)
-        if not self.files:
-            raise InputError(f"The folder {path!r} holds no input files (one of "
-                             f"{', '.join(FOLDER_SUFFIXES)}).")
+        self.files = [p.name for p in expand_paths([path])]  # readable files, by name
         self.preprocess = preprocess
         self.shape = (len(self.files), *item_shape)
         self._handle = None
 
     def read(self, start, stop) -> Chunk:
-        from ..inputs import read_file
         x = np.zeros((stop - start, *self.shape[1:]), np.float32)
         failures = {}
         for offset, name in enumerate(self.files[start:stop]):
