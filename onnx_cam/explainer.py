@@ -465,17 +465,15 @@ class Explainer:
 def _normalize_within(cam: np.ndarray, rng: np.ndarray, valid: np.ndarray):
     """Maps scaled to [0, 1] over their valid positions only, 0 elsewhere; the score range
     becomes that of the valid positions."""
-    values = cam * (rng[:, 1:] - rng[:, :1]).reshape(-1, *[1] * (cam.ndim - 1)) \
-        + rng[:, :1].reshape(-1, *[1] * (cam.ndim - 1))
+    per_row = (-1, *[1] * (cam.ndim - 1))
+    values = cam * (rng[:, 1] - rng[:, 0]).reshape(per_row) + rng[:, 0].reshape(per_row)
     inside = np.where(valid, values, np.nan).reshape(len(cam), -1)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rows with no valid position
-        lo, hi = np.nanmin(inside, axis=1), np.nanmax(inside, axis=1)
-    lo, hi = np.nan_to_num(lo), np.nan_to_num(hi)
-    span = (hi - lo).reshape(-1, *[1] * (cam.ndim - 1))
-    scaled = np.where(span > 0, (values - lo.reshape(span.shape)) / np.where(span > 0, span, 1),
-                      0.0)
-    return (np.where(valid, scaled, 0.0).astype(np.float32),
+        lo, hi = np.nan_to_num(np.nanmin(inside, axis=1)), np.nan_to_num(np.nanmax(inside, axis=1))
+    span = (hi - lo).reshape(per_row)
+    scaled = np.where(span > 0, (values - lo.reshape(per_row)) / np.where(span > 0, span, 1), 0)
+    return (np.where(valid, scaled, 0).astype(np.float32),
             np.stack([lo, hi], axis=1).astype(np.float32))
 
 
