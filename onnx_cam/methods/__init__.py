@@ -1,6 +1,6 @@
 """CAM methods, selectable by name in Explainer.explain(methods=...)."""
 
-from .base import METHODS, CamMethod, LayerBatch, get_method
+from .base import METHODS, CamMethod, InputBatch, InputMethod, LayerBatch, get_method
 from .eigen import EigenCAM
 from .gradient import (
     EigenGradCAM,
@@ -15,6 +15,6 @@ from .perturbation import AblationCAM, ScoreCAM
 
 __all__ = [
     "METHODS", "AblationCAM", "CamMethod", "EigenCAM", "EigenGradCAM", "GradCAM",
-    "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "LayerBatch", "LayerCAM", "ScoreCAM",
-    "XGradCAM", "get_method",
+    "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "InputBatch", "InputMethod",
+    "LayerBatch", "LayerCAM", "ScoreCAM", "XGradCAM", "get_method",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -26,6 +27,17 @@ class LayerBatch:
     seeds: np.ndarray                  # (n, classes): the score each item explains is seed . logits
     layer: str = ""                    # the layer's ONNX tensor name
     probe: Probe | None = None         # extra forward passes (Score-CAM, Ablation-CAM)
+
+
+@dataclass
+class InputBatch:
+    """What an input-level method sees for one batch of rows."""
+
+    inputs: np.ndarray                 # (n, C, *spatial) float32; (n, T) for token ids
+    seeds: np.ndarray                  # (n, classes): each row explains seed . logits
+    probe: Probe                       # forward passes of modified inputs (input_scores)
+    # gradients(x, seeds) -> d(seeds . score) / dx shaped like x, one ONNX Runtime run a batch
+    gradients: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 def first_component(maps: np.ndarray) -> np.ndarray:
@@ -54,6 +66,7 @@ class CamMethod:
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
+    level: ClassVar[str] = "layer"     # "input": attributes to the model input (InputMethod)
     uses_gradients: ClassVar[bool] = True
     # multiplies the input by masks: meaningless for integer token ids
     scales_input: ClassVar[bool] = False
@@ -65,6 +78,17 @@ class CamMethod:
                 METHODS[_key(key)] = cls
 
     def raw(self, batch: LayerBatch, eigen_smooth: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+
+class InputMethod(CamMethod):
+    """Methods that attribute the score to the model's input itself rather than to a layer."""
+
+    level = "input"
+
+    def attribute(self, batch: InputBatch) -> np.ndarray:
+        """(n, C, *spatial) float32, signed; (n, 1, *spatial) for a method that perturbs all
+        channels of a position together."""
         raise NotImplementedError
 
 
@@ -99,7 +123,10 @@ def _key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
-def get_method(name: str) -> CamMethod:
+def get_method(name) -> CamMethod:
+    """A method by name (with its default settings), or a configured method instance as is."""
+    if isinstance(name, CamMethod):
+        return name
     cls = METHODS.get(_key(name))
     if cls is None:
         known = sorted({c.name for c in METHODS.values()})
