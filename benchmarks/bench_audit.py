@@ -24,9 +24,9 @@ import numpy as np
 import psutil
 import torch
 from bench_core import ECGResNet1d, prepare
-from onnx_cam.converters import export_torch
 
 from onnx_cam.audit import AuditStore
+from onnx_cam.converters import export_torch
 
 LEADS, SAMPLES = 12, 5000
 

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from onnx_cam.kernels import resize_normalize
 
 CASES = [

@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from bench_core import CNN3d, ECGResNet1d, prepare  # noqa: E402
+
 from onnx_cam.converters import export_torch  # noqa: E402
 
 GIB = 2**30

@@ -18,13 +18,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from onnx_cam.converters import export_torch
 from PIL import Image
 from torch import nn
 
 import onnx_cam
 from onnx_cam.cli import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, main
 from onnx_cam.cli import explain as explain_command
+from onnx_cam.converters import export_torch
 
 CLASSES = ["cat", "dog", "owl"]
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -23,7 +23,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 import torch.nn.functional as F  # noqa: E402
-from onnx_cam.converters import export_torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch_zoo import (  # noqa: E402
     Net,
@@ -34,6 +33,7 @@ from torch_zoo import (  # noqa: E402
 )
 
 import onnx_cam  # noqa: E402
+from onnx_cam.converters import export_torch  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- building blocks

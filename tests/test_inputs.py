@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from onnx_cam.converters import export_torch
 from PIL import Image
 from torch import nn
 
 import onnx_cam
+from onnx_cam.converters import export_torch
 from onnx_cam.errors import InputError
 from onnx_cam.inputs import (
     Preprocess,

@@ -26,10 +26,9 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 keras = pytest.importorskip("keras")
 
-from onnx_cam.converters import LAYER_MAP_KEY, LAYOUT_KEY, SOURCE_KEY, export_keras  # noqa: E402
-
 import onnx_cam  # noqa: E402
 from onnx_cam import kernels  # noqa: E402
+from onnx_cam.converters import LAYER_MAP_KEY, LAYOUT_KEY, SOURCE_KEY, export_keras  # noqa: E402
 from onnx_cam.errors import InputError, ModelLoadError, UnsupportedOpError  # noqa: E402
 
 L = keras.layers

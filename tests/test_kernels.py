@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
 from onnx_cam.kernels import (
     colorize,
     colormap_lut,

@@ -16,11 +16,11 @@ import onnxruntime
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from onnx_cam.converters import export_torch
 from torch import nn
 
 import onnx_cam
 from onnx_cam import InputError, MemoryBudgetError, memory
+from onnx_cam.converters import export_torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MB = 2**20

@@ -10,11 +10,11 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from onnx_cam.converters import export_torch
 from scipy import stats
 from torch import nn
 
 import onnx_cam
+from onnx_cam.converters import export_torch
 from onnx_cam.metrics import (
     ClassStatistics,
     cascading_randomization,
