@@ -24,7 +24,7 @@ from .errors import (
 from .explanation import Explanation
 from .graph.cam_model import SCORES, CamModel, build_cam_model
 from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
-from .methods import LayerBatch, get_method
+from .methods import CamMethod, LayerBatch, get_method
 from .model import Layer, Model
 from .probes import Probe
 from .runtime import RuntimeOptions, make_session
@@ -152,7 +152,8 @@ class Explainer:
         mask: (N, *input_spatial) bool, True where the input is real: positions outside it
         are left out of the maps the same way (any modality; e.g. padded signals).
         """
-        method_objs = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
+        single = isinstance(methods, (str, CamMethod))
+        method_objs = [get_method(m) for m in ([methods] if single else methods)]
         method_names = [m.name for m in method_objs]
         gradients = any(m.uses_gradients for m in method_objs)
         if self.model.tokens and any(m.scales_input for m in method_objs):

@@ -1,7 +1,7 @@
 """CAM methods, selectable by name in Explainer.explain(methods=...)."""
 
 from .base import METHODS, CamMethod, InputBatch, InputMethod, LayerBatch, get_method
-from .eigen import EigenCAM
+from .eigen import KPCACAM, EigenCAM, SegEigenCAM
 from .gradient import (
     EigenGradCAM,
     GradCAM,
@@ -12,9 +12,10 @@ from .gradient import (
     XGradCAM,
 )
 from .perturbation import AblationCAM, ScoreCAM
+from .statistics import FEM, RandomCAM
 
 __all__ = [
-    "METHODS", "AblationCAM", "CamMethod", "EigenCAM", "EigenGradCAM", "GradCAM",
-    "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "InputBatch", "InputMethod",
-    "LayerBatch", "LayerCAM", "ScoreCAM", "XGradCAM", "get_method",
+    "FEM", "KPCACAM", "METHODS", "AblationCAM", "CamMethod", "EigenCAM", "EigenGradCAM",
+    "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "InputBatch", "InputMethod",
+    "LayerBatch", "LayerCAM", "RandomCAM", "ScoreCAM", "SegEigenCAM", "XGradCAM", "get_method",
 ]
