@@ -127,7 +127,7 @@ class Explainer:
                 score: str = "logits", batch_size: int = 64,
                 eigen_smooth: bool = False, progress=None,
                 nonfinite: str = "raise", pad_id: int | None = None,
-                mask=None) -> Explanation:
+                mask=None, check_ties: bool | float = False) -> Explanation:
         """CAMs of `x` for each method and layer; see Explanation for what it holds.
 
         targets: None (each item's predicted class), "all", "top<k>", a class index or name
@@ -151,6 +151,11 @@ class Explainer:
         are left out of the maps (0, and outside each map's min-max).
         mask: (N, *input_spatial) bool, True where the input is real: positions outside it
         are left out of the maps the same way (any modality; e.g. padded signals).
+        check_ties: flag rows (RowFlag.NEAR_TIE) where a comparison that routes the gradient
+        between the layers and the score (a ReLU / LeakyReLU / PReLU / Clip input, a MaxPool /
+        GlobalMaxPool / ReduceMax / ReduceMin winner) is within float32 rounding of a tie:
+        there another correct forward (torch's) may route the gradient elsewhere. True: within
+        1e-5 of the tensor's largest magnitude (per row); a float: that relative tolerance.
         """
         single = isinstance(methods, (str, CamMethod))
         method_objs = [get_method(m) for m in ([methods] if single else methods)]
@@ -161,8 +166,10 @@ class Explainer:
                               "input by masks, which token ids cannot be; use a gradient "
                               "method or ablationcam.")
         x = self._pad(x, pad_id)
+        ties = _tie_tolerance(check_ties, gradients)
         x, chosen, plan, rows, batch_size = self._prepare(
-            x, layers, targets, foils, batch_size, score, gradients, len(method_objs), nonfinite)
+            x, layers, targets, foils, batch_size, score, gradients, len(method_objs), nonfinite,
+            ties)
         n, spatial = len(rows), self.model.spatial_of(x)
         valid = self._valid_positions(x, spatial, pad_id, mask)
         if valid is not None and plan is not None and not plan.is_identity:
@@ -201,9 +208,12 @@ class Explainer:
             if progress is not None:
                 progress(start + len(xb), n)
 
-        logits = self._run(rows, plan, chosen, score, batch_size, consume, gradients)
+        logits, near_ties = self._run(rows, plan, chosen, score, batch_size, consume, gradients,
+                                      ties)
         flags |= numerics.flag_where(numerics.nonfinite_rows(logits),
                                      numerics.RowFlag.SCORE_NONFINITE)
+        if near_ties is not None:
+            flags |= numerics.flag_where(near_ties > 0, numerics.RowFlag.NEAR_TIE)
         numerics.warn_flagged(flags, zero_gradient_layers)
         predicted = logits.argmax(1)
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
@@ -228,13 +238,14 @@ class Explainer:
                 parts[layer.name][0].append(a)
                 parts[layer.name][1].append(g)
 
-        logits = self._run(rows, plan, chosen, score, batch_size, consume)
+        logits, _ = self._run(rows, plan, chosen, score, batch_size, consume)
         return logits, {name: (np.concatenate(a), np.concatenate(g))
                         for name, (a, g) in parts.items()}
 
     # ---- internals ----------------------------------------------------------------------
     def _prepare(self, x, layers, targets, foils, batch_size: int, score: str = "logits",
-                 gradients: bool = True, maps: int = 0, nonfinite: str = "raise"):
+                 gradients: bool = True, maps: int = 0, nonfinite: str = "raise",
+                 ties: float | None = None):
         """The checked input, the chosen layers, the target plan, the rows to run and the
         batch size the memory budget allows (`maps` methods kept per row; 0: activations and
         gradients are kept instead)."""
@@ -247,7 +258,8 @@ class Explainer:
         seeded = not (targets is None and foils is None)  # as plan_targets decides
 
         def fit(rows: int) -> int:
-            return self._fit_batch(x, chosen, seeded, score, gradients, maps, rows, batch_size)
+            return self._fit_batch(x, chosen, seeded, score, gradients, maps, rows, batch_size,
+                                   ties)
 
         batch_size = fit(len(x))
         plan = self._plan(x, targets, foils, batch_size)
@@ -257,10 +269,12 @@ class Explainer:
         return x, chosen, plan, rows, batch_size
 
     def _fit_batch(self, x: np.ndarray, chosen: list[Layer], seeded: bool, score: str,
-                   gradients: bool, maps: int, rows: int, batch_size: int) -> int:
+                   gradients: bool, maps: int, rows: int, batch_size: int,
+                   ties: float | None = None) -> int:
         """The largest batch, up to `batch_size`, whose run fits the memory budget beside the
         results of `rows` rows; a MemoryBudgetError when not even one item per run fits."""
-        need, run, results = self._memory_need(x, chosen, seeded, score, gradients, maps, rows)
+        need, run, results = self._memory_need(x, chosen, seeded, score, gradients, maps, rows,
+                                               ties)
         budget = memory_budget(self.max_memory)
         fits = need.max_batch(budget)
         if fits < 1:
@@ -275,12 +289,12 @@ class Explainer:
         return min(batch_size, fits)
 
     def _memory_need(self, x: np.ndarray, chosen: list[Layer], seeded: bool, score: str,
-                     gradients: bool, maps: int, rows: int):
+                     gradients: bool, maps: int, rows: int, ties: float | None = None):
         """(everything, one run, the results' bytes) an explain call needs, from shapes
         (onnx_cam.memory): the rewritten model's live tensors times RUNTIME_OVERHEAD and the
         methods' numpy temporaries per run, plus the result arrays of `rows` rows."""
         spatial = self.model.spatial_of(x)
-        key = (tuple(layer.tensor for layer in chosen), spatial, seeded, score, gradients)
+        key = (tuple(layer.tensor for layer in chosen), spatial, seeded, score, gradients, ties)
         cam_model, _ = self._session(*key)
         footprint = self._footprints.get(key, lambda: run_footprint(cam_model.proto))
         acts = [footprint.outputs.get(name, 0.0) for name in cam_model.activation_names]
@@ -304,15 +318,19 @@ class Explainer:
         return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict)
 
     def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer], score: str,
-             batch_size: int, consume, gradients: bool = True) -> np.ndarray:
-        """Run the rewritten model batch by batch; hand each batch's arrays to `consume`."""
+             batch_size: int, consume, gradients: bool = True, ties: float | None = None):
+        """Run the rewritten model batch by batch; hand each batch's arrays to `consume`.
+        Returns the logits and, with a tie tolerance, each row's near-tie count."""
         seeded = plan is not None
         cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
                                            self.model.spatial_of(rows), seeded, score,
-                                           gradients)
+                                           gradients, ties)
         n, k = len(rows), self.num_classes
         logits = np.empty((n, k), np.float32)
+        near_ties = None if ties is None else np.empty(n, np.float32)
         outputs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
+        if near_ties is not None:
+            outputs.append(cam_model.near_ties_name)
         m = len(chosen)
         for start in range(0, n, batch_size):
             xb = np.ascontiguousarray(rows[start:start + batch_size])
@@ -321,10 +339,12 @@ class Explainer:
                 feeds[cam_model.seed_name] = _seed(plan, start, len(xb), k)
             results = run_session(session, outputs, feeds)
             logits[start:start + len(xb)] = results[0]
+            if near_ties is not None:
+                near_ties[start:start + len(xb)] = results.pop()
             seeds = feeds[cam_model.seed_name] if seeded else _one_hot(results[0])
             grads = results[1 + m:] if gradients else [None] * m
             consume(start, xb, seeds, results[1:1 + m], grads)
-        return logits
+        return logits, near_ties
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
         """A Probe of its own for each call (its batch size is the call's); its sessions are
@@ -333,12 +353,14 @@ class Explainer:
         return Probe(self.model, self.runtime, spatial, batch_size, sessions)
 
     def _session(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool,
-                 score: str, gradients: bool) -> tuple[CamModel, object]:
+                 score: str, gradients: bool, ties: float | None = None
+                 ) -> tuple[CamModel, object]:
         def build():
             cam_model = build_cam_model(self.model, list(tensors), spatial,
-                                        "input" if seeded else "prediction", score, gradients)
+                                        "input" if seeded else "prediction", score, gradients,
+                                        ties)
             return cam_model, make_session(cam_model.proto, self.runtime)
-        return self._sessions.get((tensors, spatial, seeded, score, gradients), build)
+        return self._sessions.get((tensors, spatial, seeded, score, gradients, ties), build)
 
     def _resolve_layers(self, layers) -> list[Layer]:
         """The layers asked for, each named as the caller named it ("auto": the deepest)."""
@@ -476,6 +498,17 @@ def _normalize_within(cam: np.ndarray, rng: np.ndarray, valid: np.ndarray):
     scaled = np.where(span > 0, (values - lo.reshape(per_row)) / np.where(span > 0, span, 1), 0)
     return (np.where(valid, scaled, 0).astype(np.float32),
             np.stack([lo, hi], axis=1).astype(np.float32))
+
+
+def _tie_tolerance(check_ties: bool | float, gradients: bool) -> float | None:
+    """The relative tolerance explain(check_ties=...) asks for; None when not checking."""
+    if check_ties is False or not gradients:
+        return None
+    tolerance = 1e-5 if check_ties is True else float(check_ties)
+    if not 0 < tolerance < 1:
+        raise InputError(f"check_ties must be True, False or a relative tolerance in (0, 1); "
+                         f"got {check_ties!r}.")
+    return tolerance
 
 
 def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:

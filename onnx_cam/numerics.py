@@ -24,6 +24,7 @@ class RowFlag(enum.IntFlag):
     ZERO_GRADIENT = 16        # the score's gradient at a layer is zero everywhere
     MAP_NONFINITE = 32        # a method gave a map with NaN or Inf from finite values
     CONSTANT_MAP = 64         # a map is constant (all zero once scaled): nothing to show
+    NEAR_TIE = 128            # a gradient route is decided within rounding (check_ties)
 
 
 REASONS = {
@@ -36,6 +37,9 @@ REASONS = {
                            "saturated layer): its gradient maps are all zero",
     RowFlag.MAP_NONFINITE: "a method's map holds NaN or Inf",
     RowFlag.CONSTANT_MAP: "a map is constant, so it is all zero once scaled to [0, 1]",
+    RowFlag.NEAR_TIE: "a ReLU sign or max winner on the gradient's path is decided within "
+                      "float32 rounding: another correct forward may route the gradient "
+                      "elsewhere (see check_ties)",
 }
 
 
@@ -120,6 +124,14 @@ def warn_flagged(flags: np.ndarray, zero_gradient_layers: list[str], stacklevel:
                       "saturated layer (ReLUs that are all off, or score='probs' on a confident "
                       "item), or a foil equal to its target. Their gradient maps are all zero; "
                       "try score='logits' or another layer.", ZeroGradientWarning,
+                      stacklevel=stacklevel)
+    rows = np.flatnonzero(flags & RowFlag.NEAR_TIE)
+    if len(rows):
+        warnings.warn(f"Rows {_listed(rows)} route the gradient through a comparison decided "
+                      "within float32 rounding (a ReLU sign or a max winner): another correct "
+                      "forward, such as torch's, may give a different map there. "
+                      "RuntimeOptions(exact_routes=True) keeps the rounding of the unfused ops "
+                      "where ONNX Runtime's fusions change it.", NumericsWarning,
                       stacklevel=stacklevel)
 
 

@@ -24,6 +24,10 @@ class RuntimeOptions:
     # Idle ONNX Runtime threads spin by default, stealing the cores the CAM kernels use right
     # after each run; off unless asked for.
     spinning: bool = False
+    # Keep the ops ONNX Runtime would fold into convolution weights or re-lay out (NCHWc)
+    # separate, so every value rounds as in the unfused graph (as torch's eval forward does):
+    # slower, for when a ReLU sign or max winner decided by rounding matters (check_ties).
+    exact_routes: bool = False
 
     def resolved_providers(self) -> list:
         if self.providers is not None:
@@ -31,6 +35,9 @@ class RuntimeOptions:
         available = ort.get_available_providers()
         return [CUDA, CPU] if CUDA in available else [CPU]
 
+
+# ONNX Runtime's rewrites that change float32 rounding (the others only merge steps exactly)
+ROUNDING_FUSIONS = ("ConvBNFusion", "ConvAddFusion", "ConvMulFusion", "NchwcTransformer")
 
 _LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -76,5 +83,6 @@ def _make_session(proto: onnx.ModelProto, options: RuntimeOptions) -> ort.Infere
     spin = "1" if options.spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    return ort.InferenceSession(proto.SerializeToString(), so,
-                                providers=options.resolved_providers())
+    return ort.InferenceSession(
+        proto.SerializeToString(), so, providers=options.resolved_providers(),
+        disabled_optimizers=list(ROUNDING_FUSIONS) if options.exact_routes else None)

@@ -11,9 +11,11 @@ import onnx_graphsurgeon as gs
 from ..model import Model
 from .autodiff import add_gradients, seed_from_prediction
 from .builder import GradBuilder
+from .ties import add_near_tie_count
 
 SEED = "onnx_cam_seed"
 SCORE = "onnx_cam_score"
+NEAR_TIES = "onnx_cam_near_ties"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class CamModel:
     score_name: str
     activation_names: tuple[str, ...]
     gradient_names: tuple[str, ...]
+    near_ties_name: str | None = None  # (N,) near-tie count on the gradient's path
 
 
 SCORES = ("logits", "log_probs", "probs")
@@ -33,14 +36,15 @@ SCORES = ("logits", "log_probs", "probs")
 
 def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, ...],
                     seed_from: str = "input", score: str = "logits",
-                    gradients: bool = True) -> CamModel:
+                    gradients: bool = True, tie_tolerance: float | None = None) -> CamModel:
     """Expose the logits, `layers` and d(seed . score)/d(layer) as outputs.
 
     seed_from="input" adds a float input shaped like the logits; "prediction" computes a
     one-hot seed on each item's arg-max inside the graph, so the predicted class is explained
     without a second run. score picks what is differentiated: the logits before the model's
     final softmax / sigmoid, their log-probabilities, or the probabilities. gradients=False
-    only exposes the activations (for gradient-free methods).
+    only exposes the activations (for gradient-free methods). tie_tolerance: also return,
+    per row, the near-ties on the gradient's path (see onnx_cam.graph.ties).
     """
     graph = model.graph(spatial_shape)
     tensors = graph.tensors()
@@ -63,9 +67,15 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
         if gradients:
             grad = channels_first(builder, grads[name], axes, shape)
             grad_names.append(expose(graph, grad, f"onnx_cam_gradient_{i}", view.shape).name)
+    ties = None
+    if tie_tolerance is not None:
+        count = add_near_tie_count(builder, differentiated, list(layers), tie_tolerance)
+        ties = expose(graph, count, NEAR_TIES, [logits.shape[0]])
     graph.outputs = [score_out] + [graph.tensors()[n] for n in acts + grad_names]
+    graph.outputs += [ties] if ties is not None else []
     return CamModel(export(model, graph), model.input_name, SEED if seed_from == "input" else None,
-                    score_out.name, tuple(acts), tuple(grad_names))
+                    score_out.name, tuple(acts), tuple(grad_names),
+                    None if ties is None else ties.name)
 
 
 def _as_matrix(builder: GradBuilder, logits) -> gs.Variable:
