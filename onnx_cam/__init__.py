@@ -16,11 +16,12 @@ from .explainer import Explainer
 from .explanation import Explanation
 from .numerics import NumericsWarning, RowFlag, ZeroGradientWarning, describe_flags
 from .runtime import RuntimeOptions
+from .targets import Finer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Explainer", "Explanation", "RuntimeOptions", "OnnxCamError", "ModelLoadError",
+    "Explainer", "Explanation", "Finer", "RuntimeOptions", "OnnxCamError", "ModelLoadError",
     "UnsupportedModelError", "UnsupportedOpError", "LayerError", "InputError", "TargetError",
     "MethodError", "StoreError", "MemoryBudgetError", "RowFlag", "describe_flags",
     "NumericsWarning", "ZeroGradientWarning", "__version__",

@@ -29,7 +29,7 @@ from .model import Layer, Model
 from .probes import Probe
 from .runtime import RuntimeOptions, make_session
 from .runtime import run as run_session
-from .targets import TargetPlan, plan_targets
+from .targets import Finer, TargetPlan, plan_targets
 
 
 def _as_model_source(model, example_input, class_names):
@@ -161,6 +161,11 @@ class Explainer:
         method_objs = [get_method(m) for m in ([methods] if single else methods)]
         method_names = [m.name for m in method_objs]
         gradients = any(m.uses_gradients for m in method_objs)
+        if isinstance(targets, Finer) and (score != "logits" or not all(
+                m.uses_gradients for m in method_objs)):
+            raise MethodError("Finer targets are a function of the logits that only gradient "
+                              "methods differentiate exactly: use score='logits' and gradient "
+                              f"methods (not {[m.name for m in method_objs]}, score={score!r}).")
         if self.model.tokens and any(m.scales_input for m in method_objs):
             raise MethodError(f"{[m.name for m in method_objs if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
@@ -512,7 +517,10 @@ def _tie_tolerance(check_ties: bool | float, gradients: bool) -> float | None:
 
 
 def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:
-    """One row per map: +1 on the target class, -1 on the foil (contrastive) if any."""
+    """One row per map: +1 on the target class, -1 on the foil (contrastive) if any; the
+    plan's own seeds when its score is a function of several logits (Finer)."""
+    if plan.seeds is not None:
+        return plan.seeds[start:start + count]
     seed = np.zeros((count, classes), np.float32)
     rows = np.arange(count)
     seed[rows, plan.targets[start:start + count]] += 1.0

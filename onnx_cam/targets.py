@@ -20,10 +20,57 @@ class TargetPlan:
     items: np.ndarray             # (R,) index into the input batch
     targets: np.ndarray           # (R,) class / output index explained
     foils: np.ndarray | None      # (R,) class subtracted (contrastive), or None
+    # (R, K): d score / d logits of each row when the score is not one logit (Finer)
+    seeds: np.ndarray | None = None
 
     @property
     def is_identity(self) -> bool:
         return bool(np.array_equal(self.items, np.arange(len(self.items))))
+
+
+@dataclass(frozen=True)
+class Finer:
+    """FinerCAM's target (Zhang et al., CVPR 2025, as pytorch-grad-cam's FinerWeightedTarget):
+    the score sum_k p_k (z_t - alpha z_k) / sum_k p_k over the classes k whose logits are
+    nearest the target's (the `comparisons`-th nearest, 1 = nearest), p = softmax(logits),
+    differentiated through p as well. Pass as targets=Finer(...); target None explains each
+    item's predicted class. The gradient of this score at any layer is the logits' gradient
+    seeded with d score / d logits, which is what each row's seed holds.
+    """
+
+    alpha: float = 1.0
+    comparisons: tuple[int, ...] = (1, 2, 3)
+    target: int | str | None = None
+
+    def plan(self, logits: np.ndarray, class_names: Sequence[str] | None) -> TargetPlan:
+        n, classes = logits.shape
+        z = logits.astype(np.float64)
+        if self.target is None:
+            main = z.argmax(1)
+        else:
+            main = np.full(n, _Resolver(classes, class_names).one(self.target, 0, "target"))
+        order = np.argsort(np.abs(z - z[np.arange(n), main][:, None]), axis=1, kind="stable")
+        ranks = [c for c in self.comparisons if 0 < c < classes]
+        if not ranks:
+            raise TargetError(f"Finer(comparisons={self.comparisons}) names no class to "
+                              f"compare with among the model's {classes}: use ranks 1.."
+                              f"{classes - 1} (1 = the class whose logit is nearest).")
+        seeds = np.stack([_finer_gradient(z[i], main[i], order[i, ranks], self.alpha)
+                          for i in range(n)])
+        return TargetPlan(np.arange(n), main.astype(np.int64), None, seeds.astype(np.float32))
+
+
+def _finer_gradient(z: np.ndarray, main: int, others: np.ndarray, alpha: float) -> np.ndarray:
+    """d/dz of sum_k p_k (z_main - alpha z_k) / (sum_k p_k + 1e-9) over k in `others`."""
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    w, d = p[others], z[main] - alpha * z[others]
+    dw = w[:, None] * (np.eye(len(z))[others] - p[None, :])     # d w_k / d z
+    dd = -alpha * np.eye(len(z))[others]
+    dd[:, main] += 1.0                                           # d (z_main - alpha z_k) / d z
+    numerator, denominator = w @ d, w.sum() + 1e-9
+    d_numerator = d @ dw + w @ dd
+    return (d_numerator * denominator - numerator * dw.sum(0)) / denominator**2
 
 
 def plan_targets(targets, foils, n: int, classes: int, class_names: Sequence[str] | None,
@@ -37,6 +84,11 @@ def plan_targets(targets, foils, n: int, classes: int, class_names: Sequence[str
     """
     if targets is None and foils is None:
         return None
+    if isinstance(targets, Finer):
+        if foils is not None:
+            raise TargetError("Finer targets compare with the nearest classes themselves; "
+                              "give no foils= with them.")
+        return targets.plan(predict(), class_names)
     resolve = _Resolver(classes, class_names)
     if targets is None or (isinstance(targets, str) and (targets == "all"
                                                          or _TOP_K.match(targets))):
