@@ -91,6 +91,19 @@ class Explanation:
         """(N, 2) float32: per item (min, max) of the upsampled map before normalisation."""
         return self.ranges[self._key(method, layer)]
 
+    def refined(self, method: str | None = None, layers=None) -> np.ndarray:
+        """RefineCAM (as pytorch-grad-cam 1.5.7's RefineCAM): the product over `layers`
+        (default: every layer explained) of the method's [0, 1] maps, scaled again per row
+        as pytorch-grad-cam scales (x - min) / (max - min + 1e-7). Multiplying a shallow
+        layer's detailed map by deeper ones keeps the detail where they agree."""
+        names = self.layers if layers is None else [self._key(method, la)[1] for la in layers]
+        product = np.prod([self.cam(method, name) for name in names], axis=0)
+        flat = product.reshape(len(product), -1)
+        shape = (-1,) + (1,) * (product.ndim - 1)
+        low = flat.min(axis=1).reshape(shape)
+        return ((product - low) / (flat.max(axis=1).reshape(shape) - low + 1e-7)).astype(
+            np.float32)
+
     @property
     def score_ranges(self) -> dict[tuple[str, str], np.ndarray]:
         return dict(self.ranges)
