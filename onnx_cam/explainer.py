@@ -22,7 +22,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .explanation import Explanation
-from .graph.cam_model import SCORES, CamModel, build_cam_model
+from .graph.cam_model import SCORES, CamModel, CamOutputs, build_cam_model
 from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
 from .methods import CamMethod, LayerBatch, get_method
 from .model import Layer, Model
@@ -171,10 +171,10 @@ class Explainer:
                               "input by masks, which token ids cannot be; use a gradient "
                               "method or ablationcam.")
         x = self._pad(x, pad_id)
-        ties = _tie_tolerance(check_ties, gradients)
+        outputs = CamOutputs(score, gradients, _tie_tolerance(check_ties, gradients),
+                             any(m.uses_hvp for m in method_objs))
         x, chosen, plan, rows, batch_size = self._prepare(
-            x, layers, targets, foils, batch_size, score, gradients, len(method_objs), nonfinite,
-            ties)
+            x, layers, targets, foils, batch_size, outputs, len(method_objs), nonfinite)
         n, spatial = len(rows), self.model.spatial_of(x)
         valid = self._valid_positions(x, spatial, pad_id, mask)
         if valid is not None and plan is not None and not plan.is_identity:
@@ -188,13 +188,13 @@ class Explainer:
         zero_gradient_layers: list[str] = []
         probe = self._probe(spatial, batch_size)
 
-        def consume(start, xb, seeds, acts, grads):
+        def consume(start, xb, seeds, acts, grads, hvps):
             done = slice(start, start + len(xb))
-            for layer, a, g in zip(chosen, acts, grads):
+            for layer, a, g, h in zip(chosen, acts, grads, hvps):
                 layer_flags = numerics.layer_flags(a, g) | flags[done]
                 if (layer_flags & numerics.RowFlag.ZERO_GRADIENT).any():
                     zero_gradient_layers.append(layer.name)
-                batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe)
+                batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe, h)
                 for method in method_objs:
                     key = (method.name, layer.name)
                     with kernel_guard():
@@ -213,8 +213,7 @@ class Explainer:
             if progress is not None:
                 progress(start + len(xb), n)
 
-        logits, near_ties = self._run(rows, plan, chosen, score, batch_size, consume, gradients,
-                                      ties)
+        logits, near_ties = self._run(rows, plan, chosen, outputs, batch_size, consume)
         flags |= numerics.flag_where(numerics.nonfinite_rows(logits),
                                      numerics.RowFlag.SCORE_NONFINITE)
         if near_ties is not None:
@@ -234,37 +233,36 @@ class Explainer:
         """Logits and, per layer name, (activations, d score / d activations), one row per
         (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
         first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
+        outputs = CamOutputs(score)
         _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
-                                                          score)
+                                                          outputs)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
 
-        def consume(start, xb, seeds, acts, grads):
+        def consume(start, xb, seeds, acts, grads, hvps):
             for layer, a, g in zip(chosen, acts, grads):
                 parts[layer.name][0].append(a)
                 parts[layer.name][1].append(g)
 
-        logits, _ = self._run(rows, plan, chosen, score, batch_size, consume)
+        logits, _ = self._run(rows, plan, chosen, outputs, batch_size, consume)
         return logits, {name: (np.concatenate(a), np.concatenate(g))
                         for name, (a, g) in parts.items()}
 
     # ---- internals ----------------------------------------------------------------------
-    def _prepare(self, x, layers, targets, foils, batch_size: int, score: str = "logits",
-                 gradients: bool = True, maps: int = 0, nonfinite: str = "raise",
-                 ties: float | None = None):
+    def _prepare(self, x, layers, targets, foils, batch_size: int, outputs: CamOutputs,
+                 maps: int = 0, nonfinite: str = "raise"):
         """The checked input, the chosen layers, the target plan, the rows to run and the
         batch size the memory budget allows (`maps` methods kept per row; 0: activations and
         gradients are kept instead)."""
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-        if score not in SCORES:
-            raise TargetError(f"score={score!r} is not one of {SCORES}.")
+        if outputs.score not in SCORES:
+            raise TargetError(f"score={outputs.score!r} is not one of {SCORES}.")
         x = self._check_input(x, nonfinite)
         chosen = self._resolve_layers(layers)
         seeded = not (targets is None and foils is None)  # as plan_targets decides
 
         def fit(rows: int) -> int:
-            return self._fit_batch(x, chosen, seeded, score, gradients, maps, rows, batch_size,
-                                   ties)
+            return self._fit_batch(x, chosen, seeded, outputs, maps, rows, batch_size)
 
         batch_size = fit(len(x))
         plan = self._plan(x, targets, foils, batch_size)
@@ -273,13 +271,11 @@ class Explainer:
             batch_size = fit(len(rows))
         return x, chosen, plan, rows, batch_size
 
-    def _fit_batch(self, x: np.ndarray, chosen: list[Layer], seeded: bool, score: str,
-                   gradients: bool, maps: int, rows: int, batch_size: int,
-                   ties: float | None = None) -> int:
+    def _fit_batch(self, x: np.ndarray, chosen: list[Layer], seeded: bool,
+                   outputs: CamOutputs, maps: int, rows: int, batch_size: int) -> int:
         """The largest batch, up to `batch_size`, whose run fits the memory budget beside the
         results of `rows` rows; a MemoryBudgetError when not even one item per run fits."""
-        need, run, results = self._memory_need(x, chosen, seeded, score, gradients, maps, rows,
-                                               ties)
+        need, run, results = self._memory_need(x, chosen, seeded, outputs, maps, rows)
         budget = memory_budget(self.max_memory)
         fits = need.max_batch(budget)
         if fits < 1:
@@ -293,13 +289,13 @@ class Explainer:
                 "or give smaller (cropped or downsampled) inputs.")
         return min(batch_size, fits)
 
-    def _memory_need(self, x: np.ndarray, chosen: list[Layer], seeded: bool, score: str,
-                     gradients: bool, maps: int, rows: int, ties: float | None = None):
+    def _memory_need(self, x: np.ndarray, chosen: list[Layer], seeded: bool,
+                     outputs: CamOutputs, maps: int, rows: int):
         """(everything, one run, the results' bytes) an explain call needs, from shapes
         (onnx_cam.memory): the rewritten model's live tensors times RUNTIME_OVERHEAD and the
         methods' numpy temporaries per run, plus the result arrays of `rows` rows."""
         spatial = self.model.spatial_of(x)
-        key = (tuple(layer.tensor for layer in chosen), spatial, seeded, score, gradients, ties)
+        key = (tuple(layer.tensor for layer in chosen), spatial, seeded, outputs)
         cam_model, _ = self._session(*key)
         footprint = self._footprints.get(key, lambda: run_footprint(cam_model.proto))
         acts = [footprint.outputs.get(name, 0.0) for name in cam_model.activation_names]
@@ -322,33 +318,34 @@ class Explainer:
             return probe.logits(x)
         return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict)
 
-    def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer], score: str,
-             batch_size: int, consume, gradients: bool = True, ties: float | None = None):
+    def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer],
+             outputs: CamOutputs, batch_size: int, consume):
         """Run the rewritten model batch by batch; hand each batch's arrays to `consume`.
         Returns the logits and, with a tie tolerance, each row's near-tie count."""
         seeded = plan is not None
         cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
-                                           self.model.spatial_of(rows), seeded, score,
-                                           gradients, ties)
+                                           self.model.spatial_of(rows), seeded, outputs)
         n, k = len(rows), self.num_classes
         logits = np.empty((n, k), np.float32)
-        near_ties = None if ties is None else np.empty(n, np.float32)
-        outputs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
+        near_ties = None if cam_model.near_ties_name is None else np.empty(n, np.float32)
+        names = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names,
+                 *cam_model.hvp_names]
         if near_ties is not None:
-            outputs.append(cam_model.near_ties_name)
+            names.append(cam_model.near_ties_name)
         m = len(chosen)
         for start in range(0, n, batch_size):
             xb = np.ascontiguousarray(rows[start:start + batch_size])
             feeds = {cam_model.input_name: xb}
             if seeded:
                 feeds[cam_model.seed_name] = _seed(plan, start, len(xb), k)
-            results = run_session(session, outputs, feeds)
+            results = run_session(session, names, feeds)
             logits[start:start + len(xb)] = results[0]
             if near_ties is not None:
                 near_ties[start:start + len(xb)] = results.pop()
             seeds = feeds[cam_model.seed_name] if seeded else _one_hot(results[0])
-            grads = results[1 + m:] if gradients else [None] * m
-            consume(start, xb, seeds, results[1:1 + m], grads)
+            grads = results[1 + m:1 + 2 * m] if outputs.gradients else [None] * m
+            hvps = results[1 + 2 * m:] if outputs.second_order else [None] * m
+            consume(start, xb, seeds, results[1:1 + m], grads, hvps)
         return logits, near_ties
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
@@ -358,14 +355,12 @@ class Explainer:
         return Probe(self.model, self.runtime, spatial, batch_size, sessions)
 
     def _session(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool,
-                 score: str, gradients: bool, ties: float | None = None
-                 ) -> tuple[CamModel, object]:
+                 outputs: CamOutputs) -> tuple[CamModel, object]:
         def build():
             cam_model = build_cam_model(self.model, list(tensors), spatial,
-                                        "input" if seeded else "prediction", score, gradients,
-                                        ties)
+                                        "input" if seeded else "prediction", outputs)
             return cam_model, make_session(cam_model.proto, self.runtime)
-        return self._sessions.get((tensors, spatial, seeded, score, gradients, ties), build)
+        return self._sessions.get((tensors, spatial, seeded, outputs), build)
 
     def _resolve_layers(self, layers) -> list[Layer]:
         """The layers asked for, each named as the caller named it ("auto": the deepest)."""

@@ -14,7 +14,7 @@ from torch import nn
 
 import onnx_cam
 from onnx_cam import runtime
-from onnx_cam.graph.cam_model import build_cam_model
+from onnx_cam.graph.cam_model import CamOutputs, build_cam_model
 from onnx_cam.numerics import NumericsWarning, RowFlag
 
 TOL = 1e-5
@@ -73,7 +73,8 @@ def test_max_pool_ties_counted_per_window(dims, kernel, stride, pad, dilation):
     with pytest.warns(NumericsWarning, match="float32 rounding"):
         res = exp.explain(x, targets=0, layers="/1/Relu_output_0", check_ties=True)
     ref = window_ties(np.maximum(x, 0), kernel, stride, pad, dilation)
-    cam = build_cam_model(exp.model, ["/1/Relu_output_0"], x.shape[2:], tie_tolerance=TOL)
+    cam = build_cam_model(exp.model, ["/1/Relu_output_0"], x.shape[2:],
+                          outputs=CamOutputs(tie_tolerance=TOL))
     session = ort.InferenceSession(cam.proto.SerializeToString())
     counts = session.run([cam.near_ties_name], {cam.input_name: x,
                                                 cam.seed_name: np.eye(2, dtype=np.float32)[

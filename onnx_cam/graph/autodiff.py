@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import shape_inference
 
 from ..errors import LayerError, UnsupportedModelError, UnsupportedOpError
 from ..model import ancestors, differentiable_closure, node_inputs
@@ -56,6 +57,33 @@ def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
             if want and grad is not None:
                 pending.setdefault(tensor.name, []).append(grad)
     return {name: _total(builder, pending.get(name)) for name in targets}
+
+
+def hessian_vector_products(builder: GradBuilder, grads: dict[str, gs.Variable],
+                            vectors: dict[str, gs.Variable]) -> dict[str, gs.Variable]:
+    """Per target, d(sum(grad * v)) / d(target) with v held constant: the Hessian of the
+    score at the target times v, exactly, by differentiating the gradient subgraph itself.
+
+    The rules read static shapes, which the gradient subgraph's tensors lack: the builder
+    moves to a copy of its graph with shapes inferred, so callers look tensors up again.
+    """
+    proto = shape_inference.infer_shapes(gs.export_onnx(builder.graph, do_type_check=False),
+                                         data_prop=True)
+    builder.graph = gs.import_onnx(proto)
+    builder.forget_shapes()
+    tensors = builder.graph.tensors()
+    products = {}
+    for name, grad in grads.items():
+        try:
+            products[name] = add_gradients(builder, tensors[grad.name],
+                                           tensors[vectors[name].name], [name])[name]
+        except LayerError:  # the gradient does not depend on the target: a zero Hessian
+            products[name] = builder.zeros_like(tensors[name])
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(
+                f"The Hessian-vector product (ShapleyCAM) differentiates the gradient "
+                f"subgraph itself, and it meets an op with no gradient rule: {exc}") from None
+    return products
 
 
 def _total(builder: GradBuilder, grads: list | None):

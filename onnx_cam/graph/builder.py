@@ -64,6 +64,10 @@ class GradBuilder:
         return outs[0] if outputs == 1 else outs
 
     # ---- shapes ------------------------------------------------------------------------
+    def forget_shapes(self) -> None:
+        """Drop the cached Shape nodes' tensors (after moving to a re-imported graph)."""
+        self._shapes.clear()
+
     def shape_of(self, tensor: Tensor) -> gs.Variable:
         if tensor.name not in self._shapes:
             self._shapes[tensor.name] = self.op("Shape", [tensor], dtype=np.int64)

@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..model import Model
-from .autodiff import add_gradients, seed_from_prediction
+from .autodiff import add_gradients, hessian_vector_products, seed_from_prediction
 from .builder import GradBuilder
 from .ties import add_near_tie_count
 
@@ -29,53 +29,76 @@ class CamModel:
     activation_names: tuple[str, ...]
     gradient_names: tuple[str, ...]
     near_ties_name: str | None = None  # (N,) near-tie count on the gradient's path
+    hvp_names: tuple[str, ...] = ()    # per layer: Hessian of the score x the activations
 
 
-SCORES = ("logits", "log_probs", "probs")
+SCORES = ("logits", "log_probs", "probs", "rest")
+
+
+@dataclass(frozen=True)
+class CamOutputs:
+    """What a rewritten model returns besides logits and activations (also a cache key).
+
+    score: what is differentiated: the logits before the model's final softmax / sigmoid,
+    their log-probabilities, the probabilities, or "rest" (logits + log-probabilities: the
+    ReST score z_t + log p_t of ShapleyCAM's paper). gradients: d(seed . score)/d(layer)
+    (False: gradient-free methods only). tie_tolerance: per row, the near-ties on the
+    gradient's path (onnx_cam.graph.ties). second_order: per layer, H A, the Hessian of
+    seed . score at the layer times the layer's activations (ShapleyCAM; needs gradients).
+    """
+
+    score: str = "logits"
+    gradients: bool = True
+    tie_tolerance: float | None = None
+    second_order: bool = False
 
 
 def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, ...],
-                    seed_from: str = "input", score: str = "logits",
-                    gradients: bool = True, tie_tolerance: float | None = None) -> CamModel:
-    """Expose the logits, `layers` and d(seed . score)/d(layer) as outputs.
+                    seed_from: str = "input", outputs: CamOutputs = CamOutputs()) -> CamModel:
+    """Expose the logits, `layers` and what `outputs` asks for as outputs.
 
     seed_from="input" adds a float input shaped like the logits; "prediction" computes a
     one-hot seed on each item's arg-max inside the graph, so the predicted class is explained
-    without a second run. score picks what is differentiated: the logits before the model's
-    final softmax / sigmoid, their log-probabilities, or the probabilities. gradients=False
-    only exposes the activations (for gradient-free methods). tie_tolerance: also return,
-    per row, the near-ties on the gradient's path (see onnx_cam.graph.ties).
+    without a second run.
     """
     graph = model.graph(spatial_shape)
     tensors = graph.tensors()
     builder = GradBuilder(graph, model.opset)
     logits = _as_matrix(builder, tensors[model.score_name])
-    differentiated = _score(builder, logits, model.head, score)
+    differentiated = _score(builder, logits, model.head, outputs.score)
     if seed_from == "input":
         seed = gs.Variable(SEED, dtype=np.float32, shape=list(logits.shape))
         graph.inputs.append(seed)
     else:
         seed = seed_from_prediction(builder, logits)
-    grads = add_gradients(builder, differentiated, seed, list(layers)) if gradients else {}
+    grads = add_gradients(builder, differentiated, seed, list(layers)) if outputs.gradients else {}
+    hvps = {}
+    if outputs.second_order:
+        hvps = hessian_vector_products(builder, grads, {name: tensors[name] for name in layers})
+        graph = builder.graph  # shapes were inferred into a new graph: look tensors up again
+        tensors = graph.tensors()
+        logits, differentiated = tensors[logits.name], tensors[differentiated.name]
+        grads = {name: tensors[grad.name] for name, grad in grads.items()}
     score_out = expose(graph, logits, SCORE)
-    acts, grad_names = [], []
+    acts, grad_names, hvp_names = [], [], []
     for i, name in enumerate(layers):
         # a layer in another layout (channels-last) is returned as (N, C, *spatial)
         axes, shape = model.layer_axes.get(name), tensors[name].shape
         view = channels_first(builder, tensors[name], axes, shape)
         acts.append(expose(graph, view, f"onnx_cam_activation_{i}").name)
-        if gradients:
-            grad = channels_first(builder, grads[name], axes, shape)
-            grad_names.append(expose(graph, grad, f"onnx_cam_gradient_{i}", view.shape).name)
+        for store, values, label in ((grad_names, grads, "gradient"), (hvp_names, hvps, "hvp")):
+            if name in values:
+                out = channels_first(builder, values[name], axes, shape)
+                store.append(expose(graph, out, f"onnx_cam_{label}_{i}", view.shape).name)
     ties = None
-    if tie_tolerance is not None:
-        count = add_near_tie_count(builder, differentiated, list(layers), tie_tolerance)
+    if outputs.tie_tolerance is not None:
+        count = add_near_tie_count(builder, differentiated, list(layers), outputs.tie_tolerance)
         ties = expose(graph, count, NEAR_TIES, [logits.shape[0]])
-    graph.outputs = [score_out] + [graph.tensors()[n] for n in acts + grad_names]
+    graph.outputs = [score_out] + [graph.tensors()[n] for n in acts + grad_names + hvp_names]
     graph.outputs += [ties] if ties is not None else []
     return CamModel(export(model, graph), model.input_name, SEED if seed_from == "input" else None,
                     score_out.name, tuple(acts), tuple(grad_names),
-                    None if ties is None else ties.name)
+                    None if ties is None else ties.name, tuple(hvp_names))
 
 
 def _as_matrix(builder: GradBuilder, logits) -> gs.Variable:
@@ -94,12 +117,19 @@ def _score(builder: GradBuilder, logits, head: str | None, score: str) -> gs.Var
     if score == "probs":
         out = (builder.op("Sigmoid", [logits]) if sigmoid
                else builder.op("Softmax", [logits], {"axis": 1}))
-    elif sigmoid:  # log(sigmoid(z)) = -softplus(-z)
-        out = builder.op("Neg", [builder.op("Softplus", [builder.op("Neg", [logits])])])
     else:
-        out = builder.op("LogSoftmax", [logits], {"axis": 1})
+        out = _log_probs(builder, logits, sigmoid)
+        if score == "rest":
+            out.shape = list(logits.shape)
+            out = builder.op("Add", [logits, out])
     out.shape = list(logits.shape)
     return out
+
+
+def _log_probs(builder: GradBuilder, logits, sigmoid: bool) -> gs.Variable:
+    if sigmoid:  # log(sigmoid(z)) = -softplus(-z)
+        return builder.op("Neg", [builder.op("Softplus", [builder.op("Neg", [logits])])])
+    return builder.op("LogSoftmax", [logits], {"axis": 1})
 
 
 def channels_first(builder: GradBuilder, tensor, axes: tuple | None, shape) -> gs.Variable:

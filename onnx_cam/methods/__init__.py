@@ -9,6 +9,7 @@ from .gradient import (
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    ShapleyCAM,
     XGradCAM,
 )
 from .perturbation import AblationCAM, ScoreCAM
@@ -17,5 +18,6 @@ from .statistics import FEM, RandomCAM
 __all__ = [
     "FEM", "KPCACAM", "METHODS", "AblationCAM", "CamMethod", "EigenCAM", "EigenGradCAM",
     "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "InputBatch", "InputMethod",
-    "LayerBatch", "LayerCAM", "RandomCAM", "ScoreCAM", "SegEigenCAM", "XGradCAM", "get_method",
+    "LayerBatch", "LayerCAM", "RandomCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM",
+    "XGradCAM", "get_method",
 ]

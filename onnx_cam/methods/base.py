@@ -27,6 +27,7 @@ class LayerBatch:
     seeds: np.ndarray                  # (n, classes): the score each item explains is seed . logits
     layer: str = ""                    # the layer's ONNX tensor name
     probe: Probe | None = None         # extra forward passes (Score-CAM, Ablation-CAM)
+    hvp: np.ndarray | None = None      # Hessian of the score x activations (uses_hvp methods)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class CamMethod:
     aliases: ClassVar[tuple[str, ...]] = ()
     level: ClassVar[str] = "layer"     # "input": attributes to the model input (InputMethod)
     uses_gradients: ClassVar[bool] = True
+    uses_hvp: ClassVar[bool] = False   # needs LayerBatch.hvp (a second-order graph)
     # multiplies the input by masks: meaningless for integer token ids
     scales_input: ClassVar[bool] = False
 

@@ -26,6 +26,21 @@ class GradCAM(WeightedChannels):
         return kernels.spatial_mean(batch.gradients)
 
 
+class ShapleyCAM(WeightedChannels):
+    """Cai et al., 2025 (arXiv 2501.06261), as pytorch-grad-cam's ShapleyCAM: weights are the
+    spatial mean of g - H A / 2, the gradient minus half the Hessian of the score at the layer
+    times the activations. The Hessian-vector product is exact (the gradient subgraph is
+    differentiated again); the paper pairs it with score="rest". On a ReLU network explaining
+    logits H A is zero and ShapleyCAM is Grad-CAM."""
+
+    name = "shapleycam"
+    aliases = ("shapley-cam",)
+    uses_hvp = True
+
+    def weights(self, batch: LayerBatch) -> np.ndarray:
+        return kernels.spatial_mean(batch.gradients - 0.5 * batch.hvp)
+
+
 class GradCAMPlusPlus(WeightedChannels):
     """Chattopadhay et al., WACV 2018: positive gradients weighted by alpha (their eq. 19)."""
 
