@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from . import kernels, numerics
+from .concepts import Concepts, factorize
 from .concurrency import OnceCache, kernel_guard
 from .errors import (
     InputError,
@@ -246,6 +247,40 @@ class Explainer:
         logits, _ = self._run(rows, plan, chosen, outputs, batch_size, consume)
         return logits, {name: (np.concatenate(a), np.concatenate(g))
                         for name, (a, g) in parts.items()}
+
+    def activations(self, x, layers="auto", *, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Per layer name, the activations (N, C, *layer_spatial), channels first; forward
+        only."""
+        outputs = CamOutputs(gradients=False)
+        _, chosen, _, rows, batch_size = self._prepare(x, layers, None, None, batch_size,
+                                                       outputs)
+        parts: dict[str, list] = {layer.name: [] for layer in chosen}
+
+        def consume(start, xb, seeds, acts, grads, hvps):
+            for layer, a in zip(chosen, acts):
+                parts[layer.name].append(a)
+
+        self._run(rows, None, chosen, outputs, batch_size, consume)
+        return {name: np.concatenate(a) for name, a in parts.items()}
+
+    def factorize(self, x, layer: str = "auto", components: int = 5, *, scores: bool = True,
+                  seed: int = 0, batch_size: int = 64) -> Concepts:
+        """Deep Feature Factorization (onnx_cam.concepts): `components` concepts shared by
+        the items of `x` at `layer`, where each item shows each of them and, with `scores`,
+        the logits the head above the layer gives a layer filled with each concept."""
+        if not isinstance(layer, str):
+            raise LayerError("factorize() takes one layer name.")
+        spatial = self.model.spatial_of(self._check_input(x))
+        (name, acts), = self.activations(x, layer, batch_size=batch_size).items()
+        concepts = factorize(acts, components, spatial, seed)
+        if scores:
+            filled = np.broadcast_to(concepts.vectors.T.reshape(components, -1,
+                                                                *[1] * (acts.ndim - 2)),
+                                     (components, *acts.shape[1:]))
+            probe = self._probe(spatial, batch_size)
+            concepts.scores = probe.head_logits(self._resolve_layers(name)[0].tensor,
+                                                np.ascontiguousarray(filled, np.float32))
+        return concepts
 
     # ---- internals ----------------------------------------------------------------------
     def _prepare(self, x, layers, targets, foils, batch_size: int, outputs: CamOutputs,

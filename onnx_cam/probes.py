@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .concurrency import OnceCache
+from .errors import UnsupportedModelError
 from .graph.cut import SubModel, head_model, score_model
 from .model import Model
 from .runtime import RuntimeOptions, make_session, run
@@ -49,16 +50,27 @@ class Probe:
 
     def head_scores(self, layer: str, activations: np.ndarray, item_input: np.ndarray,
                     seed: np.ndarray) -> np.ndarray:
-        """seed . logits with `layer`'s activations replaced, (m, C, *s) -> (m,).
+        """seed . logits with `layer`'s activations replaced, (m, C, *s) -> (m,)."""
+        return self.head_logits(layer, activations, item_input) @ seed
+
+    def head_logits(self, layer: str, activations: np.ndarray,
+                    item_input: np.ndarray | None = None) -> np.ndarray:
+        """The logits (m, K) of the head above `layer` run on `activations` (m, C, *s).
 
         `item_input` is the one input item whose activations were modified; it is repeated
-        when the head also reads the model input (a skip connection around the layer).
+        when the head also reads the model input (a skip connection around the layer), and
+        without it such a head is refused.
         """
         sub, _ = self._session(layer)
         feeds = [activations]
         if len(sub.input_names) > 1:
+            if item_input is None:
+                raise UnsupportedModelError(
+                    f"The head above layer {layer!r} also reads the model input (a skip "
+                    "connection around the layer), so it cannot score activations alone; "
+                    "choose a layer no skip connection bypasses.")
             feeds.append(np.broadcast_to(item_input, (len(activations), *item_input.shape)))
-        return self._logits(layer, feeds) @ seed
+        return self._logits(layer, feeds)
 
 
 def _as_feed(values: np.ndarray) -> np.ndarray:
