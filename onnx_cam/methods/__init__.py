@@ -11,10 +11,14 @@ from .gradient import (
     LayerCAM,
     XGradCAM,
 )
-from .perturbation import AblationCAM, ScoreCAM
+from .occlusion import Occlusion
+from .perturbation import AblationCAM, ReciproCAM, ScoreCAM
+from .rise import RISE
+from .surrogate import LIME, KernelSHAP
 
 __all__ = [
-    "METHODS", "AblationCAM", "CamMethod", "EigenCAM", "EigenGradCAM", "GradCAM",
-    "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "InputBatch", "InputMethod",
-    "LayerBatch", "LayerCAM", "ScoreCAM", "XGradCAM", "get_method",
+    "LIME", "METHODS", "RISE", "AblationCAM", "CamMethod", "EigenCAM", "EigenGradCAM",
+    "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "InputBatch", "InputMethod",
+    "KernelSHAP", "LayerBatch", "LayerCAM", "Occlusion", "ReciproCAM", "ScoreCAM", "XGradCAM",
+    "get_method",
 ]
