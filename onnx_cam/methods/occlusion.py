@@ -68,13 +68,15 @@ class Occlusion(InputMethod):
         for region in windows:
             covered[region] += 1
         attr = np.zeros((len(x), 1, *spatial), np.float32)
-        for i in range(len(x)):
-            for start in range(0, len(windows), probe.batch_size):
-                chunk = windows[start:start + probe.batch_size]
-                variants = np.repeat(x[i][None], len(chunk), axis=0)
-                for variant, region in zip(variants, chunk):
-                    variant[(slice(None), *region)] = base[i][(slice(None), *region)]
-                drops = full[i] - probe.input_scores(variants, batch.seeds[i])
-                for drop, region in zip(drops, chunk):
-                    attr[i, 0][region] += drop
+        # (row, window) pairs, run batch_size at a time across rows
+        jobs = [(i, region) for i in range(len(x)) for region in windows]
+        for start in range(0, len(jobs), probe.batch_size):
+            chunk = jobs[start:start + probe.batch_size]
+            rows = np.array([i for i, _ in chunk])
+            variants = x[rows]
+            for variant, (i, region) in zip(variants, chunk):
+                variant[(slice(None), *region)] = base[i][(slice(None), *region)]
+            occluded = (probe.logits(variants) * batch.seeds[rows]).sum(axis=1)
+            for drop, (i, region) in zip(full[rows] - occluded, chunk):
+                attr[i, 0][region] += drop
         return attr / covered
