@@ -168,17 +168,14 @@ def test_surrogates_match_a_direct_loop(setup, kind):
     ours = method.attribute(batch)
     labels = block_labels(x.shape[2:], window)
     samples = torch.from_numpy(method.samples(labels.max() + 1))
+    if kind == "lime":
+        weights = [lime_weight(sample, 0.25) for sample in samples]
+    else:
+        weights = [1e6 if sample.sum() in (0, len(sample)) else 1.0 for sample in samples]
+    keep = samples[:, torch.from_numpy(labels)].bool()[:, None]
     for i, t in enumerate(TARGETS):
-        outputs, weights = [], []
-        for sample in samples:
-            keep = sample[torch.from_numpy(labels)].bool()
-            outputs.append(scores(logits_model, torch.where(keep, x[i], baseline)[None], t))
-            if kind == "lime":
-                weights.append(lime_weight(sample, 0.25))
-            else:
-                weights.append(1e6 if sample.sum() in (0, len(sample)) else 1.0)
-        coefficients, _ = weighted_fit(samples, torch.cat(outputs), weights,
-                                       1.0 if kind == "lime" else 0.0)
+        outputs = scores(logits_model, torch.where(keep, x[i], baseline), t)
+        coefficients, _ = weighted_fit(samples, outputs, weights, 1.0 if kind == "lime" else 0.0)
         np.testing.assert_allclose(ours[i, 0], coefficients[labels].numpy(), rtol=2e-3,
                                    atol=1e-4)
 
@@ -339,3 +336,41 @@ def test_configuration_mistakes_are_refused():
     with pytest.raises(MethodError, match="'windows' or 'slic'"):
         LIME(segments="grid").segment(x[0])
     assert get_method("kernel-shap") == KernelSHAP() and get_method("RISE").n_masks == 4000
+
+
+def count_runs(monkeypatch) -> list[int]:
+    """The number of inputs of every ONNX Runtime run a Probe makes from now on."""
+    import onnx_cam.probes
+    runs, real = [], onnx_cam.probes.run
+
+    def counting(session, outputs, feeds):
+        runs.append(len(next(iter(feeds.values()))))
+        return real(session, outputs, feeds)
+    monkeypatch.setattr(onnx_cam.probes, "run", counting)
+    return runs
+
+
+@pytest.mark.parametrize("method", [
+    Occlusion(window=4), RISE(n_masks=9, cells=2), LIME(n_samples=11, window=5),
+    KernelSHAP(n_samples=11, window=5)], ids=["occlusion", "rise", "lime", "kernelshap"])
+def test_input_methods_count_their_passes_and_keep_to_the_batch_size(method, monkeypatch):
+    torch.manual_seed(9)
+    x = torch.randn(3, 2, 20)
+    batch = InputBatch(x.numpy(), one_hot([0, 1, 2]), probe_for(small_cnn(1), x, 4))
+    runs = count_runs(monkeypatch)
+    method.attribute(batch)
+    assert sum(runs) == method.passes(batch) and max(runs) <= 4
+
+
+def test_reciprocam_counts_its_head_passes_and_keeps_to_the_batch_size(monkeypatch):
+    torch.manual_seed(9)
+    model, x = small_cnn(2), torch.randn(3, 2, 6, 5)
+    exported = Model(export_torch(model, x))
+    with torch.no_grad():
+        acts = model[:4](x).numpy()
+    probe = Probe(exported, RuntimeOptions(), (6, 5), 4)
+    batch = LayerBatch(acts, None, x.numpy(), one_hot([0, 1, 2]),
+                       exported.resolve_layer("3").tensor, probe)
+    runs = count_runs(monkeypatch)
+    ReciproCAM(gaussian=True).raw(batch)
+    assert sum(runs) == ReciproCAM().passes(batch) and max(runs) <= 4

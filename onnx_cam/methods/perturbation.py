@@ -28,6 +28,10 @@ class ScoreCAM(WeightedChannels):
     uses_gradients = False
     scales_input = True
 
+    def passes(self, batch: LayerBatch) -> int:
+        """Model evaluations: every channel's mask on every row."""
+        return batch.activations.shape[0] * batch.activations.shape[1]
+
     def weights(self, batch: LayerBatch) -> np.ndarray:
         acts, x = batch.activations, batch.inputs
         n, c = acts.shape[:2]
@@ -59,6 +63,10 @@ class AblationCAM(WeightedChannels):
     name = "ablationcam"
     aliases = ("ablation-cam",)
     uses_gradients = False
+
+    def passes(self, batch: LayerBatch) -> int:
+        """Head evaluations: each row unmodified and with each channel ablated."""
+        return batch.activations.shape[0] * (batch.activations.shape[1] + 1)
 
     def weights(self, batch: LayerBatch) -> np.ndarray:
         acts = batch.activations
