@@ -308,12 +308,16 @@ def test_reciprocam_matches_a_direct_loop(setup):
 
 
 def test_slic_segments_follow_colour_edges():
-    image = np.zeros((3, 24, 24), np.float32)
-    image[:, :, 11:] = 1.0
-    labels = slic(image, n_segments=16, compactness=0.5)
+    image = np.random.default_rng(0).normal(0, 0.3, (3, 48, 48)).astype(np.float32)
+    inside = np.zeros((48, 48), bool)
+    inside[10:30, 15:40] = True
+    image[:, inside] += 3
+    labels = slic(image, n_segments=16, compactness=3.0)
     assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
-    for label in np.unique(labels):  # no segment straddles the edge
-        assert len(np.unique(image[0][labels == label])) == 1
+    sizes = np.bincount(labels.ravel())
+    assert 8 <= len(sizes) <= 32 and sizes.min() >= 48 * 48 / 16 / 4  # small pieces joined
+    for label in range(len(sizes)):  # no segment straddles the edge
+        assert len(np.unique(inside[labels == label])) == 1
     method = LIME(n_samples=30, segments="slic", n_segments=16)
     assert np.array_equal(method.segment(image), labels)
 

@@ -21,7 +21,8 @@ def slic(image: np.ndarray, n_segments: int, compactness: float,
     k-means on (channel values, position) from a regular grid of about n_segments centres;
     the distance is |colour|^2 + (compactness * |position| / grid step)^2, colours in units
     of the image's standard deviation (inputs are normalised tensors, not Lab). Every
-    connected piece of a cluster becomes a segment of its own.
+    connected piece of a cluster becomes a segment; pieces smaller than a quarter of the
+    mean segment are joined to a neighbour, as scikit-image's enforce_connectivity.
     """
     c, h, w = image.shape
     step = math.sqrt(h * w / n_segments)
@@ -44,8 +45,13 @@ def slic(image: np.ndarray, n_segments: int, compactness: float,
         np.add.at(sums, assigned, points)
         used = counts > 0
         centres[used] = sums[used] / counts[used, None]
-    clusters = assigned.reshape(h, w)
-    labels = np.empty((h, w), np.int64)
+    pieces = _connected_pieces(assigned.reshape(h, w))
+    return _merge_small(pieces, h * w / n_segments / 4)
+
+
+def _connected_pieces(clusters: np.ndarray) -> np.ndarray:
+    """Labels 0 .. count - 1: every connected piece of every cluster apart."""
+    labels = np.empty(clusters.shape, np.int64)
     found = 0
     for cluster in np.unique(clusters):
         pieces, count = ndimage.label(clusters == cluster)
@@ -53,3 +59,27 @@ def slic(image: np.ndarray, n_segments: int, compactness: float,
         labels[inside] = pieces[inside] - 1 + found
         found += count
     return labels
+
+
+def _merge_small(labels: np.ndarray, minimum: float) -> np.ndarray:
+    """Pieces smaller than `minimum`, smallest first, joined to the neighbour they share the
+    longest border with; labels renumbered 0 .. count - 1."""
+    sizes = np.bincount(labels.ravel())
+    boxes = [list(box) for box in ndimage.find_objects(labels + 1)]
+    for piece in np.argsort(sizes, kind="stable"):
+        if sizes[piece] >= minimum:  # grown by pieces joined to it, or large from the start
+            continue
+        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in boxes[piece])
+        local = labels[box]
+        mine = local == piece
+        border = local[ndimage.binary_dilation(mine) & ~mine]
+        if border.size == 0:
+            continue
+        values, counts = np.unique(border, return_counts=True)
+        target = values[counts.argmax()]
+        local[mine] = target
+        sizes[target] += sizes[piece]
+        sizes[piece] = 0
+        boxes[target] = [slice(min(a.start, b.start), max(a.stop, b.stop))
+                         for a, b in zip(boxes[target], boxes[piece])]
+    return np.unique(labels, return_inverse=True)[1].reshape(labels.shape)

@@ -49,7 +49,7 @@ class SurrogateMethod(InputMethod):
     segments: str = "windows"
     window: int | tuple[int, ...] | None = None
     n_segments: int = 50
-    compactness: float = 1.0
+    compactness: float = 3.0
     baseline: object = 0.0
     seed: int = 0
 
