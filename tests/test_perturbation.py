@@ -26,6 +26,7 @@ from onnx_cam.methods import (
     ReciproCAM,
     get_method,
 )
+from onnx_cam.methods.masking import baseline_like
 from onnx_cam.methods.segments import slic
 from onnx_cam.model import Model
 from onnx_cam.probes import Probe
@@ -103,11 +104,13 @@ def test_occlusion_matches_captum(dims):
     model = small_cnn(dims, classes=3)
     x = torch.randn(*SHAPES[dims])
     window, strides = WINDOWS[dims]
-    ours = Occlusion(window=window, strides=strides, baseline=0.3).attribute(
+    baseline = 0.3 if dims == 1 else torch.randn(x.shape)  # a number, an array per row
+    ours = Occlusion(window=window, strides=strides,
+                     baseline=np.asarray(baseline)).attribute(
         InputBatch(x.numpy(), one_hot(TARGETS), probe_for(model, x)))
     theirs = captum_attr.Occlusion(model).attribute(
-        x, sliding_window_shapes=(x.shape[1], *window), strides=(1, *strides), baselines=0.3,
-        target=TARGETS)
+        x, sliding_window_shapes=(x.shape[1], *window), strides=(1, *strides),
+        baselines=baseline, target=TARGETS)
     np.testing.assert_allclose(np.broadcast_to(ours, theirs.shape), theirs.numpy(), rtol=1e-4,
                                atol=1e-5)
 
@@ -340,6 +343,9 @@ def test_configuration_mistakes_are_refused():
     with pytest.raises(MethodError, match="'windows' or 'slic'"):
         LIME(segments="grid").segment(x[0])
     assert get_method("kernel-shap") == KernelSHAP() and get_method("RISE").n_masks == 4000
+    np.testing.assert_array_equal(baseline_like(lambda v: v + 1, x), x + 1)
+    with pytest.raises(MethodError, match="baseline"):
+        baseline_like(lambda v: v[..., :5], x)
 
 
 def count_runs(monkeypatch) -> list[int]:
