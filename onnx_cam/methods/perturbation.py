@@ -96,10 +96,12 @@ class ReciproCAM(CamMethod):
     the score when the layer's activations are kept at that position only. Only the head
     above the layer runs, once per position.
 
-    gaussian=True keeps the position's neighbourhood weighted by the paper's 3 x 3 kernel
-    (1/4, 1/2, 1/4 per axis, in any dimension; cut at the border) instead of the position
-    alone. The score is the explained logit (seed . logits) as for Ablation-CAM, where the
-    paper's code takes the softmax probability.
+    gaussian=True multiplies the activations by the paper's 3 x 3 kernel centred on the
+    position (1/4, 1/2, 1/4 per axis, in any dimension; cut at the border) instead of a
+    one-hot mask; the authors' code instead copies the position's own feature vector, so
+    weighted, over the neighbourhood. The score is the explained logit (seed . logits) as
+    for Ablation-CAM, where the authors' code takes the softmax probability; the map is
+    that score, signed (not ReLU'd).
     """
 
     name = "reciprocam"
