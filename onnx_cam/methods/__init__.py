@@ -12,12 +12,16 @@ from .gradient import (
     ShapleyCAM,
     XGradCAM,
 )
-from .perturbation import AblationCAM, ScoreCAM
+from .occlusion import Occlusion
+from .perturbation import AblationCAM, ReciproCAM, ScoreCAM
+from .rise import RISE
 from .statistics import FEM, RandomCAM
+from .surrogate import LIME, KernelSHAP
 
 __all__ = [
-    "FEM", "KPCACAM", "METHODS", "AblationCAM", "CamMethod", "EigenCAM", "EigenGradCAM",
-    "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "InputBatch", "InputMethod",
-    "LayerBatch", "LayerCAM", "RandomCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM",
-    "XGradCAM", "get_method",
+    "FEM", "KPCACAM", "LIME", "METHODS", "RISE", "AblationCAM", "CamMethod", "EigenCAM",
+    "EigenGradCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM",
+    "InputBatch", "InputMethod", "KernelSHAP", "LayerBatch", "LayerCAM", "Occlusion",
+    "RandomCAM", "ReciproCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "XGradCAM",
+    "get_method",
 ]

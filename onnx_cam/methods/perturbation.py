@@ -1,11 +1,13 @@
-"""Gradient-free CAMs that weigh channels by how the score reacts to perturbations."""
+"""Gradient-free CAMs from how the score reacts to perturbed inputs or activations."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import kernels
-from .base import LayerBatch, WeightedChannels
+from .base import CamMethod, LayerBatch, WeightedChannels
 
 
 def _softmax(v: np.ndarray) -> np.ndarray:
@@ -25,6 +27,10 @@ class ScoreCAM(WeightedChannels):
     aliases = ("score-cam",)
     uses_gradients = False
     scales_input = True
+
+    def passes(self, batch: LayerBatch) -> int:
+        """Model evaluations: every channel's mask on every row."""
+        return batch.activations.shape[0] * batch.activations.shape[1]
 
     def weights(self, batch: LayerBatch) -> np.ndarray:
         acts, x = batch.activations, batch.inputs
@@ -58,6 +64,10 @@ class AblationCAM(WeightedChannels):
     aliases = ("ablation-cam",)
     uses_gradients = False
 
+    def passes(self, batch: LayerBatch) -> int:
+        """Head evaluations: each row unmodified and with each channel ablated."""
+        return batch.activations.shape[0] * (batch.activations.shape[1] + 1)
+
     def weights(self, batch: LayerBatch) -> np.ndarray:
         acts = batch.activations
         n, c = acts.shape[:2]
@@ -78,6 +88,60 @@ class AblationCAM(WeightedChannels):
                                                             batch.inputs[i], batch.seeds[i])
             weights[i] = (original - ablated) / original
         return weights
+
+
+@dataclass
+class ReciproCAM(CamMethod):
+    """Byun & Lee, "ReciproCAM: lightweight gradient-free CAM", 2022: the map at a position is
+    the score when the layer's activations are kept at that position only. Only the head
+    above the layer runs, once per position.
+
+    gaussian=True multiplies the activations by the paper's 3 x 3 kernel centred on the
+    position (1/4, 1/2, 1/4 per axis, in any dimension; cut at the border) instead of a
+    one-hot mask; the authors' code instead copies the position's own feature vector, so
+    weighted, over the neighbourhood. The score is the explained logit (seed . logits) as
+    for Ablation-CAM, where the authors' code takes the softmax probability; the map is
+    that score, signed (not ReLU'd).
+    """
+
+    name = "reciprocam"
+    aliases = ("recipro-cam",)
+    uses_gradients = False
+
+    gaussian: bool = False
+
+    def spatial_masks(self, spatial: tuple[int, ...], positions: np.ndarray) -> np.ndarray:
+        """(m, *spatial) masks of the flat `positions` of the layer."""
+        per_axis = []
+        for size in spatial:
+            if self.gaussian:
+                per_axis.append(np.eye(size, dtype=np.float32) / 2
+                                + np.eye(size, k=1, dtype=np.float32) / 4
+                                + np.eye(size, k=-1, dtype=np.float32) / 4)
+            else:
+                per_axis.append(np.eye(size, dtype=np.float32))
+        masks = np.ones(len(positions), np.float32)
+        for index, matrix in zip(np.unravel_index(positions, spatial), per_axis):
+            masks = masks[..., None] * matrix[index].reshape(
+                (len(positions),) + (1,) * (masks.ndim - 1) + (-1,))
+        return masks
+
+    def passes(self, batch: LayerBatch) -> int:
+        """Head evaluations: every position of every row."""
+        return batch.activations[0, 0].size * len(batch.activations)
+
+    def raw(self, batch: LayerBatch, eigen_smooth: bool = False) -> np.ndarray:
+        acts, probe = batch.activations, batch.probe
+        spatial = acts.shape[2:]
+        count = int(np.prod(spatial))
+        maps = np.empty((len(acts), count), np.float32)
+        for start in range(0, count, probe.batch_size):
+            positions = np.arange(start, min(start + probe.batch_size, count))
+            masks = self.spatial_masks(spatial, positions)[:, None]
+            for i in range(len(acts)):
+                maps[i, positions] = probe.head_scores(batch.layer, acts[i][None] * masks,
+                                                       batch.inputs[i], batch.seeds[i])
+        return maps.reshape(acts.shape[:1] + spatial)
 
 
 def _expand(values: np.ndarray, like: np.ndarray) -> np.ndarray:
