@@ -12,8 +12,8 @@ install: $(VENV)/.installed
 # pytorch-grad-cam's metrics and SignalGrad-CAM 2.2.0, for tests/test_metrics_gradcam.py and
 # tests/test_compat*.py, and Captum 0.9.0 for tests/test_perturbation.py (each skips, saying
 # why, when its package is absent). The next line puts what pytorch-grad-cam's own package
-# imports (torchvision, ttach, scikit-learn) in .venv/refs, outside site-packages, where only
-# tests/references.py looks (see there why).
+# imports (torchvision, ttach, scikit-learn), and TorchCAM 0.5.0, in .venv/refs, outside
+# site-packages, where only tests/references.py looks (see there why).
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 		"opencv-python-headless==5.0.0.93" "imageio==2.38.1" "captum==0.9.0"
 	$(PY) -m pip install -q --no-deps --target $(VENV)/refs "torchvision==0.29.1" \
 		"ttach==0.0.3" "scikit-learn==1.9.1" "joblib==1.6.0" "threadpoolctl==3.8.0" \
-		"narwhals==2.29.0"
+		"narwhals==2.29.0" "torchcam==0.5.0"
 	touch $@
 
 demo: install

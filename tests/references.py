@@ -33,3 +33,12 @@ def pytorch_grad_cam():
     if str(REFS) not in sys.path:
         sys.path.append(str(REFS))
     return pytest.importorskip("pytorch_grad_cam")
+
+
+def torchcam():
+    """TorchCAM 0.5.0's methods module (installed into .venv/refs beside the others)."""
+    if not (REFS / "torchcam").is_dir():
+        pytest.skip(f"TorchCAM is not in {REFS}: run `make install`")
+    if str(REFS) not in sys.path:
+        sys.path.append(str(REFS))
+    return pytest.importorskip("torchcam.methods")

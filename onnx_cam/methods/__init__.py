@@ -13,14 +13,14 @@ from .gradient import (
     XGradCAM,
 )
 from .occlusion import Occlusion
-from .perturbation import AblationCAM, ReciproCAM, ScoreCAM
+from .perturbation import ISCAM, SSCAM, AblationCAM, ReciproCAM, ScoreCAM
 from .rise import RISE
 from .statistics import FEM, RandomCAM
 from .surrogate import LIME, KernelSHAP
 
 __all__ = [
-    "FEM", "KPCACAM", "LIME", "METHODS", "RISE", "AblationCAM", "CamMethod", "EigenCAM",
-    "EigenGradCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM",
+    "FEM", "ISCAM", "KPCACAM", "LIME", "METHODS", "RISE", "SSCAM", "AblationCAM", "CamMethod",
+    "EigenCAM", "EigenGradCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM",
     "InputBatch", "InputMethod", "KernelSHAP", "LayerBatch", "LayerCAM", "Occlusion",
     "RandomCAM", "ReciproCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "XGradCAM",
     "get_method",

@@ -52,6 +52,79 @@ class ScoreCAM(WeightedChannels):
         return weights
 
 
+@dataclass
+class SSCAM(WeightedChannels):
+    """Wang et al., 2020 (Smoothed Score-CAM), as TorchCAM's SSCAM: each channel, min-max
+    scaled at the layer (eps 1e-8) and upsampled, plus Gaussian noise of std `std` drawn at
+    the input's resolution, masks the input; a channel's weight is the softmax over channels
+    of the mean over `samples` noise draws of score(masked) - score(input). Seeded."""
+
+    name = "sscam"
+    aliases = ("ss-cam", "smoothscorecam")
+    uses_gradients = False
+    scales_input = True
+
+    samples: int = 35
+    std: float = 2.0
+    seed: int = 0
+
+    def passes(self, batch: LayerBatch) -> int:
+        """Model evaluations: every channel's mask, `samples` times, on every row, plus the row."""
+        return len(batch.activations) * (batch.activations.shape[1] * self.samples + 1)
+
+    def weights(self, batch: LayerBatch) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        return _smoothed_score_weights(
+            batch, self.samples,
+            lambda masks, _: masks + rng.normal(0, self.std, masks.shape).astype(np.float32))
+
+
+@dataclass
+class ISCAM(WeightedChannels):
+    """Naidu et al., 2020 (Integrated Score-CAM), as TorchCAM's ISCAM: the masks of SSCAM
+    without noise, scaled by c_i = sum_{j <= i} j / samples for i = 1 .. samples; a
+    channel's weight is the softmax over channels of the mean of score(c_i mask x) -
+    score(x)."""
+
+    name = "iscam"
+    aliases = ("is-cam", "integratedscorecam")
+    uses_gradients = False
+    scales_input = True
+
+    samples: int = 10
+
+    def passes(self, batch: LayerBatch) -> int:
+        """Model evaluations: every channel's mask, `samples` times, on every row, plus the row."""
+        return len(batch.activations) * (batch.activations.shape[1] * self.samples + 1)
+
+    def weights(self, batch: LayerBatch) -> np.ndarray:
+        steps = np.cumsum(np.arange(1, self.samples + 1) / self.samples)
+        return _smoothed_score_weights(batch, self.samples,
+                                       lambda masks, i: np.float32(steps[i]) * masks)
+
+
+def _smoothed_score_weights(batch: LayerBatch, samples: int, variant) -> np.ndarray:
+    """softmax over channels of mean_i score(variant(masks, i) * x) - score(x), per row; the
+    masks are the channels min-max scaled at the layer (TorchCAM's normalisation), then
+    upsampled with half-pixel centres. variant is called for sample i = 0 .. samples - 1 with
+    every row's masks (n, C, *input_spatial), in that order (the noise draws follow it)."""
+    acts, x, probe = batch.activations, batch.inputs, batch.probe
+    n, c = acts.shape[:2]
+    flat = acts.reshape(n, c, -1)
+    low = flat.min(axis=2, keepdims=True)
+    scaled = (flat - low) / (flat.max(axis=2, keepdims=True) - low + 1e-8)
+    masks = kernels.resize(scaled.reshape(n * c, *acts.shape[2:]), x.shape[2:])
+    masks = masks.reshape(n, c, *x.shape[2:])
+    original = (probe.logits(x) * batch.seeds).sum(axis=1)
+    totals = np.zeros((n, c), np.float64)
+    for i in range(samples):
+        varied = variant(masks, i)
+        for row in range(n):
+            masked = x[row][None] * varied[row][:, None]
+            totals[row] += probe.input_scores(masked, batch.seeds[row]) - original[row]
+    return np.stack([_softmax(t / samples) for t in totals]).astype(np.float32)
+
+
 class AblationCAM(WeightedChannels):
     """Desai & Ramaswamy, WACV 2020: a channel's weight is the relative drop of the score when
     it is ablated. Only the head above the layer is run, once per channel.
