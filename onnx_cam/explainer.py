@@ -195,7 +195,8 @@ class Explainer:
                 layer_flags = numerics.layer_flags(a, g) | flags[done]
                 if (layer_flags & numerics.RowFlag.ZERO_GRADIENT).any():
                     zero_gradient_layers.append(layer.name)
-                batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe, h)
+                batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe, h,
+                                   self._rerun(layer, seeds, outputs.score))
                 for method in method_objs:
                     key = (method.name, layer.name)
                     with kernel_guard():
@@ -382,6 +383,18 @@ class Explainer:
             hvps = results[1 + 2 * m:] if outputs.second_order else [None] * m
             consume(start, xb, seeds, results[1:1 + m], grads, hvps)
         return logits, near_ties
+
+    def _rerun(self, layer: Layer, seeds: np.ndarray, score: str):
+        """LayerBatch.rerun: one layer's activations and gradients for modified inputs of the
+        batch's shape, explaining `seeds` (one seeded run, on a cached session)."""
+        def rerun(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            cam_model, session = self._session((layer.tensor,), self.model.spatial_of(x), True,
+                                               CamOutputs(score))
+            feeds = {cam_model.input_name: np.ascontiguousarray(x, np.float32),
+                     cam_model.seed_name: seeds}
+            names = [*cam_model.activation_names, *cam_model.gradient_names]
+            return tuple(run_session(session, names, feeds))
+        return rerun
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
         """A Probe of its own for each call (its batch size is the call's); its sessions are

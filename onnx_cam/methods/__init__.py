@@ -10,6 +10,7 @@ from .gradient import (
     HiResCAM,
     LayerCAM,
     ShapleyCAM,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
 )
 from .occlusion import Occlusion
@@ -22,6 +23,7 @@ __all__ = [
     "FEM", "ISCAM", "KPCACAM", "LIME", "METHODS", "RISE", "SSCAM", "AblationCAM", "CamMethod",
     "EigenCAM", "EigenGradCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM",
     "InputBatch", "InputMethod", "KernelSHAP", "LayerBatch", "LayerCAM", "Occlusion",
-    "RandomCAM", "ReciproCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "XGradCAM",
+    "RandomCAM", "ReciproCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM",
+    "SmoothGradCAMPlusPlus", "XGradCAM",
     "get_method",
 ]

@@ -28,6 +28,9 @@ class LayerBatch:
     layer: str = ""                    # the layer's ONNX tensor name
     probe: Probe | None = None         # extra forward passes (Score-CAM, Ablation-CAM)
     hvp: np.ndarray | None = None      # Hessian of the score x activations (uses_hvp methods)
+    # rerun(x) -> (activations, gradients) of this layer for modified inputs x shaped like
+    # `inputs`, explaining the same seeds (Smooth Grad-CAM++)
+    rerun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass

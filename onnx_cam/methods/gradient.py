@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import kernels
@@ -53,6 +55,43 @@ class GradCAMPlusPlus(WeightedChannels):
         denominator = 2 * g2 + _per_channel(_spatial_sum(a), a) * g2 * g + 1e-6
         alpha = np.where(g != 0, g2 / denominator, 0)
         return _spatial_sum(np.maximum(g, 0) * alpha)
+
+
+@dataclass
+class SmoothGradCAMPlusPlus(WeightedChannels):
+    """Omeiza et al., 2019: Grad-CAM++ with the gradient's first, second and third powers
+    each averaged over `samples` copies of the input plus Gaussian noise of std `std`
+    (seeded): alpha = mean g^2 / (2 mean g^2 + sum(A) mean g^3), weight = sum_positions
+    alpha ReLU(mean g), A the noise-free activations: the paper's, and our Grad-CAM++ (eq. 19
+    of its paper, as pytorch-grad-cam) when samples=1 and std=0. TorchCAM's SmoothGradCAMpp
+    differs: sum(A mean g^3) in alpha, ReLU of the last noisy gradient and the last noisy
+    activations. One more gradient run per sample."""
+
+    name = "smoothgradcam++"
+    aliases = ("smoothgradcampp", "smooth-grad-cam++")
+    scales_input = True  # adds noise to the input values: not for token ids
+
+    samples: int = 4
+    std: float = 0.3
+    seed: int = 0
+
+    def passes(self, batch: LayerBatch) -> int:
+        """Gradient runs over the rows: the noise-free one and one per sample."""
+        return len(batch.inputs) * (self.samples + 1)
+
+    def weights(self, batch: LayerBatch) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        x, a = batch.inputs, batch.activations
+        powers = [np.zeros_like(a, np.float64) for _ in range(3)]
+        for _ in range(self.samples):
+            noisy = x + rng.normal(0, self.std, x.shape).astype(np.float32)
+            g = batch.rerun(noisy)[1].astype(np.float64)
+            for k, total in enumerate(powers, start=1):
+                total += g ** k
+        mean, square, cube = (p / self.samples for p in powers)
+        denominator = 2 * square + _per_channel(_spatial_sum(a), a) * cube
+        alpha = np.where(square != 0, square / np.where(denominator != 0, denominator, 1), 0)
+        return _spatial_sum(alpha * np.maximum(mean, 0))
 
 
 class XGradCAM(WeightedChannels):
