@@ -128,7 +128,8 @@ class Explainer:
                 score: str = "logits", batch_size: int = 64,
                 eigen_smooth: bool = False, progress=None,
                 nonfinite: str = "raise", pad_id: int | None = None,
-                mask=None, check_ties: bool | float = False) -> Explanation:
+                mask=None, check_ties: bool | float = False,
+                aug_smooth: bool = False) -> Explanation:
         """CAMs of `x` for each method and layer; see Explanation for what it holds.
 
         targets: None (each item's predicted class), "all", "top<k>", a class index or name
@@ -157,6 +158,10 @@ class Explainer:
         GlobalMaxPool / ReduceMax / ReduceMin winner) is within float32 rounding of a tie:
         there another correct forward (torch's) may route the gradient elsewhere. True: within
         1e-5 of the tensor's largest magnitude (per row); a float: that relative tolerance.
+        aug_smooth: for images, each cam is the mean of the cams of the input flipped left to
+        right or not and scaled by 0.9, 1 or 1.1, each mapped back (pytorch-grad-cam's
+        aug_smooth, but explaining the targets of the input as given); raw maps and score
+        ranges stay those of the input as given.
         """
         single = isinstance(methods, (str, CamMethod))
         method_objs = [get_method(m) for m in ([methods] if single else methods)]
@@ -174,6 +179,10 @@ class Explainer:
         x = self._pad(x, pad_id)
         outputs = CamOutputs(score, gradients, _tie_tolerance(check_ties, gradients),
                              any(m.uses_hvp for m in method_objs))
+        if aug_smooth and (self.model.spatial_rank != 2 or self.model.tokens or mask is not None
+                           or outputs.second_order):
+            raise MethodError("aug_smooth flips images left to right: it takes image models "
+                              "(2 spatial axes), without mask= and without shapleycam.")
         x, chosen, plan, rows, batch_size = self._prepare(
             x, layers, targets, foils, batch_size, outputs, len(method_objs), nonfinite)
         n, spatial = len(rows), self.model.spatial_of(x)
@@ -202,6 +211,8 @@ class Explainer:
                     with kernel_guard():
                         raw = method.raw(batch, eigen_smooth)
                         cam, rng = kernels.resize_normalize(raw, spatial)
+                        if aug_smooth:
+                            cam = _augmented_mean(method, batch, eigen_smooth, spatial)
                     if valid is not None:
                         cam, rng = _normalize_within(cam, rng, valid[done])
                     layer_flags |= numerics.settle_maps(raw, cam, rng, layer_flags,
@@ -546,6 +557,23 @@ def _normalize_within(cam: np.ndarray, rng: np.ndarray, valid: np.ndarray):
     scaled = np.where(span > 0, (values - lo.reshape(per_row)) / np.where(span > 0, span, 1), 0)
     return (np.where(valid, scaled, 0).astype(np.float32),
             np.stack([lo, hi], axis=1).astype(np.float32))
+
+
+# pytorch-grad-cam's aug_smooth (ttach): a left-right flip or not, times a scale
+AUGMENTATIONS = [(flip, scale) for flip in (False, True) for scale in (0.9, 1.0, 1.1)]
+
+
+def _augmented_mean(method, batch: LayerBatch, eigen_smooth: bool, spatial) -> np.ndarray:
+    """The mean over AUGMENTATIONS of the method's cams of the augmented inputs, flipped
+    back: each a seeded run of the layer on the augmented batch."""
+    total = np.zeros((len(batch.inputs), *spatial), np.float32)
+    for flip, scale in AUGMENTATIONS:
+        x = np.float32(scale) * (batch.inputs[..., ::-1] if flip else batch.inputs)
+        acts, grads = batch.rerun(np.ascontiguousarray(x))
+        augmented = replace(batch, activations=acts, gradients=grads, inputs=x)
+        cam, _ = kernels.resize_normalize(method.raw(augmented, eigen_smooth), spatial)
+        total += cam[..., ::-1] if flip else cam
+    return total / len(AUGMENTATIONS)
 
 
 def _tie_tolerance(check_ties: bool | float, gradients: bool) -> float | None:
