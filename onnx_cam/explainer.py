@@ -164,9 +164,16 @@ class Explainer:
         ranges stay those of the input as given.
         """
         single = isinstance(methods, (str, CamMethod))
-        method_objs = [get_method(m) for m in ([methods] if single else methods)]
-        method_names = [m.name for m in method_objs]
+        every = [get_method(m) for m in ([methods] if single else methods)]
+        method_names = [m.name for m in every]
+        # meta-methods (SESS) explain patches of the input with a base method afterwards
+        meta = [m for m in every if m.level == "meta"]
+        method_objs = [m for m in every if m.level != "meta"]
         gradients = any(m.uses_gradients for m in method_objs)
+        if meta and (isinstance(targets, Finer) or aug_smooth or mask is not None
+                     or self.model.tokens):
+            raise MethodError("sess explains patches of rescaled inputs: it takes float "
+                              "inputs, without Finer targets, aug_smooth or mask=.")
         if isinstance(targets, Finer) and (score != "logits" or not all(
                 m.uses_gradients for m in method_objs)):
             raise MethodError("Finer targets are a function of the logits that only gradient "
@@ -184,7 +191,7 @@ class Explainer:
             raise MethodError("aug_smooth flips images left to right: it takes image models "
                               "(2 spatial axes), without mask= and without shapleycam.")
         x, chosen, plan, rows, batch_size = self._prepare(
-            x, layers, targets, foils, batch_size, outputs, len(method_objs), nonfinite)
+            x, layers, targets, foils, batch_size, outputs, len(every), nonfinite)
         n, spatial = len(rows), self.model.spatial_of(x)
         valid = self._valid_positions(x, spatial, pad_id, mask)
         if valid is not None and plan is not None and not plan.is_identity:
@@ -231,6 +238,11 @@ class Explainer:
                                      numerics.RowFlag.SCORE_NONFINITE)
         if near_ties is not None:
             flags |= numerics.flag_where(near_ties > 0, numerics.RowFlag.NEAR_TIE)
+        for method in meta:
+            for layer in chosen:
+                key = (method.name, layer.name)
+                raws[key] = self._sess(method, layer, rows, plan, logits, score, batch_size)
+                cams[key], ranges[key] = kernels.resize_normalize(raws[key], spatial)
         numerics.warn_flagged(flags, zero_gradient_layers)
         predicted = logits.argmax(1)
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
@@ -394,6 +406,34 @@ class Explainer:
             hvps = results[1 + 2 * m:] if outputs.second_order else [None] * m
             consume(start, xb, seeds, results[1:1 + m], grads, hvps)
         return logits, near_ties
+
+    def _sess(self, method, layer: Layer, rows: np.ndarray, plan: TargetPlan | None,
+              logits: np.ndarray, score: str, batch_size: int) -> np.ndarray:
+        """SESS's fused maps of `rows` at `layer`: each patch explained by the base method
+        for its row's target (and foil), scored by this model."""
+        window = method.window or min(rows.shape[2:])
+        if any(d is not None and d != window for d in self.model.spatial_input_shape):
+            raise MethodError(f"sess runs the model on patches of {window} per axis; this "
+                              f"model takes inputs of {self.model.spatial_input_shape} only. "
+                              "Export it with dynamic spatial axes.")
+        targets = logits.argmax(1) if plan is None else plan.targets
+        foils = None if plan is None else plan.foils
+        seeds = _one_hot(logits) if plan is None else _seed(plan, 0, len(rows), logits.shape[1])
+
+        def explain(patches: np.ndarray, which: np.ndarray) -> np.ndarray:
+            res = self.explain(patches, targets=targets[which].tolist(), layers=layer.name,
+                               methods=method.base, score=score, batch_size=batch_size,
+                               foils=None if foils is None else foils[which].tolist())
+            return res.cam()
+
+        def scores(patches: np.ndarray, which: np.ndarray, softmax: bool) -> np.ndarray:
+            values = self._probe(patches.shape[2:], batch_size).logits(patches)
+            if softmax:
+                values = np.exp(values - values.max(axis=1, keepdims=True))
+                values /= values.sum(axis=1, keepdims=True)
+            return (values * seeds[which]).sum(axis=1)
+
+        return method.fused(rows, explain, scores)
 
     def _rerun(self, layer: Layer, seeds: np.ndarray, score: str):
         """LayerBatch.rerun: one layer's activations and gradients for modified inputs of the

@@ -11,14 +11,15 @@ import torch
 from torch import nn
 
 
-def export_bytes(model: nn.Module, x: torch.Tensor, opset: int = 17) -> bytes:
-    """A plain legacy-exporter ONNX export with a dynamic batch axis."""
+def export_bytes(model: nn.Module, x: torch.Tensor, opset: int = 17,
+                 dynamic_axes: dict | None = None) -> bytes:
+    """A plain legacy-exporter ONNX export with a dynamic batch axis (or `dynamic_axes`)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (x,), buffer, dynamo=False, do_constant_folding=False,
                           opset_version=opset, input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "N"}, "output": {0: "N"}})
+                          dynamic_axes=dynamic_axes or {"input": {0: "N"}, "output": {0: "N"}})
     return buffer.getvalue()
 
 
