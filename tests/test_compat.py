@@ -22,6 +22,7 @@ from torch import nn
 
 from onnx_cam import Explainer
 from onnx_cam.compat import TorchCamBuilder
+from onnx_cam.compat.cache import export_cache
 from onnx_cam.errors import MethodError, ModelLoadError, TargetError, UnsupportedModelError
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -80,17 +81,14 @@ def reference_raw(model, layer, batch, target, foil=None, *, softmax_final, meth
     handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
     out = model(torch.from_numpy(batch))
     handle.remove()
-    if regression:
-        score = out[:, target if out.shape[1] > 1 else 0]
-        if foil is not None:
-            score = score - foil
+    if out.shape[1] == 1:  # one output read as two classes, regression models included
+        s = torch.logit(out[:, 0], eps=eps) if softmax_final else out[:, 0]
+        scores = torch.stack([-s, s], dim=1)
     else:
-        if out.shape[1] == 1:  # one sigmoid output read as two classes
-            s = torch.logit(out[:, 0], eps=eps) if softmax_final else out[:, 0]
-            scores = torch.stack([-s, s], dim=1)
-        else:
-            scores = torch.log(torch.clamp(out, eps, 1 - eps)) if softmax_final else out
-        score = scores[:, target] - (0 if foil is None else scores[:, foil])
+        scores = torch.log(torch.clamp(out, eps, 1 - eps)) if softmax_final else out
+    score = scores[:, target]
+    if foil is not None:  # regression: a value
+        score = score - (foil if regression else scores[:, foil])
     if quadratic:
         score = score ** 2
     (g,) = torch.autograd.grad(score.sum(), store["a"])
@@ -254,25 +252,34 @@ def test_binary_sigmoid_output(softmax_final):
                                    else both[:, [target, foil]], rtol=1e-5)
 
 
-def test_regression_output_value_foils_and_avoid_relu():
-    """Regression: the output itself; a foil value v gives y - v (linear: the same map as
-    y) or (y - v)^2 (quadratic: scaled by 2 (y - v), so the sign flips below v)."""
+def test_regression_reads_one_output_as_signal_grad_cam_does():
+    """is_regression_network with one output: SignalGrad-CAM reads it as binary (class 0
+    explains -y, class 1 +y; probabilities 1 - sigmoid(y), sigmoid(y)); a foil value v gives
+    s_t - v (linear: the map of s_t) or (s_t - v)^2 (quadratic: scaled by 2 (s_t - v)), and
+    the foil's column holds v."""
     model = make(1, outputs=1, head=None)
     data = items((1, 40), n=4)
     batch = np.stack(data)
     with torch.no_grad():
         y = model(torch.from_numpy(batch))[:, 0].numpy()
+    p = 1 / (1 + np.exp(-y.astype(np.float64)))
+    both = np.stack([1 - p, p], axis=1)
     builder = TorchCamBuilder(model, is_regression_network=True)
     foil = float(np.median(y))
-    for options in ({}, {"avoid_relu": True}, {"quadratic_contrastive_score": True}):
-        cams, probs = check_against_reference(
-            builder, model, data, batch, "conv2", 0, foil if options else None,
-            softmax_final=False, size=(40,), **options)
-        expected = y if not options else np.stack([y, np.full_like(y, foil)], axis=1)
-        np.testing.assert_allclose(probs, expected, rtol=1e-5)
+    for target in (0, 1):
+        for options in ({"avoid_relu": True}, {"avoid_relu": True,
+                                               "quadratic_contrastive_score": True}, {}):
+            with_foil = "quadratic_contrastive_score" in options
+            _, probs = check_against_reference(
+                builder, model, data, batch, "conv2", target, foil if with_foil else None,
+                softmax_final=False, size=(40,), **options)
+            expected = (np.stack([both[:, target], np.full_like(y, foil)], axis=1)
+                        if with_foil else both[:, target])
+            np.testing.assert_allclose(probs, expected, rtol=1e-5)
 
 
 def test_items_of_different_lengths_are_batched_by_shape():
+    export_cache.clear()
     model = make(1)
     data = items((1, 40), n=2) + items((1, 56), n=1, seed=5) + items((1, 40), n=1, seed=6)
     builder = TorchCamBuilder(model)
@@ -285,7 +292,7 @@ def test_items_of_different_lengths_are_batched_by_shape():
         expected, low, high = reference_cams(raw, (item.shape[1],))
         assert_cams([cams[key][i]], expected)
         np.testing.assert_allclose(ranges[key][1][i], high, rtol=1e-4)
-    assert {shape for shape, _ in builder._explainers} == {(1, 40), (1, 56)}  # one export each
+    assert len(export_cache) == 2  # one export per shape
 
 
 def test_padding_and_transform_with_extra_arguments():
