@@ -11,6 +11,7 @@ returned dictionaries are compared (keys, shapes, dtypes and values).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 
 import matplotlib.pyplot as plt
@@ -399,6 +400,78 @@ def test_errors_name_the_fix():
         builder.get_cam(data, 0, 0, "Grad-CAM", "conv9", True)
     with pytest.raises(Exception, match="padding_dim"):
         TorchCamBuilder(model, padding_dim=30).get_cam(data, 0, 0, "Grad-CAM", "conv2", True)
+
+
+# ---- the export cache -------------------------------------------------------------------
+@pytest.fixture
+def exports(monkeypatch):
+    """Counts the facade's conversions to ONNX, from an empty export cache."""
+    from onnx_cam.compat import torch_builder
+
+    export_cache.clear()
+    made = []
+
+    def counting(*args, **kwargs):
+        made.append(Explainer(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(torch_builder, "Explainer", counting)
+    yield made
+    export_cache.clear()
+
+
+def test_an_unchanged_model_is_exported_once_for_every_builder(exports):
+    model = make(1)
+    data = items((1, 40), n=2)
+    for builder in (TorchCamBuilder(model), TorchCamBuilder(model, class_names=list("abc")),
+                    TorchCamBuilder(copy.deepcopy(model))):  # equal weights, another object
+        builder.get_cam(data, 0, 1, "Grad-CAM", "conv2", True)
+        builder.get_cam(data, 0, 2, "HiResCAM", "conv1", True)
+    assert len(exports) == 1
+    TorchCamBuilder(model).get_cam(items((1, 56), n=1), 0, 1, "Grad-CAM", "conv2", True)
+    assert len(exports) == 2  # another input shape
+
+
+def test_a_changed_model_is_exported_again(exports):
+    """A weight changed in place, a buffer, or a plain attribute the forward reads: the next
+    get_cam (on the same builder too) explains the model as it is now (against autograd)."""
+    model = make(1)
+    data = items((1, 40), n=3)
+    builder = TorchCamBuilder(model)
+
+    def check():
+        check_against_reference(builder, model, data, np.stack(data), "conv2", 1,
+                                softmax_final=True, size=(40,))
+
+    check()
+    original = model.conv1.weight.detach().clone()
+    with torch.no_grad():
+        model.conv1.weight[0, 0, 0] += 0.5
+    check()
+    model.register_buffer("unused", torch.zeros(2))
+    check()
+    model.scale = 2.0  # Net.forward multiplies the logits by it
+    check()
+    assert len(exports) == 4
+    with torch.no_grad():
+        model.conv1.weight.copy_(original)  # back to the first state: still cached
+    model.scale = 1.0
+    del model.unused
+    check()
+    assert len(exports) == 4
+
+
+def test_the_export_cache_is_bounded(exports, monkeypatch):
+    monkeypatch.setattr(export_cache, "max_entries", 2)
+    data = items((1, 40), n=1)
+    models = [make(1, seed=s) for s in range(3)]
+    for model in models + models[2:]:  # the third one again: the most recently used
+        TorchCamBuilder(model).get_cam(data, 0, 1, "Grad-CAM", "conv2", True)
+    assert len(exports) == 3 and len(export_cache) == 2
+    TorchCamBuilder(models[0]).get_cam(data, 0, 1, "Grad-CAM", "conv2", True)
+    assert len(exports) == 4  # the first was evicted
+    TorchCamBuilder(models[2]).get_cam(data, 0, 1, "Grad-CAM", "conv2", True)
+    assert len(exports) == 4
 
 
 # ---- figures ----------------------------------------------------------------------------

@@ -186,3 +186,37 @@ def test_token_ids_through_a_keras_embedding():
                                       False)
     assert_cams(cams["Grad-CAM_conv2_class1"], expected)
     assert_ranges(ranges["Grad-CAM_conv2_class1"], low, high, 1)
+
+
+def test_keras_exports_are_shared_and_renewed_when_weights_change(data, monkeypatch):
+    """Builders of an unchanged Keras model share one conversion; after set_weights the next
+    get_cam converts again and matches tf.GradientTape on the new weights."""
+    from onnx_cam import Explainer
+    from onnx_cam.compat import tf_builder
+    from onnx_cam.compat.cache import export_cache
+
+    export_cache.clear()
+    made = []
+    monkeypatch.setattr(tf_builder, "Explainer", lambda *a, **k: made.append(
+        Explainer(*a, **k)) or made[-1])
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((40, 2))
+    h = L.Conv1D(4, 3, padding="same", activation="relu", name="conv1")(inp)
+    net = keras.Model(inp, L.Dense(3, activation="softmax")(L.GlobalAveragePooling1D()(h)))
+
+    def check(builder):
+        cams, _, ranges = builder.get_cam(data, 0, 1, "Grad-CAM", "conv1", True)
+        raw = tape_reference(net, "conv1", np.stack(data), 1, None, "Grad-CAM")
+        expected, low, high = reference_cams(raw, (40,))
+        assert_cams(cams["Grad-CAM_conv1_class1"], expected)
+        assert_ranges(ranges["Grad-CAM_conv1_class1"], low, high, 1)
+
+    builder = TfCamBuilder(net, time_axs=0)
+    check(builder)
+    check(TfCamBuilder(net, time_axs=0, class_names=["a", "b", "c"]))
+    assert len(made) == 1
+    kernel, bias = net.get_layer("conv1").get_weights()
+    net.get_layer("conv1").set_weights([kernel * -1.5, bias + 0.1])
+    check(builder)
+    assert len(made) == 2
+    export_cache.clear()
