@@ -2,7 +2,7 @@
 
 Two models with equal keys export to the same ONNX graph, so a cached export may serve both;
 a changed weight, buffer, hyperparameter or class gives a new key. Tensors and arrays count
-by content (a BLAKE2b digest of their bytes, with dtype and shape); numbers, strings and
+by content (a SHA-256 digest of their bytes, with dtype and shape); numbers, strings and
 containers of them by value; classes, functions and any other object by identity (the key
 holds the object, so an identity is never reused while the key lives). An object of the
 last kind mutated in place keeps its key: such attributes are outside what the key sees.
@@ -40,6 +40,7 @@ class _Walker:
     def __init__(self, module_names: dict[int, str] | None = None):
         self.module_names = module_names or {}
         self.digests: dict[int, tuple] = {}
+        self.open_containers: set[int] = set()
 
     def key(self, value):
         if isinstance(value, _VALUES):
@@ -55,22 +56,31 @@ class _Walker:
                                 tuple(value.shape))
         if torch is not None and isinstance(value, (torch.dtype, torch.device)):
             return str(value)
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and not value.dtype.hasobject:
             return self._digest(value, lambda: np.ascontiguousarray(value).view(np.uint8),
                                 value.dtype.str, value.shape)
-        if isinstance(value, (tuple, list)):
-            return (type(value).__name__, *(self.key(v) for v in value))
-        if isinstance(value, dict):
-            return ("dict", *((self.key(k), self.key(v)) for k, v in value.items()))
-        if isinstance(value, (set, frozenset)):
-            return ("set", frozenset(self.key(v) for v in value))
+        if isinstance(value, (tuple, list, dict, set, frozenset)):
+            if ident in self.open_containers:  # a container holding itself
+                return _Same(value)
+            self.open_containers.add(ident)
+            try:
+                return self._container(value)
+            finally:
+                self.open_containers.discard(ident)
         if isinstance(value, types.MethodType):
             return ("method", _Same(value.__func__), self.key(value.__self__))
         return _Same(value)
 
+    def _container(self, value) -> tuple:
+        if isinstance(value, dict):
+            return ("dict", *((self.key(k), self.key(v)) for k, v in value.items()))
+        if isinstance(value, (set, frozenset)):
+            return ("set", frozenset(self.key(v) for v in value))
+        return (type(value).__name__, *(self.key(v) for v in value))
+
     def _digest(self, value, as_bytes, dtype: str, shape: tuple) -> tuple:
         if id(value) not in self.digests:
-            digest = hashlib.blake2b(as_bytes(), digest_size=16).hexdigest()
+            digest = hashlib.sha256(as_bytes()).hexdigest()
             self.digests[id(value)] = ("tensor", dtype, shape, digest)
         return self.digests[id(value)]
 
