@@ -20,6 +20,11 @@ ONNX included) is timed separately. The maps of both are compared: SignalGrad-CA
 are computed with OpenCV 4's reading of 1-D arrays (OpenCV 5 reads them as rows and
 flattens every 1D map to a constant).
 
+"Notebook loop": a cell that builds a builder and runs one get_cam, run twice (the model
+unchanged), as a notebook user re-runs it; the facade with its export cache (the second run
+reuses the first run's ONNX export) and with the cache emptied before each run (every run
+exports, as before the cache existed).
+
     python benchmarks/bench_compat.py                  # 16 and 64 items (~5 min)
     python benchmarks/bench_compat.py --items 8 16 --draw-items 8   # ~1 min
 """
@@ -45,6 +50,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from onnx_cam.compat import TorchCamBuilder  # noqa: E402
+from onnx_cam.compat.cache import export_cache  # noqa: E402
 
 warnings.filterwarnings("ignore")
 CLASSES = ["normal", "af", "other", "noisy", "pvc"]
@@ -141,6 +147,8 @@ def main() -> None:
                         help="runs of SignalGrad-CAM (minutes each at 64 items)")
     parser.add_argument("--draw-items", type=int, default=16,
                         help="items in the 'with drawing' line (0: skip it)")
+    parser.add_argument("--notebook-items", type=int, nargs="+", default=[1, 16],
+                        help="items per get_cam in the notebook loop")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -190,6 +198,9 @@ def main() -> None:
         rows.append((f"{n} x 12 x 5000, 1 class, with drawing (a PNG per item)", t_theirs,
                      t_ours, "-"))
 
+    notebook = [(n, *notebook_loop(sgc, model, data[:n], labels[:n], {**one, **common}))
+                for n in args.notebook_items]
+
     print(f"\nget_cam time, SignalGrad-CAM 2.2.0 median of {args.their_repeats}, the facade "
           f"median of {args.repeats} (torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads). The facade's first call, the ONNX export included: {first_call:.2f} s\n")
@@ -197,6 +208,36 @@ def main() -> None:
     print("|---|---:|---:|---:|---|")
     for name, t_theirs, t_ours, diff in rows:
         print(f"| {name} | {t_theirs:.2f} | {t_ours:.3f} | {t_theirs / t_ours:.0f}x | {diff} |")
+    print("\nNotebook loop: build a builder + one get_cam (1 class, Grad-CAM), run twice\n")
+    print("| items | run | SignalGrad-CAM (s) | facade, no export cache (s) | "
+          "facade, export cache (s) |")
+    print("|---:|---:|---:|---:|---:|")
+    for n, theirs_times, uncached, cached in notebook:
+        for run_index in range(2):
+            print(f"| {n} | {run_index + 1} | {theirs_times[run_index]:.2f} | "
+                  f"{uncached[run_index]:.2f} | {cached[run_index]:.3f} |")
+
+
+def notebook_loop(sgc, model, data, labels, call) -> tuple[list, list, list]:
+    """Seconds of each of two runs of "builder = Builder(model); builder.get_cam(...)":
+    SignalGrad-CAM, the facade with the export cache emptied before each run, and the
+    facade with the cache (empty before the first run)."""
+    def runs(make_builder, before_each=None) -> list[float]:
+        times = []
+        for _ in range(2):
+            if before_each is not None:
+                before_each()
+            start = time.perf_counter()
+            make_builder().get_cam(data, labels, **call)
+            times.append(time.perf_counter() - start)
+        return times
+
+    with signal_grad_cam(drawing=False), contextlib.redirect_stdout(io.StringIO()):
+        theirs = runs(lambda: sgc.TorchCamBuilder(model, class_names=CLASSES))
+    uncached = runs(lambda: TorchCamBuilder(model, class_names=CLASSES), export_cache.clear)
+    export_cache.clear()
+    cached = runs(lambda: TorchCamBuilder(model, class_names=CLASSES))
+    return theirs, uncached, cached
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ LAYER_MAP_KEY = "onnx_cam.layer_map"      # JSON {framework layer name: ONNX ten
 CLASS_NAMES_KEY = "onnx_cam.class_names"  # JSON [class name, ...]
 SOURCE_KEY = "onnx_cam.source"            # "torch" or "keras"
 LAYOUT_KEY = "onnx_cam.layout"            # "channels_first" (N, C, *spatial) or "channels_last"
+# JSON {framework layer name: nearest kept name, or ""}: names left out of the layer map
+# because their tensor's values differ from the layer's output (export_torch checks them)
+UNVERIFIED_KEY = "onnx_cam.unverified_layers"
 CHANNELS_FIRST, CHANNELS_LAST = "channels_first", "channels_last"
 
 

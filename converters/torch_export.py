@@ -28,19 +28,29 @@ enclosing module cannot be told apart by name. Hence:
   the eager run shows the module returned, unchanged (same object, same version counter), a
   tensor that already has a name: the graph input or the last-call output of a mapped module.
   Otherwise (and for modules whose scope name is ambiguous) the module is left out of the map.
+* **Checked by value**: finally the exported model runs in ONNX Runtime on the example input
+  with every mapped tensor as an output, and each must equal (relative L2 difference below
+  1e-3; 1e-2 for 16-bit floats) the module's last-call output as a forward hook saw it when
+  the module returned (before any later in-place op). A name that fails (a module whose last
+  node is not its output, a BatchNorm folded into its Conv by an exporter) is left out of the
+  map and recorded under ``onnx_cam.unverified_layers`` with the kept module to use instead:
+  one holding the same values if any, else the nearest in execution order (the later on a
+  tie); ``LayerError`` names it when the dropped name is asked for.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import warnings
 from typing import Any
 
+import numpy as np
 import onnx
 
-from .metadata import CHANNELS_FIRST, annotate
+from .metadata import CHANNELS_FIRST, UNVERIFIED_KEY, annotate
 
 _CALL_SUFFIX = re.compile(r"(.+)_(\d+)")
 
@@ -83,7 +93,7 @@ def export_torch(
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
-        events, n_outputs = _eager_calls(module, x)
+        events, values, n_outputs = _eager_calls(module, x)
         model = _export(module, x, opset, input_name, output_name, n_outputs)
     finally:
         for m, training in flags:
@@ -99,16 +109,17 @@ def export_torch(
         if not any(q == a or q.startswith(a + ".") for a in ambiguous)
     }
     layer_map = _call_outputs(model, owned, events, input_name)
+    layer_map, unverified = _checked_by_value(model, layer_map, values, x, input_name, events)
     layer_map[""] = model.graph.output[0].name
 
     return annotate(model, source="torch", layout=CHANNELS_FIRST, layer_map=layer_map,
                     class_names=class_names, path=path,
-                    extra={"onnx_cam.torch_version": str(torch.__version__)})
+                    extra={"onnx_cam.torch_version": str(torch.__version__),
+                           UNVERIFIED_KEY: json.dumps(unverified, sort_keys=True)})
 
 
 def _as_tensor(example_input: Any, module: Any) -> Any:
     """Return ``example_input`` as a torch tensor (numpy floats get the model's float dtype)."""
-    import numpy as np
     import torch
 
     if isinstance(example_input, np.ndarray):
@@ -145,20 +156,27 @@ def _tensors(obj: Any) -> list[Any]:
     return []
 
 
-def _eager_calls(module: Any, x: Any) -> tuple[list[tuple[str, list[Any], int]], int]:
-    """Run ``module`` once; return its module calls in completion order and its output count.
+def _eager_calls(
+    module: Any, x: Any
+) -> tuple[list[tuple[str, list[Any], int]], dict[str, Any], int]:
+    """Run ``module`` once; return its module calls in completion order, the value of each
+    module's last-call first output as it returned it, and the model's output count.
 
     Each call is ``(qualname, output tensors, version counter of the first one)``; the tensors
-    are kept alive so that object identity stays meaningful.
+    are kept alive so that object identity stays meaningful. The values are copies taken in
+    the hook, so a later in-place op (``ReLU(inplace=True)``) does not change them.
     """
     import torch
 
     events: list[tuple[str, list[Any], int]] = []
+    values: dict[str, Any] = {}
 
     def hook(qualname: str):
         def record(_mod: Any, _inp: Any, out: Any) -> None:
             tensors = _tensors(out)
             events.append((qualname, tensors, tensors[0]._version if tensors else -1))
+            if tensors:
+                values[qualname] = tensors[0].detach().clone()
         return record
 
     x = x.clone()
@@ -181,7 +199,7 @@ def _eager_calls(module: Any, x: Any) -> tuple[list[tuple[str, list[Any], int]],
             f"{type(module).__name__} returned no tensor; only models whose output is a tensor "
             "or a tuple/list/dict of tensors can be exported."
         )
-    return events, n_outputs
+    return events, values, n_outputs
 
 
 def _export(
@@ -366,3 +384,73 @@ def _call_outputs(
             if name is not None and seen_version == version:
                 layer_map[q] = name
     return layer_map
+
+
+def _checked_by_value(
+    model: onnx.ModelProto,
+    layer_map: dict[str, str],
+    values: dict[str, Any],
+    x: Any,
+    input_name: str,
+    events: list[tuple[str, list[Any], int]],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The names whose tensor equals the module's output in ONNX Runtime, and for each name
+    left out the nearest kept module in execution order (see the module docstring)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    for tensor in sorted(set(layer_map.values()) - outputs - {input_name}):
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    feed = x.detach().cpu().numpy()
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        computed = dict(zip(names, session.run(None, {input_name: feed}), strict=True))
+    except Exception:  # noqa: BLE001 - ONNX Runtime cannot run it: no name can be checked
+        computed = {}
+    computed[input_name] = feed
+    kept = {q: t for q, t in layer_map.items()
+            if t in computed and q in values and _same_values(computed[t], values[q])}
+    order = {q: k for k, (q, _, _) in enumerate(events)}  # last call of each module
+    unverified = {}
+    for q in layer_map:
+        if q not in kept:  # a kept module holding the same values is the best alternative
+            same = [k for k, t in kept.items()
+                    if q in values and _same_values(computed[t], values[q])]
+            unverified[q] = _nearest(q, same or list(kept), order)
+    return kept, unverified
+
+
+def _same_values(got: np.ndarray, want: Any) -> bool:
+    """ONNX Runtime's tensor equals the torch one: equal shapes; floats within a relative L2
+    difference of 1e-3 (1e-2 if either is a 16-bit float; NaN where the other has NaN),
+    anything else exactly."""
+    import torch
+
+    if tuple(got.shape) != tuple(want.shape):
+        return False
+    if not want.is_floating_point() or got.dtype.kind != "f":
+        return bool(np.array_equal(got, want.cpu().numpy()))
+    tolerance = 1e-2 if min(got.itemsize, want.element_size()) <= 2 else 1e-3
+    want = want.detach().cpu()
+    want = (want.float() if want.dtype == torch.bfloat16 else want).numpy()
+    if not np.array_equal(np.isnan(got), np.isnan(want)):
+        return False
+    diff = np.nan_to_num(np.subtract(got, want, dtype=np.float64))
+    # squared sums, not np.linalg.norm: its BLAS dot can take 30 ms on a busy machine
+    scale = np.square(np.nan_to_num(want), dtype=np.float64).sum()
+    return bool(np.square(diff).sum() <= tolerance**2 * scale + 1e-60)
+
+
+def _nearest(name: str, kept: list[str], order: dict[str, int]) -> str:
+    """The module of ``kept`` whose last call is nearest ``name``'s (the later one on a tie)."""
+    if name not in order:
+        return ""
+    here = order[name]
+    candidates = [q for q in kept if q and q in order]
+    if not candidates:
+        return ""
+    return min(candidates, key=lambda q: (abs(order[q] - here), order[q] < here))

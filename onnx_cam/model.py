@@ -13,7 +13,13 @@ from onnx import shape_inference, version_converter
 
 from . import safety
 from .concurrency import OnceCache
-from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
+from .converters.metadata import (
+    CHANNELS_LAST,
+    CLASS_NAMES_KEY,
+    LAYER_MAP_KEY,
+    LAYOUT_KEY,
+    UNVERIFIED_KEY,
+)
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
 from .memory import memory_budget
 
@@ -120,6 +126,7 @@ class Model:
         self.opset = max(opset, 17) if opset < MIN_OPSET else opset
         metadata = {p.key: p.value for p in proto.metadata_props}
         self.layer_map: dict[str, str] = json.loads(metadata.get(LAYER_MAP_KEY, "{}"))
+        self.unverified_layers = _unverified_layers(metadata.get(UNVERIFIED_KEY))
         names = metadata.get(CLASS_NAMES_KEY)
         self.class_names: list[str] | None = json.loads(names) if names else None
         initializers = {i.name for i in proto.graph.initializer}
@@ -264,10 +271,30 @@ class Model:
                 "explained: a CAM layer needs channel and spatial axes (N, C, *spatial) and must "
                 f"lie on the path to the score. Candidate layers, deepest first: {hint}."
             )
+        if name in self.unverified_layers:
+            nearest = self.unverified_layers[name]
+            raise LayerError(
+                f"Layer {name!r} is a module of the torch model, but no tensor of this export "
+                "equals its output (checked against torch at export), so it is not offered. "
+                + (f"The nearest module that is: {nearest!r}." if nearest
+                   else f"Candidate layers, deepest first: {hint}.")
+            )
         raise LayerError(
             f"Unknown layer {name!r}. Name a layer by framework name, ONNX tensor name or node "
             f"name; see Explainer.layers. Candidate layers, deepest first: {hint}."
         )
+
+
+def _unverified_layers(text: str | None) -> dict[str, str]:
+    """export_torch's names left out of the layer map -> the nearest kept name ("" if none);
+    metadata that is not such a JSON object counts as none."""
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],

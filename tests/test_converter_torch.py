@@ -7,6 +7,7 @@ onnxruntime, and both must agree.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -351,3 +352,90 @@ def test_user_errors():
 def test_import_does_not_import_torch(tmp_path):
     code = "import sys, onnx_cam.converters; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+# ------------------------------------------------------------------ names checked by value
+class KeepsAMap(nn.Module):
+    """Returns its conv's output, but its last node computes a same-shaped tensor it keeps for
+    the caller (as attention blocks keep their maps): the scope's last node is not its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        self.kept = torch.sigmoid(y)
+        return y
+
+
+class KeepsAMapNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = KeepsAMap()
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.relu(self.block(x)) * self.block.kept
+        return self.head(h.mean((2, 3)))
+
+
+def conv_bn_relu_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6),
+                         nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(6, 3))
+
+
+def _unverified(proto: onnx.ModelProto) -> dict[str, str]:
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return json.loads(meta["onnx_cam.unverified_layers"])
+
+
+def test_conv_bn_relu_names_are_their_modules_outputs():
+    """Each BatchNorm name is BN's own output as its forward hook saw it when it returned,
+    before the in-place ReLU after it."""
+    model = _init(conv_bn_relu_net())
+    proto, layer_map = _check_map(model, torch.randn(2, 3, 8, 8))
+    assert set(layer_map) == {q for q, _ in model.named_modules()}
+    assert _producer(proto, layer_map["1"]) == "BatchNormalization"
+    assert _unverified(proto) == {}
+
+
+def test_batchnorm_folded_into_its_conv_is_never_offered(monkeypatch):
+    """An export that folds each BatchNorm into the Conv before it (constant folding) leaves
+    the Conv's node holding BN's output: the Conv names would lie and are left out."""
+    from onnx_cam.converters import torch_export
+
+    def folding_export(module, x, opset, input_name, output_name, n_outputs):
+        buffer = io.BytesIO()
+        torch.onnx.export(module, (x,), buffer, dynamo=False, do_constant_folding=True,
+                          opset_version=opset, input_names=[input_name],
+                          output_names=[output_name],
+                          dynamic_axes={input_name: {0: "N"}, output_name: {0: "N"}})
+        return onnx.load_from_string(buffer.getvalue())
+
+    monkeypatch.setattr(torch_export, "_export", folding_export)
+    model = _init(conv_bn_relu_net())
+    proto, layer_map = _check_map(model, torch.randn(2, 3, 8, 8))  # every name offered is true
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
+    assert {"0", "4"}.isdisjoint(layer_map) and {"2", "6"} <= set(layer_map)
+    assert _unverified(proto) == {"0": "2", "4": "3"}  # the nearest kept, in call order
+
+
+def test_a_name_whose_tensor_is_not_the_output_is_left_out_and_explained():
+    """The module's scope ends in a node that is not its output; the name is left out, and
+    asking for it raises a LayerError naming the module that holds the same values."""
+    import onnx_cam
+    from onnx_cam.errors import LayerError
+
+    torch.manual_seed(0)
+    model = KeepsAMapNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    proto, layer_map = _check_map(model, x)
+    assert "block" not in layer_map and "block.conv" in layer_map
+    assert _unverified(proto) == {"block": "block.conv"}
+    explainer = onnx_cam.Explainer(proto.SerializeToString())
+    with pytest.raises(LayerError, match="nearest module that is: 'block.conv'"):
+        explainer.explain(x.numpy(), targets=0, layers="block")

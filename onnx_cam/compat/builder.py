@@ -30,7 +30,9 @@ class CamBuilder:
     The framework model is converted to ONNX once per input shape (items of equal shape, or
     padded with ``padding_dim``, share one conversion) and every ``get_cam`` call explains
     each batch of equal-shape items with a single ONNX Runtime run, whatever the number of
-    target classes, foils, layers and explainers. Use :class:`TorchCamBuilder` or
+    target classes, foils, layers and explainers. Conversions are shared by every builder
+    of the same model (:mod:`.cache`, keyed by its weights' content and its architecture:
+    a model changed between calls is converted again). Use :class:`TorchCamBuilder` or
     :class:`TfCamBuilder`; arguments as SignalGrad-CAM's (the README's "Migrating from
     SignalGrad-CAM" says what differs). ``seed`` is accepted and unused: nothing here is
     random, and no global random state or determinism flag is touched. ``extend_search`` is
@@ -64,11 +66,20 @@ class CamBuilder:
         """The spatial rank (1, 2, 3) of a named layer's output."""
         raise NotImplementedError
 
-    def _explainer(self, shape: tuple[int, ...], example: np.ndarray,
-                   unit_channel: bool) -> Explainer:
-        """The Explainer of the converted model for items of ``shape`` (cached);
-        ``unit_channel``: the batch carries a unit channel axis the model does not take."""
+    def _fingerprint(self) -> tuple:
+        """The model's key (:mod:`.fingerprint`): its weights by content, its architecture."""
         raise NotImplementedError
+
+    def _explainer(self, model_key: tuple, shape: tuple[int, ...], example: np.ndarray,
+                   unit_channel: bool) -> Explainer:
+        """The Explainer of the converted model for items of ``shape``, from the shared
+        export cache under ``model_key`` (the model as it is now); ``unit_channel``: the
+        batch carries a unit channel axis the model does not take."""
+        raise NotImplementedError
+
+    def _returned_probabilities(self, probs: np.ndarray):
+        """A probabilities entry as SignalGrad-CAM returns it (numpy here)."""
+        return probs
 
     def _core_layer(self, layer: str) -> str:
         """The name onnx-cam knows the layer by in the converted model."""
@@ -94,7 +105,9 @@ class CamBuilder:
           resized to the item's size: 1D ``(T, 1)`` uint8, 2D ``(rows, columns)`` uint8, 3D
           ``(D, H, W)`` float32;
         - predicted probabilities: per key, the target class's probability per item ``(N,)``,
-          or the target's and the foil's ``(N, 2)`` (regression: the output, and the foil);
+          or the target's and the foil's ``(N, 2)`` (a regression foil: its value), read as
+          SignalGrad-CAM reads the output (one output: binary, ``sigmoid``); a ``tf.Tensor``
+          from :class:`TfCamBuilder`, a numpy array from :class:`TorchCamBuilder`, as there;
         - score ranges: per key, ``(minima, maxima)``, each ``(N, 1)`` / ``(N, 1, 1)`` /
           ``(N, 1, 1, 1)``: the map's range before scaling.
 
@@ -130,13 +143,15 @@ class CamBuilder:
             arrays = [a[0] if a.ndim == 2 and len(a) == 1 else a for a in arrays]
         keys = request.keys(self.get_item_key)
         results = _Results.empty(keys.values(), len(items))
+        model_key = self._fingerprint()  # once per call: the weights may change between calls
         for shape, members in group_by_shape(arrays).items():
             stacked = np.stack([arrays[i] for i in members])
             unit = not tokens and needs_unit_channel(shape, request.rank)
             batch = with_unit_channel(stacked, request.rank) if unit else stacked
-            explainer = self._explainer(shape, batch, unit)
+            explainer = self._explainer(model_key, shape, batch, unit)
             self._explain_batch(explainer, batch, members, request, keys, results)
         cams, probs, ranges = results.dictionaries(request.rank)
+        probs = {key: self._returned_probabilities(p) for key, p in probs.items()}
         if results_dir_path is not None:
             display.draw_get_cam(self, items, data_labels, data_names, cams, probs, ranges,
                                  keys, results_dir_path, data_sampling_freq, channel_names,

@@ -1,7 +1,8 @@
 """SignalGrad-CAM's displays drawn with ``onnx_cam.viz``: returned, saved when asked, never shown.
 
 Files go where SignalGrad-CAM puts them: get_cam's per-item figures in
-``<dir>/<item name>/<explainer>_<layer>_class<k>[_foil<f>].png`` (``.gif`` for 3D), the
+``<dir>/<item name>/<explainer>_<layer>_class<k>[_foil<f>].png`` (``.gif`` for 3D; its
+frames, when asked, as ``frame_<k>.png`` in a folder named as the GIF without ``.gif``), the
 single-channel figures as ``channel_graphs_...png`` there too, the overlays of all items in
 ``<dir>/results_...png``, the token bars as ``<dir>/barplot_..._<item name>.png`` (one figure
 per item here). Every figure is made outside pyplot, so none is left open.
@@ -43,9 +44,8 @@ def draw_get_cam(builder, items, data_labels, data_names, cams, probs, ranges, k
             else:
                 fps = _at(video_fps_list, i) if video_fps_list is not None else 10
                 volume = picture if picture is not None else cam[None]
-                viz.volume_gif(volume, cam, rng, folder / f"{stem}.gif", fps=fps, cmap=cmap,
-                               title=title, channel=0 if len(volume) not in (1, 3) else None,
-                               frames_dir=folder / stem if show_frames else None)
+                _gif(volume, cam, rng, folder / f"{stem}.gif", show_frames, fps=fps, cmap=cmap,
+                     title=title, channel=0 if len(volume) not in (1, 3) else None)
 
 
 def single_channel(builder, data_list, data_labels, predicted_probs_dict, cams_dict,
@@ -188,14 +188,13 @@ def _range(ranges, i: int, key: str | None = None) -> tuple[float, float]:
 
 def _title(builder, name: str, target: int, foil, probs, label) -> str:
     """``"item0 · af (p=0.93) · true normal"``; contrastive ``"af vs normal (p=0.93 vs 0.05)"``;
-    regression ``"output 0 = 1.23"`` (``vs 0.5`` for a foil value)."""
+    a regression foil value ``"af (p=0.93) vs 0.5"``."""
     probs = np.ravel(probs)
     names = builder.class_names
-    if builder.is_regression_network:
-        head = f"output {target} = {probs[0]:.3g}" + ("" if foil is None else f" vs {foil:g}")
-        return f"{name} · {head}"
     if foil is None:
         head = f"{class_label(target, names)} (p={probs[0]:.2f})"
+    elif builder.is_regression_network:
+        head = f"{class_label(target, names)} (p={probs[0]:.2f}) vs {foil:g}"
     else:
         head = (f"{class_label(target, names)} vs {class_label(foil, names)} "
                 f"(p={probs[0]:.2f} vs {probs[1]:.2f})")
@@ -213,7 +212,8 @@ def _folder_path(results_dir, name) -> Path | None:
 
 
 def _stem(prefix: str, explainer: str, layer: str, target, foil) -> str:
-    stem = f"{prefix}{explainer}_{re.sub(r'[^0-9A-Za-z_]', '_', layer)}_class{target}"
+    safe_layer = re.sub(r"\W", "_", layer)  # as SignalGrad-CAM names files
+    stem = f"{prefix}{explainer}_{safe_layer}_class{target}"
     return stem if foil is None else f"{stem}_foil{foil}"
 
 
@@ -271,9 +271,17 @@ def _volume(volume, cam, rng, title, folder, stem, video_fps_list, i, frames, cm
     if folder is None:
         return [viz.montage_figure(volume, cam, rng, fps=fps, cmap=cmap, alpha=alpha,
                                    channel=channel, title=title)]
-    return viz.volume_gif(volume, cam, rng, folder / f"{stem}.gif", fps=fps or 10, cmap=cmap,
-                          alpha=alpha, channel=channel, title=title,
-                          frames_dir=folder / stem if frames else None)
+    return _gif(volume, cam, rng, folder / f"{stem}.gif", frames, fps=fps or 10, cmap=cmap,
+                alpha=alpha, channel=channel, title=title)
+
+
+def _gif(volume, cam, rng, path: Path, frames: bool, **options) -> list[Path]:
+    """viz.volume_gif; with ``frames``, each frame also as SignalGrad-CAM names it:
+    ``<gif path without .gif>/frame_<k>.png``. Returns the GIF's path, then the frames'."""
+    written = viz.volume_gif(volume, cam, rng, path, **options,
+                             frames_dir=path.with_suffix("") if frames else None)
+    return written[:1] + [p.replace(p.with_name(f"frame_{k}.png"))
+                          for k, p in enumerate(written[1:])]
 
 
 def _video_channels(item, cam, rng, title, folder, stem, channel_names, video_fps_list, i,

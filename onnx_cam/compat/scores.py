@@ -6,9 +6,13 @@ SignalGrad-CAM differentiates, per item, a score made from the model output ``o`
 - one sigmoid output, ``softmax_final=True``: ``s_1 = logit(clamp(o, eps, 1 - eps))``,
   ``s_0 = -s_1`` (the output is read as a binary classifier);
 - ``softmax_final=False``: ``s_c = o_c`` (one output: ``s_1 = o``, ``s_0 = -o``);
-- regression (``is_regression_network``): the output itself, ``y = o_k``;
-- a contrastive foil ``f``: ``s_t - s_f`` (a class) or ``y - v`` (a value for regression),
-  squared when ``quadratic_contrastive_score``.
+- a contrastive foil ``f``: ``s_t - s_f`` (a class) or ``s_t - v`` (a value, for
+  ``is_regression_network``), squared when ``quadratic_contrastive_score``.
+
+``is_regression_network`` changes nothing else: as in SignalGrad-CAM, a regression model's
+single output is read as a binary classifier too (class 0 explains ``-y``, and the
+"probabilities" are ``1 - sigmoid(y)``, ``sigmoid(y)``), and several outputs as classes
+(their softmax is reported under ``softmax_final=False``).
 
 Each gradient is a per-item combination of at most two gradients onnx-cam computes exactly:
 ``log_softmax`` / ``log_sigmoid`` of the logits (``score="log_probs"``: the same gradient as
@@ -61,25 +65,27 @@ def _softmax(v: np.ndarray) -> np.ndarray:
 class ScoreRule:
     """How one get_cam call's score maps onto onnx-cam (see the module docstring)."""
 
-    kind: str               # "classes", "binary" (one output read as two classes), "regression"
+    kind: str               # "classes", or "binary" (one output read as two classes)
     outputs: int            # the model's number of outputs
     softmax_final: bool
     head: str | None        # the final Softmax / LogSoftmax / Sigmoid onnx-cam found, if any
     eps: float
     quadratic: bool
+    regression: bool        # is_regression_network: a foil is a value, not a class
 
     @classmethod
     def of(cls, outputs: int, head: str | None, regression: bool, softmax_final: bool,
            eps: float, quadratic: bool) -> ScoreRule:
-        kind = "regression" if regression else "binary" if outputs == 1 else "classes"
+        kind = "binary" if outputs == 1 else "classes"
         wanted = ("Sigmoid",) if kind == "binary" else ("Softmax", "Sigmoid")
-        if kind != "regression" and softmax_final and head not in wanted:
+        if softmax_final and head not in wanted:
             ends = f"ends in {head}" if head else "has no final Softmax / Sigmoid"
             raise UnsupportedModelError(
                 f"softmax_final=True says the model ends in {' or '.join(wanted)}, but its "
                 f"graph {ends}. Pass softmax_final=False if the model returns logits (or "
-                "log-probabilities); the score is then the output itself, as in SignalGrad-CAM.")
-        return cls(kind, outputs, softmax_final, head, eps, quadratic)
+                "log-probabilities, or regression values); the score is then the output "
+                "itself, as in SignalGrad-CAM.")
+        return cls(kind, outputs, softmax_final, head, eps, quadratic, regression)
 
     @property
     def core_score(self) -> str:
@@ -93,48 +99,45 @@ class ScoreRule:
     def check(self, target, foil) -> None:
         """A TargetError naming the fix for a target or foil the model cannot have.
 
-        A single output counts as two classes (binary), and a single-output regression model
-        takes class 0 or 1 for its one output (SignalGrad-CAM's Keras builder reads it as
-        binary, 1 being the output itself)."""
+        A single output counts as two classes (binary), regression models included, as in
+        SignalGrad-CAM."""
         n = 2 if self.outputs == 1 else self.outputs
-        what = "output" if self.kind == "regression" else "class"
         if not _is_index(target, n):
-            raise TargetError(f"target class {target!r} is not a {what} index of this model "
+            raise TargetError(f"target class {target!r} is not a class index of this model "
                               f"(0..{n - 1}).")
         if foil is None:
             return
-        if self.kind == "regression":
+        if self.regression:
             if isinstance(foil, bool) or not isinstance(foil, (int, float, np.number)):
                 raise TargetError(f"contrastive foil {foil!r}: a regression model's foil is the "
-                                  "value the output is contrasted with (a number).")
+                                  "value the score is contrasted with (a number).")
         elif not _is_index(foil, n):
             raise TargetError(f"contrastive foil {foil!r} is not a class index of this model "
                               f"(0..{n - 1}).")
 
     def rows(self, target: int, foil) -> tuple[int, ...]:
         """The model outputs whose gradients the score combines."""
-        if self.kind == "classes":
-            return (target,) if foil is None else (target, foil)
-        if self.kind == "regression" and self.outputs > 1:
-            return (target,)
-        return (0,)  # a single output: binary classes and single-output regression
+        if self.kind == "binary":
+            return (0,)
+        return (target,) if foil is None or self.regression else (target, foil)
 
     def coefficients(self, outputs: np.ndarray, target: int, foil) -> np.ndarray:
         """(n, len(rows)): the score's gradient is ``sum_j coef[:, j] * grad(core row j)``."""
-        n = len(outputs)
-        if self.kind == "regression":
-            y = outputs[:, self.rows(target, foil)[0]]
-            scale = 2.0 * (y - float(foil)) if foil is not None and self.quadratic else np.ones(n)
-            return scale[:, None]
         values, active = self._scores(outputs)
-        scale = (2.0 * (values[:, target] - values[:, foil]) if foil is not None
-                 and self.quadratic else np.ones(n))
-        if self.kind == "binary":  # s_1 = s, s_0 = -s: every class has the output's gradient
-            sign = _sign(target) - (0.0 if foil is None else _sign(foil))
-            return (scale * sign * active[:, 1])[:, None]
+
+        def part(c: int) -> np.ndarray:  # s_c's gradient in units of its core row's
+            return active[:, c] * (_sign(c) if self.kind == "binary" else 1.0)
+
         if foil is None:
-            return active[:, [target]]
-        return scale[:, None] * np.stack([active[:, target], -active[:, foil]], axis=1)
+            return part(target)[:, None]
+        foil_value = np.float64(foil) if self.regression else values[:, foil]
+        scale = (2.0 * (values[:, target] - foil_value) if self.quadratic
+                 else np.ones(len(values)))
+        if self.regression:  # a value's gradient is 0
+            return (scale * part(target))[:, None]
+        if self.kind == "binary":
+            return (scale * (part(target) - part(foil)))[:, None]
+        return scale[:, None] * np.stack([part(target), -part(foil)], axis=1)
 
     def _scores(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per class: SignalGrad-CAM's score value and 1 where its clamp lets the gradient
@@ -156,16 +159,20 @@ class ScoreRule:
 
     def probabilities(self, outputs: np.ndarray, target: int, foil) -> np.ndarray:
         """What get_cam's second dictionary holds: the target's probability (n,), or the
-        target's and the foil's (n, 2). Regression: the output (n,), or (output, foil) (n, 2)."""
-        if self.kind == "regression":
-            y = outputs[:, self.rows(target, foil)[0]]
-            columns = [y] if foil is None else [y, np.full_like(y, float(foil))]
+        target's and the foil's (n, 2); a regression foil's column holds the foil value.
+
+        As SignalGrad-CAM reads the output: a single output is binary (``[1 - p, p]``, p the
+        output under softmax_final=True, else its sigmoid); several outputs are the
+        probabilities themselves under softmax_final=True, else their softmax. Regression
+        models included."""
+        if self.kind == "binary":
+            p = outputs[:, 0] if self.softmax_final else 1.0 / (1.0 + np.exp(-outputs[:, 0]))
+            probs = np.stack([1.0 - p, p], axis=1)
         else:
-            if self.kind == "binary":
-                p = outputs[:, 0] if self.softmax_final else 1.0 / (1.0 + np.exp(-outputs[:, 0]))
-                probs = np.stack([1.0 - p, p], axis=1)
-            else:
-                probs = outputs if self.softmax_final else _softmax(outputs)
-            columns = [probs[:, target]] + ([] if foil is None else [probs[:, foil]])
+            probs = outputs if self.softmax_final else _softmax(outputs)
+        columns = [probs[:, target]]
+        if foil is not None:
+            columns.append(np.full(len(probs), float(foil)) if self.regression
+                           else probs[:, foil])
         stacked = np.stack(columns, axis=1).astype(np.float32)
         return stacked[:, 0] if foil is None else stacked

@@ -10,13 +10,19 @@ from ..errors import LayerError, UnsupportedModelError
 from ..explainer import Explainer
 from ..runtime import CPU, RuntimeOptions
 from .builder import CamBuilder
+from .cache import export_cache
+from .fingerprint import keras_fingerprint
+
+_RUNTIME = RuntimeOptions(providers=(CPU,))
 
 
 class TfCamBuilder(CamBuilder):
     """SignalGrad-CAM 2.2's ``TfCamBuilder`` (same arguments; see :class:`CamBuilder`).
 
     The Keras model is converted to ONNX once (``onnx_cam.converters.export_keras``, on the
-    first ``get_cam`` call); explaining never calls TensorFlow. ``target_layers`` are Keras
+    first ``get_cam`` call; kept in :mod:`.cache` for every builder of the same weights and
+    architecture); explaining never calls TensorFlow. The probabilities come back as
+    ``tf.Tensor`` s, as SignalGrad-CAM's do. ``target_layers`` are Keras
     layer names (``"<sequential>.<layer>"`` names a layer inside a nested Sequential, as in
     SignalGrad-CAM). Items are fed as the model takes them (channels last); a model whose
     input has no channel axis (``ignore_channel_dim``) is not supported yet.
@@ -31,7 +37,6 @@ class TfCamBuilder(CamBuilder):
         super().__init__(model, transform_fn, class_names, time_axs, input_transposed,
                          ignore_channel_dim, is_regression_network, is_transformer_network,
                          model_output_index, extend_search, padding_dim, seed)
-        self._explainer_: Explainer | None = None
 
     def _keras_layer(self, layer: str):
         try:
@@ -56,18 +61,24 @@ class TfCamBuilder(CamBuilder):
     def _core_layer(self, layer: str) -> str:
         return self._keras_layer(layer).name
 
-    def _explainer(self, shape: tuple[int, ...], example: np.ndarray,
+    def _fingerprint(self) -> tuple:
+        return keras_fingerprint(self.model)
+
+    def _explainer(self, model_key: tuple, shape: tuple[int, ...], example: np.ndarray,
                    unit_channel: bool) -> Explainer:
         if unit_channel:
             raise UnsupportedModelError(
                 f"The Keras model takes items shaped {shape}, without a channel axis; onnx-cam "
                 "cannot trace a layer's axes back to such an input yet. Give the model an input "
                 f"with a channel axis (keras.Input({(*shape, 1)}), its leading Reshape removed).")
-        if self._explainer_ is None:
-            index = self.model_output_index or 0
-            self._explainer_ = Explainer(
-                self.model, example_input=example[:2] if example.dtype.kind in "iu"
-                else example[:2].astype(np.float32),
-                output="output" if index == 0 else f"output_{index}",
-                runtime=RuntimeOptions(providers=(CPU,)))
-        return self._explainer_
+        example = example[:2] if example.dtype.kind in "iu" else example[:2].astype(np.float32)
+        index = self.model_output_index or 0
+        key = (model_key, example.dtype.str, index, _RUNTIME)
+        return export_cache.get(key, lambda: Explainer(
+            self.model, example_input=example,
+            output="output" if index == 0 else f"output_{index}", runtime=_RUNTIME))
+
+    def _returned_probabilities(self, probs: np.ndarray):
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(probs)

@@ -12,6 +12,8 @@ from ..errors import LayerError
 from ..explainer import Explainer
 from ..runtime import CPU, RuntimeOptions
 from .builder import CamBuilder
+from .cache import export_cache
+from .fingerprint import torch_fingerprint
 
 _RANK = re.compile(r"([123])d$", re.IGNORECASE)  # Conv1d, BatchNorm2d, MaxPool3d, ...
 _PREFIX = "model."
@@ -21,7 +23,8 @@ class TorchCamBuilder(CamBuilder):
     """SignalGrad-CAM 2.2's ``TorchCamBuilder`` (same arguments; see :class:`CamBuilder`).
 
     The module is exported to ONNX (``onnx_cam.converters.export_torch``) on the first
-    ``get_cam`` call for each input shape, inside a thin wrapper that picks the explained
+    ``get_cam`` call for each input shape (and kept in :mod:`.cache` for every builder of
+    the same weights and architecture), inside a thin wrapper that picks the explained
     output (``model_output_index``; a transformer's ``logits[:, -1, :]``) and, when the
     model takes no channel axis, drops the unit one onnx-cam adds. ``target_layers`` are
     module names (``model.named_modules()``): convolutions as in SignalGrad-CAM, and any
@@ -48,7 +51,6 @@ class TorchCamBuilder(CamBuilder):
                          model_output_index, extend_search, padding_dim, seed)
         self.use_gpu = use_gpu
         self._runtime = RuntimeOptions() if use_gpu else RuntimeOptions(providers=(CPU,))
-        self._explainers: dict[tuple[tuple[int, ...], bool], Explainer] = {}
 
     def _layer_rank(self, layer: str) -> int:
         modules = dict(self.model.named_modules())
@@ -66,18 +68,24 @@ class TorchCamBuilder(CamBuilder):
     def _core_layer(self, layer: str) -> str:
         return _PREFIX + layer
 
-    def _explainer(self, shape: tuple[int, ...], example: np.ndarray,
+    def _fingerprint(self) -> tuple:
+        return torch_fingerprint(self.model)
+
+    def _explainer(self, model_key: tuple, shape: tuple[int, ...], example: np.ndarray,
                    unit_channel: bool) -> Explainer:
-        key = (shape, unit_channel)
-        if key not in self._explainers:
+        dtype = np.int64 if example.dtype.kind in "iu" else np.float32  # token ids
+        key = (model_key, shape, np.dtype(dtype).str, unit_channel, self.model_output_index,
+               self.is_transformer_network, self._runtime)
+
+        def export() -> Explainer:
             import torch
 
             wrapped = _adapter_class()(self.model, unit_channel, self.model_output_index,
                                        self.is_transformer_network)
-            dtype = np.int64 if example.dtype.kind in "iu" else np.float32  # token ids
-            self._explainers[key] = Explainer(wrapped, example_input=torch.from_numpy(
+            return Explainer(wrapped, example_input=torch.from_numpy(
                 np.ascontiguousarray(example[:1], dtype=dtype)), runtime=self._runtime)
-        return self._explainers[key]
+
+        return export_cache.get(key, export)
 
 
 @functools.cache
