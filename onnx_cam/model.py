@@ -16,6 +16,7 @@ from .concurrency import OnceCache
 from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
 from .memory import memory_budget
+from .unfuse import unfuse
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
 MIN_OPSET = 16  # ScatterElements(reduction="add"), used by the MaxPool gradient
@@ -106,6 +107,7 @@ class Model:
                 f"The ONNX checker rejects this model: {exc}. Re-export it with a current exporter."
             ) from None
         safety.check_ops(proto)
+        proto = unfuse(proto)  # ONNX Runtime-optimised graphs: contrib ops as standard ops
         self.max_tensor_bytes = memory_budget(max_memory)
         opset = _default_opset(proto)
         if opset < MIN_OPSET:

@@ -1,0 +1,218 @@
+"""Models as they are deployed: graphs saved by ONNX Runtime's optimiser, explained as bare
+files. References: torch autograd with forward hooks (tests/torch_zoo.py), and the maps of the
+plain float32 export of the same model."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+from torch_zoo import Net, assert_close, reference
+
+import onnx_cam
+
+LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+          "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+          "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+CONTRIB = ("com.microsoft", "com.microsoft.nchwc")
+
+
+class Block(nn.Module):
+    def __init__(self, conv, norm, c_in, c_out, stride):
+        super().__init__()
+        self.c1, self.b1 = conv(c_in, c_out, 3, stride, 1, bias=False), norm(c_out)
+        self.c2, self.b2 = conv(c_out, c_out, 3, 1, 1, bias=False), norm(c_out)
+        self.r1, self.r2 = nn.ReLU(), nn.ReLU()
+        self.down = (nn.Identity() if c_in == c_out and stride == 1 else
+                     nn.Sequential(conv(c_in, c_out, 1, stride, bias=False), norm(c_out)))
+
+    def forward(self, x):
+        return self.r2(self.b2(self.c2(self.r1(self.b1(self.c1(x))))) + self.down(x))
+
+
+def resnet(dim: int) -> Net:
+    """A ResNet-like net (stem, max-pool, two residual blocks, global pool, linear) with
+    BatchNorm statistics calibrated on random batches."""
+    conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
+    pool, gap = ((nn.MaxPool1d, nn.AdaptiveAvgPool1d) if dim == 1
+                 else (nn.MaxPool2d, nn.AdaptiveAvgPool2d))
+    torch.manual_seed(dim)
+    body = nn.Sequential(conv(3, 16, 7, 2, 3, bias=False), norm(16), nn.ReLU(), pool(3, 2, 1),
+                         Block(conv, norm, 16, 16, 1), Block(conv, norm, 16, 32, 2),
+                         gap(1), nn.Flatten(), nn.Linear(32, 5))
+    net = Net(body, "Softmax").train()
+    with torch.no_grad():
+        for _ in range(4):
+            net(torch.randn(8, 3, *[64] * dim))
+    return net.eval()
+
+
+def save_optimised(source: str, path, level: str) -> onnx.ModelProto:
+    """The graph ONNX Runtime saves at `level` (SessionOptions.optimized_model_filepath)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    options.optimized_model_filepath = str(path)
+    options.log_severity_level = 3
+    ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(path))
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["1d", "2d"])
+def deployed(request, tmp_path_factory):
+    """(net, x, {"export": path, level: path}, {level: op counts})."""
+    dim = request.param
+    folder = tmp_path_factory.mktemp(f"deployed{dim}")
+    net = resnet(dim)
+    x = np.random.default_rng(dim).standard_normal((3, 3, *[32] * dim)).astype(np.float32)
+    paths = {"export": folder / "export.onnx"}
+    torch.onnx.export(net, torch.from_numpy(x), str(paths["export"]), dynamo=False,
+                      opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    ops = {}
+    for level in LEVELS:
+        paths[level] = folder / f"{level}.onnx"
+        saved = save_optimised(str(paths["export"]), paths[level], level)
+        ops[level] = collections.Counter((n.domain, n.op_type) for n in saved.graph.node)
+    return net, x, paths, ops
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_optimised_graph_equals_torch_and_the_export(deployed, level):
+    net, x, paths, ops = deployed
+    if level != "basic":
+        assert ops[level][("com.microsoft", "FusedConv")] or any(
+            domain == "com.microsoft.nchwc" for domain, _ in ops[level]), ops[level]
+    exp, plain = onnx_cam.Explainer(paths[level]), onnx_cam.Explainer(paths["export"])
+    # the block's first ReLU keeps its exporter name at every level; the deepest layer is
+    # the last block's output, whatever name the optimiser left it
+    inner = "/body/body.5/r1/Relu_output_0"
+    assert inner in exp.layers and exp.layers[0] != inner
+    assert all(onnx.defs.has(layer.op) for layer in exp.layer_info)  # standard ONNX ops
+    assert not any(name.startswith("reorder_token") for name in exp.layers)
+    layers = [exp.layers[0], inner]
+    targets = np.array([0, 3, 4])
+    logits_ref, _, ref = reference(net, x, ["body.5", "body.5.r1"], targets)
+    logits, per_layer = exp.activations_and_gradients(x, targets=targets, layers=layers)
+    assert_close(logits, logits_ref, "logits")
+    for name, module in zip(layers, ["body.5", "body.5.r1"]):
+        assert_close(per_layer[name][0], ref[module][0], f"activations of {name}")
+        assert_close(per_layer[name][1], ref[module][1], f"gradients of {name}")
+    got = exp.explain(x, targets=targets, layers=layers, methods=["gradcam", "hirescam"])
+    want = plain.explain(x, targets=targets, layers=[plain.layers[0], inner],
+                         methods=["gradcam", "hirescam"])
+    for method in ("gradcam", "hirescam"):
+        np.testing.assert_allclose(got.cam(method, layers[0]), want.cam(method, plain.layers[0]),
+                                   atol=1e-4)
+        np.testing.assert_allclose(got.cam(method, inner), want.cam(method, inner), atol=1e-4)
+
+
+def test_nchwc_graph_is_unblocked(deployed):
+    """At ORT_ENABLE_ALL a 2D model's convolutions and pools become NCHWc ops on CPUs with
+    NCHWc kernels; the rewritten graph holds none of them and its Conv weights are the
+    (BatchNorm-folded) OIHW weights again."""
+    _, _, paths, ops = deployed
+    if not any(domain == "com.microsoft.nchwc" for domain, _ in ops["all"]):
+        pytest.skip("ONNX Runtime wrote no NCHWc ops for this model on this CPU")
+    model = onnx_cam.Explainer(paths["all"]).model
+    assert not any(n.domain in CONTRIB for n in model.proto.graph.node)
+    extended = onnx_cam.Explainer(paths["extended"]).model.proto
+    filters = [numpy_helper.to_array(t) for t in extended.graph.initializer if len(t.dims) > 2]
+    for tensor in model.proto.graph.initializer:
+        if len(tensor.dims) > 2:  # each filter equals one of the unblocked file's
+            array = numpy_helper.to_array(tensor)
+            assert any(w.shape == array.shape and np.array_equal(array, w)
+                       for w in filters), tensor.name
+
+
+class QuickGelu(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Mixer(nn.Module):
+    """Conv, then token mixing with the patterns ONNX Runtime fuses at ORT_ENABLE_EXTENDED:
+    Gelu, SkipLayerNormalization, FusedMatMul (transposed and scaled), QuickGelu, FusedGemm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gelu = nn.Conv1d(3, 16, 5, padding=2), nn.GELU()
+        self.fc, self.ln, self.q = nn.Linear(16, 16), nn.LayerNorm(16), nn.Linear(16, 16)
+        self.conv2, self.act = nn.Conv1d(16, 16, 3, padding=1), QuickGelu()
+        self.hidden, self.out = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        t = self.gelu(self.conv(x)).transpose(1, 2)
+        t = self.ln(t + F.gelu(self.fc(t), approximate="tanh"))
+        attention = torch.softmax(torch.matmul(self.q(t), t.transpose(1, 2)) * 0.25, -1)
+        y = self.act(self.conv2(torch.matmul(attention, t).transpose(1, 2)))
+        return self.out(F.relu(self.hidden(y.mean(-1))))
+
+
+def test_contrib_ops_equal_torch(tmp_path):
+    torch.manual_seed(0)
+    net = Net(Mixer().eval())
+    x = np.random.default_rng(0).standard_normal((3, 3, 24)).astype(np.float32)
+    torch.onnx.export(net, torch.from_numpy(x), str(tmp_path / "m.onnx"), dynamo=False,
+                      opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    saved = save_optimised(str(tmp_path / "m.onnx"), tmp_path / "ext.onnx", "extended")
+    fused = {n.op_type for n in saved.graph.node if n.domain == "com.microsoft"}
+    assert {"Gelu", "SkipLayerNormalization", "FusedMatMul", "QuickGelu", "FusedGemm"} <= fused
+    exp = onnx_cam.Explainer(tmp_path / "ext.onnx")
+    layers = ["/body/conv/Conv_output_0", exp.layers[0]]
+    targets = np.array([1, 2, 3])
+    logits_ref, _, ref = reference(net, x, ["body.conv", "body.act"], targets)
+    logits, per_layer = exp.activations_and_gradients(x, targets=targets, layers=layers)
+    assert_close(logits, logits_ref, "logits")
+    for name, module in zip(layers, ["body.conv", "body.act"]):
+        assert_close(per_layer[name][0], ref[module][0], f"activations of {name}")
+        assert_close(per_layer[name][1], ref[module][1], f"gradients of {name}")
+
+
+def test_bias_gelu_and_fast_gelu_equal_torch():
+    """com.microsoft BiasGelu and FastGelu (with bias), as ONNX Runtime's transformer
+    optimiser writes them, in a hand-built graph: Conv -> BiasGelu -> FastGelu -> mean ->
+    Gemm."""
+    torch.manual_seed(1)
+    conv, head = nn.Conv1d(2, 8, 3, padding=1), nn.Linear(8, 3)
+    b1, b2 = torch.randn(8, 1) * 0.3, torch.randn(8, 1) * 0.3
+
+    class Body(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = conv, head
+
+        def forward(self, x):
+            y = F.gelu(self.conv(x).transpose(1, 2) + b1[:, 0]).transpose(1, 2)
+            y = F.gelu(y.transpose(1, 2) + b2[:, 0], approximate="tanh").transpose(1, 2)
+            return self.head(y.mean(-1))
+
+    net = Net(Body().eval())
+    w = {n: numpy_helper.from_array(v.detach().numpy().astype(np.float32), n) for n, v in {
+        "w": conv.weight, "b": conv.bias, "b1": b1[:, 0], "b2": b2[:, 0],
+        "hw": head.weight, "hb": head.bias}.items()}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1]),
+             helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 1]),
+             helper.make_node("BiasGelu", ["ct", "b1"], ["g1"], domain="com.microsoft"),
+             helper.make_node("FastGelu", ["g1", "b2"], ["g2"], domain="com.microsoft"),
+             helper.make_node("Transpose", ["g2"], ["y"], perm=[0, 2, 1]),
+             helper.make_node("ReduceMean", ["y"], ["m"], axes=[2], keepdims=0),
+             helper.make_node("Gemm", ["m", "hw", "hb"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 2, 20])], [helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, ["N", 3])], list(w.values()))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    exp = onnx_cam.Explainer(proto.SerializeToString())
+    x = np.random.default_rng(1).standard_normal((2, 2, 20)).astype(np.float32)
+    logits_ref, _, ref = reference(net, x, ["body.conv"], np.array([0, 2]))
+    logits, per_layer = exp.activations_and_gradients(x, targets=np.array([0, 2]),
+                                                      layers=["c", "y"])
+    assert_close(logits, logits_ref, "logits")
+    assert_close(per_layer["c"][0], ref["body.conv"][0], "conv activations")
+    assert_close(per_layer["c"][1], ref["body.conv"][1], "conv gradients")
