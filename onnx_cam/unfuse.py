@@ -64,6 +64,9 @@ class _Rewriter:
         self.consumers = consumers
         for node in self.graph.node:
             if node.domain not in (MS, NCHWC):
+                # ONNX Runtime leaves some standard ops (Concat, Sum, Relu) on NCHWc tensors
+                if any(name in self.blocked for name in node.input):
+                    self.blocked.update(node.output)
                 self.nodes.append(node)
                 continue
             rewrite = _REWRITES.get((node.domain, node.op_type))
@@ -121,7 +124,7 @@ class _Rewriter:
         kind = _attr(node, "activation", "")
         base = node.name.removesuffix(_SUFFIX) or output
         where = f"{base}/{kind}"
-        if kind in ("Relu", "Sigmoid", "Tanh"):
+        if kind in ("Relu", "Sigmoid", "Tanh", "HardSwish"):
             return self.add(kind, [x], output, where)
         if kind == "LeakyRelu":
             return self.add(kind, [x], output, where, alpha=params[0] if params else 0.01)
@@ -341,6 +344,24 @@ def _nchwc_pool(r: _Rewriter, node) -> None:
     base = node.name.removesuffix(_SUFFIX)
     out = _nchwc_output(r, node, base)
     r.add(node.op_type, [node.input[0]], out, f"{base}/{node.op_type}", **_attrs(node))
+    r.blocked.add(node.output[0])
+
+
+@_rewrites((NCHWC, "Upsample"))
+def _nchwc_upsample(r: _Rewriter, node) -> None:
+    """Integer scales: nearest (asymmetric, so each output reads input[i // scale]) or
+    linear with the node's coordinate transformation, as Resize."""
+    base = node.name.removesuffix(_SUFFIX)
+    mode = _attr(node, "mode", "nearest")
+    transform = _attr(node, "coordinate_transformation_mode", "asymmetric")
+    if mode not in ("nearest", "linear") or (mode == "nearest" and transform != "asymmetric"):
+        raise UnsupportedOpError(f"NCHWc Upsample node {node.name!r} uses mode {mode!r} with "
+                                 f"{transform!r} coordinates, which onnx-cam does not "
+                                 f"rewrite. {_HINT}")
+    scales = r.const(f"{base}/scales", np.asarray(_attr(node, "scales", []), np.float32))
+    extra = {"nearest_mode": "floor"} if mode == "nearest" else {}
+    r.add("Resize", [node.input[0], "", scales], _nchwc_output(r, node, base),
+          f"{base}/Resize", mode=mode, coordinate_transformation_mode=transform, **extra)
     r.blocked.add(node.output[0])
 
 
