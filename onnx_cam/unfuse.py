@@ -29,6 +29,9 @@ MS, NCHWC = "com.microsoft", "com.microsoft.nchwc"
 _SUFFIX = "_nchwc"  # ONNX Runtime names an NCHWc node after its original output + "_nchwc"
 _HINT = ("Save the graph at ORT_ENABLE_BASIC (or explain the model as exported); ONNX Runtime "
          "applies its other optimisations when it runs it.")
+_NCHWC_HINT = ("Save the graph at ORT_ENABLE_EXTENDED instead (no NCHWc layouts, which are "
+               "specific to the CPU they were written on); ONNX Runtime applies them when it "
+               "runs it.")
 
 
 def unfuse(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -379,7 +382,7 @@ def _nchwc_conv(r: _Rewriter, node) -> None:
         raise UnsupportedModelError(
             f"NCHWc Conv node {node.name!r} may hold output channels that ONNX Runtime added to "
             f"fill its last block of {r.block_size()} (its last filter and bias are zero), "
-            f"which would show as channels of the layer. {_HINT}")
+            f"which would show as channels of the layer. {_NCHWC_HINT}")
     w_name = r.const(f"{base}/weight", weights)
     # the node's name is its original output: the Conv's own, or, when ONNX Runtime had fused
     # the activation before NCHWc (FusedConv), that activation's output
@@ -422,7 +425,7 @@ def _unblock(blocked: np.ndarray, block: int, blocked_input: bool) -> np.ndarray
     if out_c % block or (blocked_input and in_c % block):
         raise UnsupportedModelError(
             f"An NCHWc Conv weight of shape {blocked.shape} does not fit this CPU's NCHWc block "
-            f"of {block} channels: the file was optimised on another kind of CPU. {_HINT}")
+            f"of {block} channels: the file was optimised on another kind of CPU. {_NCHWC_HINT}")
     k = len(kernel)
     if blocked_input:
         w = blocked.reshape(out_c // block, in_c // block, *kernel, block, block)
@@ -458,5 +461,5 @@ def _nchwc_block_size() -> int:
     if not any(n.domain == NCHWC for n in saved.graph.node) or not reordered:
         raise UnsupportedModelError(
             "The model holds NCHWc ops, which ONNX Runtime does not use on this CPU: the file "
-            f"was optimised on another kind of CPU. {_HINT}")
+            f"was optimised on another kind of CPU. {_NCHWC_HINT}")
     return int(np.flatnonzero(reordered[0] == 2)[0])

@@ -17,6 +17,7 @@ from torch import nn
 from torch_zoo import Net, assert_close, reference
 
 import onnx_cam
+from onnx_cam.graph.cam_model import build_cam_model
 
 LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -216,3 +217,78 @@ def test_bias_gelu_and_fast_gelu_equal_torch():
     assert_close(logits, logits_ref, "logits")
     assert_close(per_layer["c"][0], ref["body.conv"][0], "conv activations")
     assert_close(per_layer["c"][1], ref["body.conv"][1], "conv gradients")
+
+
+class Mobile(nn.Module):
+    """MobileNet-like: ReLU6 (Clip), depthwise Conv + Hardswish, a HardSigmoid gate, and a
+    nearest upsampling branch, an AveragePool, LeakyReLU and Tanh convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16),
+                                nn.Hardswish())
+        self.se1, self.se2 = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 1)
+        self.pw = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU6())
+        self.down, self.up = nn.Conv2d(32, 16, 3, 2, 1), nn.Upsample(scale_factor=2)
+        self.mix = nn.Sequential(nn.Conv2d(48, 32, 3, padding=1), nn.LeakyReLU(0.1))
+        self.dw2 = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(32, 32, 5, 1, 2, groups=32),
+                                 nn.Tanh())
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        y = self.dw(self.stem(x))
+        y = self.pw(y * F.hardsigmoid(self.se2(F.relu(self.se1(y.mean((2, 3), True))))))
+        y = self.mix(torch.cat([y, self.up(torch.sigmoid(self.down(y)))], 1))
+        return self.fc(F.adaptive_max_pool2d(self.dw2(y), 1).flatten(1))
+
+
+def test_nchwc_mobile_ops_equal_torch(tmp_path):
+    """Depthwise NCHWc convolutions with each fused activation, NCHWc Upsample and pools,
+    against torch autograd. The layers lie after the upsampling (its gradient is the Resize
+    rule's business) and before it, from the gate down."""
+    torch.manual_seed(2)
+    net = Net(Mobile()).train()
+    with torch.no_grad():
+        for _ in range(4):
+            net(torch.randn(8, 3, 32, 32))
+    net.eval()
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    torch.onnx.export(net, torch.from_numpy(x), str(tmp_path / "m.onnx"), dynamo=False,
+                      opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    saved = save_optimised(str(tmp_path / "m.onnx"), tmp_path / "all.onnx", "all")
+    nchwc = {n.op_type for n in saved.graph.node if n.domain == "com.microsoft.nchwc"}
+    if not nchwc:
+        pytest.skip("ONNX Runtime wrote no NCHWc ops for this model on this CPU")
+    assert {"Conv", "Upsample", "AveragePool"} <= nchwc
+    exp = onnx_cam.Explainer(tmp_path / "all.onnx")
+    layers = [exp.layers[0], "/body/mix/mix.1/LeakyRelu_output_0"]
+    targets = np.array([1, 3])
+    logits_ref, _, ref = reference(net, x, ["body.dw2", "body.mix"], targets)
+    logits, per_layer = exp.activations_and_gradients(x, targets=targets, layers=layers)
+    assert_close(logits, logits_ref, "logits")
+    for name, module in zip(layers, ["body.dw2", "body.mix"]):
+        assert_close(per_layer[name][0], ref[module][0], f"activations of {name}")
+        assert_close(per_layer[name][1], ref[module][1], f"gradients of {name}")
+    # below the upsampling: the activations only
+    cam = build_cam_model(exp.model, ["/body/dw/dw.2/HardSwish_output_0"], (32, 32),
+                          seed_from="prediction", gradients=False)
+    session = ort.InferenceSession(cam.proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run([cam.activation_names[0]], {cam.input_name: x})[0]
+    assert_close(got, reference(net, x, ["body.dw"], targets)[2]["body.dw"][0], "body.dw")
+
+
+def test_nchwc_padded_channels_are_refused(tmp_path):
+    """A Conv whose output channels do not fill ONNX Runtime's NCHWc blocks gets zero filters
+    added: refused with what to do, rather than layers with channels the model does not
+    have."""
+    net = nn.Sequential(nn.Conv2d(3, 20, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(20, 2)).eval()
+    torch.onnx.export(net, torch.randn(1, 3, 16, 16), str(tmp_path / "m.onnx"), dynamo=False,
+                      opset_version=17, input_names=["x"])
+    saved = save_optimised(str(tmp_path / "m.onnx"), tmp_path / "all.onnx", "all")
+    if not any(n.domain == "com.microsoft.nchwc" for n in saved.graph.node):
+        pytest.skip("ONNX Runtime wrote no NCHWc ops for this model on this CPU")
+    with pytest.raises(onnx_cam.UnsupportedModelError, match="ORT_ENABLE_EXTENDED"):
+        onnx_cam.Explainer(tmp_path / "all.onnx")
