@@ -138,7 +138,11 @@ class Model:
             inputs[0].type.tensor_type.elem_type)
         # (N, T) integer token ids feeding an embedding: one spatial axis, no channel axis
         self.tokens = self.input_dtype.kind in "iu" and len(self.input_shape) == 2
-        if self.tokens:
+        # (N, T) float samples (a raw waveform): a one-channel signal, (N, 1, T) to onnx-cam
+        self.raw_signal = self.input_dtype.kind == "f" and len(self.input_shape) == 2
+        if self.raw_signal:
+            self.input_shape = (self.input_shape[0], 1, self.input_shape[1])
+        if self.tokens or self.raw_signal:
             channels_last = False
         elif channels_last is None:  # the converter's word, else what the convolutions read
             layout = metadata.get(LAYOUT_KEY)
@@ -150,7 +154,7 @@ class Model:
                        else "(N, C, T), (N, C, H, W) and (N, C, D, H, W)")
             raise UnsupportedModelError(
                 f"The model input {self.input_name!r} has rank {len(self.input_shape)}; onnx-cam "
-                f"explains {layouts} inputs, and (N, T) integer token ids."
+                f"explains {layouts} inputs, (N, T) integer token ids and (N, T) float samples."
             )
         outputs = [o.name for o in proto.graph.output]
         self.output_name = output or outputs[0]
@@ -227,7 +231,7 @@ class Model:
         dims = inp.type.tensor_type.shape.dim
         dims[0].Clear()
         dims[0].dim_param = "N"
-        spatial_dims = list(dims)[1:] if self.tokens else (
+        spatial_dims = list(dims)[1:] if self.tokens or self.raw_signal else (
             list(dims)[1:-1] if self.channels_last else list(dims)[2:])
         for d, size in zip(spatial_dims, spatial_shape):
             d.Clear()
@@ -236,6 +240,8 @@ class Model:
         graph = gs.import_onnx(_infer_shapes(proto, spatial_shape, strict=False))
         if self.channels_last:
             _channels_first_input(graph, self.input_name)
+        if self.raw_signal:
+            _one_channel_input(graph, self.input_name)
         ceil_pools_to_floor(graph)
         # constant folding runs parts of the graph in ONNX Runtime: check the shapes first
         safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
@@ -309,6 +315,17 @@ def _channels_first_input(graph: gs.Graph, name: str) -> None:
     old.name = f"{name}/onnx_cam_channels_last"
     graph.nodes.insert(0, gs.Node("Transpose", f"{name}/onnx_cam_to_channels_last",
                                   {"perm": perm}, [new], [old]))
+    graph.inputs = [new if t is old else t for t in graph.inputs]
+
+
+def _one_channel_input(graph: gs.Graph, name: str) -> None:
+    """Feed a graph taking (N, T) samples from a (N, 1, T) input of the same name."""
+    old = next(t for t in graph.inputs if t.name == name)
+    new = gs.Variable(name, dtype=old.dtype, shape=[old.shape[0], 1, old.shape[1]])
+    old.name = f"{name}/onnx_cam_samples"
+    axis = gs.Constant(f"{name}/onnx_cam_channel_axis", np.asarray([1], np.int64))
+    graph.nodes.insert(0, gs.Node("Squeeze", f"{name}/onnx_cam_to_samples", {}, [new, axis],
+                                  [old]))
     graph.inputs = [new if t is old else t for t in graph.inputs]
 
 

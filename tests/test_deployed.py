@@ -292,3 +292,44 @@ def test_nchwc_padded_channels_are_refused(tmp_path):
         pytest.skip("ONNX Runtime wrote no NCHWc ops for this model on this CPU")
     with pytest.raises(onnx_cam.UnsupportedModelError, match="ORT_ENABLE_EXTENDED"):
         onnx_cam.Explainer(tmp_path / "all.onnx")
+
+
+class Waveform(nn.Module):
+    """A raw-audio classifier in the Wav2Vec2 style: (N, T) samples, a strided convolutional
+    feature encoder, mean pooling over time, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv1d(1, 8, 10, 5), nn.GELU(), nn.Conv1d(8, 16, 3, 2),
+                                     nn.GELU(), nn.Conv1d(16, 16, 3, 2), nn.GELU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, samples):
+        return self.head(self.encoder(samples.unsqueeze(1)).mean(-1))
+
+
+def test_raw_signal_input_equals_torch(tmp_path):
+    torch.manual_seed(3)
+    net = Net(Waveform().eval(), "Softmax")
+    x = np.random.default_rng(3).standard_normal((3, 400)).astype(np.float32)
+    path = tmp_path / "wave.onnx"
+    torch.onnx.export(net, torch.from_numpy(x), str(path), dynamo=False, opset_version=17,
+                      input_names=["samples"], dynamic_axes={"samples": {0: "N", 1: "T"}})
+    exp = onnx_cam.Explainer(path)
+    assert exp.model.input_shape == (None, 1, None) and exp.num_classes == 3
+    layers = ["/body/encoder/encoder.5/Mul_1_output_0", "/body/encoder/encoder.2/Conv_output_0"]
+    assert layers[0] == exp.layers[0] and layers[1] in exp.layers
+    targets = np.array([0, 2, 1])
+    logits_ref, _, ref = reference(net, x, ["body.encoder.5", "body.encoder.2"], targets)
+    logits, per_layer = exp.activations_and_gradients(x, targets=targets, layers=layers)
+    assert_close(logits, logits_ref, "logits")
+    for name, module in zip(layers, ["body.encoder.5", "body.encoder.2"]):
+        assert_close(per_layer[name][0], ref[module][0], f"activations of {name}")
+        assert_close(per_layer[name][1], ref[module][1], f"gradients of {name}")
+    flat = exp.explain(x, targets=targets, layers=layers[0])
+    channel = exp.explain(x[:, None], targets=targets, layers=layers[0])
+    assert flat.cam("gradcam", layers[0]).shape == (3, 400)
+    np.testing.assert_array_equal(flat.cam("gradcam", layers[0]),
+                                  channel.cam("gradcam", layers[0]))
+    with pytest.raises(onnx_cam.InputError, match="rank"):
+        exp.explain(x[0])
