@@ -16,6 +16,7 @@ from .concurrency import OnceCache
 from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
 from .memory import memory_budget
+from .scopes import module_outputs
 from .unfuse import unfuse
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -122,6 +123,8 @@ class Model:
         self.opset = max(opset, 17) if opset < MIN_OPSET else opset
         metadata = {p.key: p.value for p in proto.metadata_props}
         self.layer_map: dict[str, str] = json.loads(metadata.get(LAYER_MAP_KEY, "{}"))
+        if not self.layer_map:  # a bare dynamo export: module names from its node metadata
+            self.layer_map = module_outputs(proto)
         names = metadata.get(CLASS_NAMES_KEY)
         self.class_names: list[str] | None = json.loads(names) if names else None
         initializers = {i.name for i in proto.graph.initializer}

@@ -333,3 +333,46 @@ def test_raw_signal_input_equals_torch(tmp_path):
                                   channel.cam("gradcam", layers[0]))
     with pytest.raises(onnx_cam.InputError, match="rank"):
         exp.explain(x[0])
+
+
+class SharedAct(nn.Module):
+    """A ReLU module called twice, BatchNorms the exporter folds into their convolutions, a
+    residual block and a module returning a tensor computed before its last node."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv1d(2, 8, 5, padding=2), nn.BatchNorm1d(8)
+        self.act = nn.ReLU()
+        self.block = Block(nn.Conv1d, nn.BatchNorm1d, 8, 16, 2)
+        self.conv2 = nn.Conv1d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        y = self.act(self.bn1(self.conv1(x)))
+        y = self.act(self.conv2(self.block(y)))
+        return self.head(y.mean(-1))
+
+
+def test_dynamo_export_layers_are_named_after_their_modules(tmp_path):
+    torch.manual_seed(4)
+    net = Net(SharedAct()).train()
+    with torch.no_grad():
+        net(torch.randn(8, 2, 48))
+    net.eval()
+    x = np.random.default_rng(4).standard_normal((2, 2, 48)).astype(np.float32)
+    path = tmp_path / "dynamo.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=True,
+                      dynamic_shapes={"x": {0: torch.export.Dim("N")}}, input_names=["x"])
+    exp = onnx_cam.Explainer(path)
+    assert exp.layers[0] == "body.act"
+    named = [layer for layer in exp.layer_info if layer.name.startswith("body")]
+    assert {"body.bn1", "body.block", "body.block.r1", "body.block.b2"} <= {
+        layer.name for layer in named}
+    modules = dict(net.named_modules())
+    assert all(layer.name in modules for layer in named)
+    _, _, ref = reference(net, x, [layer.name for layer in named], np.array([0, 1]))
+    _, per_layer = exp.activations_and_gradients(x, targets=np.array([0, 1]),
+                                                 layers=[layer.name for layer in named])
+    for layer in named:  # each name is its module's output as torch computes it
+        assert_close(per_layer[layer.name][0], ref[layer.name][0], f"{layer.name} output")
+        assert_close(per_layer[layer.name][1], ref[layer.name][1], f"{layer.name} gradient")
