@@ -376,3 +376,40 @@ def test_dynamo_export_layers_are_named_after_their_modules(tmp_path):
     for layer in named:  # each name is its module's output as torch computes it
         assert_close(per_layer[layer.name][0], ref[layer.name][0], f"{layer.name} output")
         assert_close(per_layer[layer.name][1], ref[layer.name][1], f"{layer.name} gradient")
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's shuffle and a pooled head, with every Reshape target read from x.shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.act, self.fc = nn.ReLU(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        n, c, h, w = y.shape
+        y = y.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, -1, h, w)
+        y = self.act(self.b(y))
+        return self.fc(y.reshape(y.shape[0], y.shape[1], -1).mean(-1))
+
+
+def test_reshape_targets_read_from_a_dynamic_batch_equal_torch(tmp_path):
+    torch.manual_seed(5)
+    net = Net(ChannelShuffle().eval())
+    x = np.random.default_rng(5).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    path = tmp_path / "shuffle.onnx"
+    torch.onnx.export(net, torch.from_numpy(x), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    assert sum(n.op_type == "Shape" for n in onnx.load(str(path)).graph.node) >= 2
+    exp = onnx_cam.Explainer(path)
+    layers = ["/body/a/Conv_output_0", "/body/act/Relu_output_0"]
+    assert exp.layers[0] == layers[1]
+    targets = np.array([2, 0, 1])
+    logits_ref, _, ref = reference(net, x, ["body.a", "body.act"], targets)
+    logits, per_layer = exp.activations_and_gradients(x, targets=targets, layers=layers)
+    assert_close(logits, logits_ref, "logits")
+    for name, module in zip(layers, ["body.a", "body.act"]):
+        assert_close(per_layer[name][0], ref[module][0], f"activations of {name}")
+        assert_close(per_layer[name][1], ref[module][1], f"gradients of {name}")
