@@ -13,9 +13,9 @@ from onnx import shape_inference, version_converter
 
 from . import safety
 from .concurrency import OnceCache
-from .graph.batch_shapes import pin_batch_free_shapes
 from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
+from .graph.batch_shapes import pin_batch_free_shapes
 from .memory import memory_budget
 from .scopes import module_outputs
 from .unfuse import unfuse
