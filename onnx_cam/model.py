@@ -15,7 +15,7 @@ from . import safety
 from .concurrency import OnceCache
 from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
-from .graph.batch_shapes import pin_batch_free_shapes
+from .graph.batch_shapes import resolve_batch_shapes
 from .memory import memory_budget
 from .scopes import module_outputs
 from .unfuse import unfuse
@@ -251,7 +251,7 @@ class Model:
         safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
                             f"for input spatial shape {spatial_shape}")
         graph.fold_constants(error_ok=True).cleanup().toposort()
-        if pin_batch_free_shapes(graph, batch="N"):  # e.g. x.reshape(x.shape[0], C, -1)
+        if resolve_batch_shapes(graph, batch="N"):  # e.g. x.reshape(x.shape[0], C, -1)
             graph.fold_constants(error_ok=True).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed)

@@ -413,3 +413,39 @@ def test_reshape_targets_read_from_a_dynamic_batch_equal_torch(tmp_path):
     for name, module in zip(layers, ["body.a", "body.act"]):
         assert_close(per_layer[name][0], ref[module][0], f"activations of {name}")
         assert_close(per_layer[name][1], ref[module][1], f"gradients of {name}")
+
+
+class StridedHead(nn.Module):
+    """A head reading 3 x 3 positions of each map through as_strided, as the dynamo exporter
+    writes it: a Gather on the flattened tensor with indices built from Range(0, N)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+        self.fc = nn.Linear(8 * 9, 3)
+
+    def forward(self, x):
+        y = self.act(self.conv(x))
+        y = y.as_strided((y.shape[0], 8, 3, 3), (8 * 49, 49, 14, 3), 1)
+        return self.fc(y.flatten(1))
+
+
+def test_dynamo_as_strided_gather_equals_torch(tmp_path):
+    torch.manual_seed(6)
+    net = Net(StridedHead()).eval()
+    x = np.random.default_rng(6).standard_normal((3, 3, 7, 7)).astype(np.float32)
+    path = tmp_path / "strided.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=True,
+                      dynamic_shapes={"x": {0: torch.export.Dim("N")}}, input_names=["x"])
+    nodes = onnx.load(str(path)).graph.node
+    assert {"Range", "Gather"} <= {n.op_type for n in nodes}
+    exp = onnx_cam.Explainer(path)
+    targets = np.array([2, 0, 1])
+    logits_ref, _, ref = reference(net, x, ["body.act", "body.conv"], targets)
+    for batch in (3, 1):  # the prepared graph serves every batch size
+        logits, per_layer = exp.activations_and_gradients(
+            x[:batch], targets=targets[:batch], layers=["body.act", "body.conv"])
+        assert_close(logits, logits_ref[:batch], "logits")
+        for name in ("body.act", "body.conv"):
+            assert_close(per_layer[name][0], ref[name][0][:batch], f"activations of {name}")
+            assert_close(per_layer[name][1], ref[name][1][:batch], f"gradients of {name}")

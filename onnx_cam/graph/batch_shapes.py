@@ -12,6 +12,13 @@ input that does not depend on N (a = 0) becomes the constant c. A Reshape target
 depend on N becomes a constant too: the entry that is N at the input's batch axis becomes 0
 (copy that axis), and one other N-dependent entry -1 (the size that keeps the element count,
 which is what the computed entry must be); any other target is left as it is.
+
+The dynamo exporter writes `as_strided` (e.g. in an adaptive pooling) as a Gather on the
+flattened tensor whose indices are Range(0, N) * K + offsets, K the size of one item: they
+depend on N only through the item each row reads. Such index tensors are followed here as
+p * n + q (n the index along their first axis); when p = K and 0 <= q < K the Gather reads
+each item at the same offsets q, and becomes a Gather of the constant q along axis 1 of the
+(N, K) view, exactly the same values for every batch size.
 """
 
 from __future__ import annotations
@@ -28,22 +35,23 @@ SHAPE_INPUTS = {
 }
 
 Affine = tuple[np.ndarray, np.ndarray]  # (a, c): value = a * N + c, elementwise
+# (p, q), each shaped (1, *rest): value[n, ...] = p * n + q, n the index along the first axis
+PerItem = tuple[np.ndarray, np.ndarray]
 
 
-def pin_batch_free_shapes(graph: gs.Graph, batch: str) -> bool:
-    """Replace computed shape inputs by constants where exact (see the module docstring);
-    `batch` is the symbolic name of the batch axis. True when anything changed."""
+def resolve_batch_shapes(graph: gs.Graph, batch: str) -> bool:
+    """Replace computed shape inputs by constants and per-item Gathers by constant ones where
+    exact (see the module docstring); `batch` is the symbolic name of the batch axis. True
+    when anything changed."""
     values: dict[str, Affine] = {}
+    per_item: dict[str, PerItem] = {}
     changed = False
-    for node in graph.nodes:  # topologically sorted
-        evaluate = _OPS.get(node.op)
-        if evaluate is not None:
-            try:
-                result = evaluate(node, [_value(t, values) for t in node.inputs], batch)
-            except (TypeError, ValueError, IndexError):
-                result = None  # an unusual use of the op: its value stays unknown
-            if result is not None:
-                values[node.outputs[0].name] = result
+    for node in list(graph.nodes):  # topologically sorted
+        args = [_value(t, values) for t in node.inputs]
+        _record(values, _OPS.get(node.op), node, args, batch)
+        _record(per_item, _PER_ITEM_OPS.get(node.op), node, args, per_item)
+        if node.op == "Gather" and node.inputs[1].name in per_item:
+            changed |= _gather_per_item(graph, node, per_item[node.inputs[1].name], batch)
         for i in SHAPE_INPUTS.get(node.op, ()):
             if i >= len(node.inputs) or not isinstance(node.inputs[i], gs.Variable):
                 continue
@@ -57,6 +65,17 @@ def pin_batch_free_shapes(graph: gs.Graph, batch: str) -> bool:
                                              pinned.astype(dtype))
                 changed = True
     return changed
+
+
+def _record(table: dict, evaluate, node: gs.Node, args: list, context) -> None:
+    if evaluate is None:
+        return
+    try:
+        result = evaluate(node, args, context)
+    except (TypeError, ValueError, IndexError):
+        result = None  # an unusual use of the op: its value stays unknown
+    if result is not None:
+        table[node.outputs[0].name] = result
 
 
 def _pinned(node: gs.Node, i: int, value: Affine, batch: str) -> np.ndarray | None:
@@ -182,6 +201,94 @@ def _div(node, args, batch):
     return np.zeros_like(quotient), quotient
 
 
+def _range(node, args, per_item):
+    """Range(0, N, 1): the item index n itself."""
+    start, limit, delta = args
+    if start is None or limit is None or delta is None or start[0].any() or delta[0].any():
+        return None
+    if start[1] != 0 or delta[1] != 1 or limit[0] != 1 or limit[1] != 0:
+        return None
+    return np.ones(1, np.int64), np.zeros(1, np.int64)
+
+
+def _broadcastable(k: np.ndarray, rank: int) -> bool:
+    """A constant that combines with a per-item tensor of `rank` axes without changing its
+    first axis."""
+    return k.ndim < rank or (k.ndim == rank and k.shape[0] == 1)
+
+
+def _per_item_arith(node, args, per_item):
+    names = [t.name for t in node.inputs]
+    indexed = [per_item.get(name) for name in names]
+    if node.op == "Add" and all(v is not None for v in indexed):
+        return indexed[0][0] + indexed[1][0], indexed[0][1] + indexed[1][1]
+    if sum(v is not None for v in indexed) != 1:
+        return None
+    i = 0 if indexed[0] is not None else 1
+    p, q = indexed[i]
+    k = _constant(args[1 - i])
+    if k is None or not _broadcastable(k, p.ndim):
+        return None
+    if node.op == "Mul":
+        return p * k, q * k
+    if node.op == "Add":
+        return p + np.zeros_like(k), q + k
+    return None
+
+
+def _per_item_reshaped(node, args, per_item):
+    """Unsqueeze at axes other than the first, Cast to an integer type."""
+    value = per_item.get(node.inputs[0].name)
+    if value is None:
+        return None
+    p, q = value
+    if node.op == "Cast":
+        return value if np.dtype(node.outputs[0].dtype).kind in "iu" else None
+    axes = _constant(args[1]) if len(args) > 1 else None
+    if axes is None:
+        return None
+    rank = p.ndim + len(axes)
+    axes = tuple(int(a) % rank for a in axes)
+    if 0 in axes:
+        return None
+    return np.expand_dims(p, axes), np.expand_dims(q, axes)
+
+
+def _gather_per_item(graph: gs.Graph, node: gs.Node, value: PerItem, batch: str) -> bool:
+    """Gather(Reshape(x, [-1]), p * n + q) with p = K, the size of one item of x, as
+    Gather(Reshape(x, [0, K]), q, axis=1)."""
+    flat = node.inputs[0]
+    if node.attrs.get("axis", 0) != 0 or len(flat.inputs) != 1:
+        return False
+    flatten = flat.inputs[0]
+    source = flatten.inputs[0] if flatten.op == "Reshape" else None
+    target = flatten.inputs[1] if source is not None else None
+    if not isinstance(target, gs.Constant) or list(np.asarray(target.values)) != [-1]:
+        return False
+    shape = source.shape
+    if shape is None or shape[0] != batch or not all(isinstance(d, int) for d in shape[1:]):
+        return False
+    size = int(np.prod(shape[1:], dtype=np.int64))
+    p, q = value
+    full = np.broadcast_shapes(p.shape, q.shape)
+    offsets = np.broadcast_to(q, full)[0]
+    if not (p == size).all() or offsets.min() < 0 or offsets.max() >= size:
+        return False
+    items = gs.Variable(f"{flat.name}/onnx_cam_items", dtype=flat.dtype,
+                        shape=[batch, size])
+    graph.nodes.append(gs.Node("Reshape", f"{node.name}/onnx_cam_items", {},
+                               [source, gs.Constant(f"{flat.name}/onnx_cam_item_shape",
+                                                    np.array([0, size], np.int64))], [items]))
+    out = node.outputs[0]
+    node.outputs.clear()
+    graph.nodes.append(gs.Node("Gather", f"{node.name}/onnx_cam_per_item", {"axis": 1},
+                               [items, gs.Constant(f"{node.name}/onnx_cam_offsets",
+                                                   np.ascontiguousarray(offsets))], [out]))
+    return True
+
+
+_PER_ITEM_OPS = {"Range": _range, "Mul": _per_item_arith, "Add": _per_item_arith,
+                 "Unsqueeze": _per_item_reshaped, "Cast": _per_item_reshaped}
 _OPS = {"Shape": _shape, "Gather": _gather, "Slice": _slice, "Concat": _concat,
         "Unsqueeze": _reshaped, "Squeeze": _reshaped, "Reshape": _reshaped,
         "Flatten": _reshaped, "Identity": _reshaped, "Cast": _reshaped,
