@@ -353,6 +353,7 @@ class SharedAct(nn.Module):
         return self.head(y.mean(-1))
 
 
+@pytest.mark.slow  # the dynamo exporter takes seconds per model
 def test_dynamo_export_layers_are_named_after_their_modules(tmp_path):
     torch.manual_seed(4)
     net = Net(SharedAct()).train()
@@ -430,6 +431,7 @@ class StridedHead(nn.Module):
         return self.fc(y.flatten(1))
 
 
+@pytest.mark.slow  # the dynamo exporter takes seconds per model
 def test_dynamo_as_strided_gather_equals_torch(tmp_path):
     torch.manual_seed(6)
     net = Net(StridedHead()).eval()
