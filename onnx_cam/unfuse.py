@@ -17,6 +17,7 @@ import functools
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -54,7 +55,9 @@ class _Rewriter:
                      | {name for n in graph.node for name in (*n.input, *n.output)})
         self.nodes: list[onnx.NodeProto] = []
         self.renamed: dict[str, str] = {}   # tensor -> the name it is read by from now on
-        self.blocked: set[str] = set()      # NCHWc tensors (channels in blocks)
+        # NCHWc tensors -> their channels as ONNX Runtime pads them to whole blocks
+        self.blocked: dict[str, _Channels] = {}
+        self.reordered: set[str] = set()    # NCHWc tensors renamed after their ReorderOutput
 
     def run(self) -> None:
         consumers: dict[str, int] = {}
@@ -69,7 +72,8 @@ class _Rewriter:
             if node.domain not in (MS, NCHWC):
                 # ONNX Runtime leaves some standard ops (Concat, Sum, Relu) on NCHWc tensors
                 if any(name in self.blocked for name in node.input):
-                    self.blocked.update(node.output)
+                    channels = _standard_op_channels(self, node)
+                    self.blocked.update({name: channels for name in node.output})
                 self.nodes.append(node)
                 continue
             rewrite = _REWRITES.get((node.domain, node.op_type))
@@ -327,15 +331,22 @@ def _reorder_input(r: _Rewriter, node) -> None:
         r.add("Transpose", [source], out, node.name or f"{out}/Transpose", perm=[0, 3, 1, 2])
     else:
         r.renamed[out] = source
-    r.blocked.add(out)
+    r.blocked[out] = _Channels(None, None)
 
 
 @_rewrites((NCHWC, "ReorderOutput"))
 def _reorder_output(r: _Rewriter, node) -> None:
     source, out = node.input[0], node.output[0]
+    channels = r.blocked.get(source, _Channels(None, None))
+    count = len(channels.real) if channels.real is not None else channels.padded
+    if count is not None and count != _attr(node, "channels", count):
+        raise UnsupportedModelError(
+            f"ReorderOutput node {node.name!r} keeps {_attr(node, 'channels', count)} of "
+            f"{count} channels onnx-cam counted as the model's. {_NCHWC_HINT}")
     if _attr(node, "channels_last", 0):
         r.add("Transpose", [source], out, node.name or f"{out}/Transpose", perm=[0, 2, 3, 1])
-    elif r.consumers.get(source) == 1 and source not in r.weights:
+    elif source not in r.reordered and source not in r.outputs:
+        r.reordered.add(source)
         r.renamed[source] = out      # the blocked tensor takes the original tensor's name
     else:
         r.add("Identity", [source], out, node.name or f"{out}/Identity")
@@ -347,7 +358,7 @@ def _nchwc_pool(r: _Rewriter, node) -> None:
     base = node.name.removesuffix(_SUFFIX)
     out = _nchwc_output(r, node, base)
     r.add(node.op_type, [node.input[0]], out, f"{base}/{node.op_type}", **_attrs(node))
-    r.blocked.add(node.output[0])
+    r.blocked[node.output[0]] = r.blocked.get(node.input[0], _Channels(None, None))
 
 
 @_rewrites((NCHWC, "Upsample"))
@@ -365,7 +376,7 @@ def _nchwc_upsample(r: _Rewriter, node) -> None:
     extra = {"nearest_mode": "floor"} if mode == "nearest" else {}
     r.add("Resize", [node.input[0], "", scales], _nchwc_output(r, node, base),
           f"{base}/Resize", mode=mode, coordinate_transformation_mode=transform, **extra)
-    r.blocked.add(node.output[0])
+    r.blocked[node.output[0]] = r.blocked.get(node.input[0], _Channels(None, None))
 
 
 @_rewrites((NCHWC, "Conv"))
@@ -375,15 +386,14 @@ def _nchwc_conv(r: _Rewriter, node) -> None:
     kind = _attr(node, "activation", "")
     inputs = list(node.input) + [""] * (4 - len(node.input))
     x, w, bias, summed = inputs[:4]
-    blocked = r.weight(w, "NCHWc Conv weight")
     group = _attr(node, "group", 1)
-    weights = _unblock(blocked, r.block_size(), x in r.blocked and group == 1)
-    if not np.any(weights[-1]) and not (bias and np.any(r.weight(bias, "NCHWc Conv bias")[-1])):
-        raise UnsupportedModelError(
-            f"NCHWc Conv node {node.name!r} may hold output channels that ONNX Runtime added to "
-            f"fill its last block of {r.block_size()} (its last filter and bias are zero), "
-            f"which would show as channels of the layer. {_NCHWC_HINT}")
+    weights = _unblock(r.weight(w, "NCHWc Conv weight"), r.block_size(),
+                       x in r.blocked and group == 1)
+    biases = r.weight(bias, "NCHWc Conv bias") if bias else None
+    weights, biases, group, channels = _real_channels(r, node, weights, biases, group)
     w_name = r.const(f"{base}/weight", weights)
+    if biases is not None:
+        bias = r.const(f"{base}/bias", biases)
     # the node's name is its original output: the Conv's own, or, when ONNX Runtime had fused
     # the activation before NCHWc (FusedConv), that activation's output
     names_activation = bool(kind) and base.rsplit("/", 1)[-1].startswith(kind)
@@ -394,7 +404,7 @@ def _nchwc_conv(r: _Rewriter, node) -> None:
     else:
         conv_out = r.fresh(base)
     r.add("Conv", [x, w_name] + ([bias] if bias else []), conv_out, f"{base}/Conv",
-          **_attrs(node, drop=("activation", "activation_params")))
+          **{**_attrs(node, drop=("activation", "activation_params")), "group": group})
     total = conv_out
     if summed:
         total = r.add("Add", [conv_out, summed], node.output[0] if not kind
@@ -406,7 +416,86 @@ def _nchwc_conv(r: _Rewriter, node) -> None:
         elif out not in r.outputs:  # ONNX Runtime's "reorder_token_<i>": say what it holds
             r.renamed[out] = r.fresh(f"{base}/{kind}")
         r.activation(node, total, out, list(_attr(node, "activation_params", [])))
-    r.blocked.add(node.output[0])
+    r.blocked[node.output[0]] = channels
+
+
+@dataclass(frozen=True)
+class _Channels:
+    """The channels of an NCHWc tensor: `padded` in all (a multiple of the block; None when
+    not known), of which `real` are the model's (None: all of them). The rewritten graph
+    holds the real ones only."""
+
+    padded: int | None
+    real: np.ndarray | None
+
+    def same(self, other: _Channels) -> bool:
+        mine = self.real if self.real is not None else self.padded
+        theirs = other.real if other.real is not None else other.padded
+        return np.array_equal(mine, theirs) if mine is not None else theirs is None
+
+
+def _real_channels(r: _Rewriter, node, weights, biases, group: int):
+    """The NCHWc Conv's weights, bias and group without the channels ONNX Runtime added to
+    fill whole blocks (zero filters and bias), and the channels of its output.
+
+    The filters of the input's padding channels must be zero (they are dropped). An output
+    channel is the model's if its filter, its bias or the tensor added to it (Sum) is
+    nonzero; the last block's trailing zero filters with zero bias are ONNX Runtime's, as
+    (sliced off) they also are in every conv reading them, checked there.
+    """
+    block, padded = r.block_size(), weights.shape[0]
+    source = r.blocked.get(node.input[0])
+    real_in = source.real if source is not None else None
+    added = r.blocked.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if group == 1 and real_in is not None:
+        dropped = np.setdiff1d(np.arange(weights.shape[1]), real_in)
+        if np.any(weights[:, dropped]):
+            raise UnsupportedModelError(
+                f"NCHWc Conv node {node.name!r} reads channels of its input that no filter of "
+                f"the model computes. {_NCHWC_HINT}")
+        weights = weights[:, real_in]
+    if group > 1:  # depthwise: the output's channels are the input's
+        real = real_in
+        if real is not None:
+            weights, group = weights[real], len(real)
+    else:
+        used = np.flatnonzero(weights.reshape(padded, -1).any(axis=1)
+                              | (biases != 0 if biases is not None else False))
+        count = max(int(used[-1]) + 1 if len(used) else 0, padded - block + 1)
+        if added is not None:
+            count = max(count, len(added.real) if added.real is not None else padded)
+        real = np.arange(count) if count < padded else None
+        if real is not None:
+            weights = weights[real]
+    if real is not None and biases is not None:
+        biases = biases[real]
+    channels = _Channels(padded, real)
+    if added is not None and not channels.same(added):
+        raise UnsupportedModelError(
+            f"NCHWc Conv node {node.name!r} adds tensors with different channels. "
+            f"{_NCHWC_HINT}")
+    return weights, biases, group, channels
+
+
+def _standard_op_channels(r: _Rewriter, node) -> _Channels:
+    """The channels of a standard op's output when it reads NCHWc tensors: those of its
+    inputs for element-wise ops, their concatenation for Concat along the channels."""
+    inputs = [r.blocked[name] for name in node.input if name in r.blocked]
+    if node.op_type == "Concat" and _attr(node, "axis", 0) == 1 and len(inputs) == len(
+            node.input):
+        if all(c.real is None for c in inputs):
+            padded = [c.padded for c in inputs]
+            return _Channels(None if None in padded else sum(padded), None)
+        if None not in [c.padded for c in inputs]:
+            offsets = np.cumsum([0] + [c.padded for c in inputs[:-1]])
+            return _Channels(sum(c.padded for c in inputs), np.concatenate(
+                [(c.real if c.real is not None else np.arange(c.padded)) + offset
+                 for c, offset in zip(inputs, offsets)]))
+    elif node.op_type != "Concat" and all(c.same(inputs[0]) for c in inputs):
+        return inputs[0]
+    raise UnsupportedModelError(
+        f"Node {node.name!r} ({node.op_type}) combines NCHWc tensors in a way onnx-cam cannot "
+        f"follow. {_NCHWC_HINT}")
 
 
 def _nchwc_output(r: _Rewriter, node, base: str) -> str:

@@ -279,19 +279,56 @@ def test_nchwc_mobile_ops_equal_torch(tmp_path):
     assert_close(got, reference(net, x, ["body.dw"], targets)[2]["body.dw"][0], "body.dw")
 
 
-def test_nchwc_padded_channels_are_refused(tmp_path):
-    """A Conv whose output channels do not fill ONNX Runtime's NCHWc blocks gets zero filters
-    added: refused with what to do, rather than layers with channels the model does not
-    have."""
-    net = nn.Sequential(nn.Conv2d(3, 20, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(20, 2)).eval()
-    torch.onnx.export(net, torch.randn(1, 3, 16, 16), str(tmp_path / "m.onnx"), dynamo=False,
-                      opset_version=17, input_names=["x"])
+class Padded(nn.Module):
+    """Channel counts that do not fill ONNX Runtime's NCHWc blocks (24, 20, 44, 40): a
+    depthwise convolution, a residual sum and a concatenation of padded tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1), nn.BatchNorm2d(24), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1, groups=24), nn.BatchNorm2d(24),
+                                nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(24, 24, 1), nn.BatchNorm2d(24))
+        self.b = nn.Sequential(nn.Conv2d(24, 20, 3, 1, 1), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(44, 40, 3, 2, 1), nn.Sigmoid())
+        self.fc = nn.Linear(40, 4)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y + self.pw(self.dw(y))
+        return self.fc(self.c(torch.cat([y, self.b(y)], 1)).mean((2, 3)))
+
+
+def test_nchwc_padded_channels_equal_torch(tmp_path):
+    """ONNX Runtime pads such channels with zero filters to whole blocks: the rewritten
+    graph holds the model's channels only, and its layers have the model's shapes."""
+    torch.manual_seed(7)
+    net = Net(Padded()).train()
+    with torch.no_grad():
+        net(torch.randn(8, 3, 32, 32))
+    net.eval()
+    x = np.random.default_rng(7).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    torch.onnx.export(net, torch.from_numpy(x), str(tmp_path / "m.onnx"), dynamo=False,
+                      opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "N"}})
     saved = save_optimised(str(tmp_path / "m.onnx"), tmp_path / "all.onnx", "all")
-    if not any(n.domain == "com.microsoft.nchwc" for n in saved.graph.node):
-        pytest.skip("ONNX Runtime wrote no NCHWc ops for this model on this CPU")
-    with pytest.raises(onnx_cam.UnsupportedModelError, match="ORT_ENABLE_EXTENDED"):
-        onnx_cam.Explainer(tmp_path / "all.onnx")
+    weights = {t.name: t.dims[0] for t in saved.graph.initializer}
+    if not any(n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"
+               and weights[n.input[1]] not in (24, 20, 40) for n in saved.graph.node):
+        pytest.skip("ONNX Runtime padded no channels for this model on this CPU")
+    exp = onnx_cam.Explainer(tmp_path / "all.onnx")
+    plain = onnx_cam.Explainer(tmp_path / "m.onnx")
+    assert [(la.name, la.shape) for la in exp.layer_info if la.op != "Conv"] == [
+        (la.name, la.shape) for la in plain.layer_info if la.op != "Conv"]
+    layers = ["/body/c/c.1/Sigmoid_output_0", "/body/b/b.1/Relu_output_0",
+              "/body/dw/dw.2/Clip_output_0"]
+    modules = ["body.c", "body.b", "body.dw"]
+    targets = np.array([3, 1])
+    logits_ref, _, ref = reference(net, x, modules, targets)
+    logits, per_layer = exp.activations_and_gradients(x, targets=targets, layers=layers)
+    assert_close(logits, logits_ref, "logits")
+    for name, module in zip(layers, modules):
+        assert_close(per_layer[name][0], ref[module][0], f"activations of {name}")
+        assert_close(per_layer[name][1], ref[module][1], f"gradients of {name}")
 
 
 class Waveform(nn.Module):
