@@ -24,6 +24,7 @@ from . import HINT, NCHWC, NCHWC_HINT, Rewriter, attr, attrs, rewrites
 
 SUFFIX = "_nchwc"  # ONNX Runtime names an NCHWc node after its original output + "_nchwc"
 
+
 @rewrites((NCHWC, "ReorderInput"))
 def _reorder_input(r: Rewriter, node) -> None:
     source, out = node.input[0], node.output[0]
