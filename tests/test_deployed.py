@@ -8,6 +8,7 @@ import collections
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 import torch
@@ -488,3 +489,44 @@ def test_dynamo_as_strided_gather_equals_torch(tmp_path):
         for name in ("body.act", "body.conv"):
             assert_close(per_layer[name][0], ref[name][0][:batch], f"activations of {name}")
             assert_close(per_layer[name][1], ref[name][1][:batch], f"gradients of {name}")
+
+
+def test_batch_dependent_reshape_target_stays_exact_for_every_batch():
+    """A Reshape target [2 * Shape(y)[0], Shape(y)[1] * Shape(y)[2] / 2] is made static as
+    [-1, 12]; the prepared graph, run at several batch sizes, against numpy."""
+    h = helper
+    nodes = [
+        h.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1]),
+        h.make_node("Shape", ["y"], ["s"]),
+        h.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        h.make_node("Gather", ["s", "one"], ["c"], axis=0),
+        h.make_node("Gather", ["s", "two"], ["t"], axis=0),
+        h.make_node("Mul", ["n", "two"], ["n2"]),
+        h.make_node("Div", ["t", "two"], ["t2"]),
+        h.make_node("Mul", ["c", "t2"], ["ct2"]),
+        h.make_node("Unsqueeze", ["n2", "axis0"], ["n2u"]),
+        h.make_node("Unsqueeze", ["ct2", "axis0"], ["ct2u"]),
+        h.make_node("Concat", ["n2u", "ct2u"], ["target"], axis=0),
+        h.make_node("Reshape", ["y", "target"], ["z"]),
+        h.make_node("ReduceMean", ["z"], ["m"], axes=[1], keepdims=0),
+        h.make_node("Reshape", ["m", "pair"], ["out"]),
+    ]
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((4, 3, 1)).astype(np.float32)
+    weights = [numpy_helper.from_array(np.asarray(v, np.int64), name) for name, v in {
+        "zero": 0, "one": 1, "two": 2, "axis0": [0], "pair": [-1, 2]}.items()]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                               ["N", 3, 6])],
+                         [h.make_tensor_value_info("out", TensorProto.FLOAT, ["M", 2])],
+                         weights + [numpy_helper.from_array(w, "w")])
+    exp = onnx_cam.Explainer(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    prepared = exp.model.graph((6,))
+    assert prepared.tensors()["z"].shape[1] == 12
+    assert not any(node.op == "Shape" for node in prepared.nodes)
+    session = ort.InferenceSession(gs.export_onnx(prepared).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 4):
+        x = rng.standard_normal((batch, 3, 6)).astype(np.float32)
+        y = np.einsum("oc,nct->not", w[:, :, 0], x)
+        want = y.reshape(2 * batch, 12).mean(1).reshape(-1, 2)
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], want, rtol=1e-5)
