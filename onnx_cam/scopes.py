@@ -6,7 +6,8 @@ root first, then the FX node's own name (``['', 'layer4', 'layer4.1', 'layer4.1.
 'relu_15']``). A module's output is the one tensor its nodes compute that nodes outside it
 read (or the graph returns); a module whose nodes hand several tensors out is left unnamed,
 except a one-node module called several times (a shared ReLU), which names its last call's
-output, as the converter's layer map does.
+output, as the converter's layer map does. A graph in which some node has no name scopes (a
+tool rewrote part of it) gets no names: a module's output could no longer be told.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def module_outputs(proto: onnx.ModelProto) -> dict[str, str]:
     """{module path: the tensor it outputs} from the nodes' name scopes; {} without them."""
     graph = proto.graph
     scopes = [_modules(node) for node in graph.node]
-    if not any(scopes):
-        return {}
+    if not any(scopes) or None in scopes:
+        return {}  # no scopes, or nodes a later tool rewrote without them: outputs unknown
     made_in: dict[str, set[str]] = {}     # tensor -> modules of the node that computes it
     made_at: dict[str, int] = {}          # tensor -> index of the node that computes it
     for index, (node, modules) in enumerate(zip(graph.node, scopes)):
@@ -47,14 +48,16 @@ def module_outputs(proto: onnx.ModelProto) -> dict[str, str]:
             if len(tensors) == 1 or all(calls[module])}
 
 
-def _modules(node: onnx.NodeProto) -> list[str]:
-    """The module paths enclosing `node` (root and the FX node's own name left out)."""
+def _modules(node: onnx.NodeProto) -> list[str] | None:
+    """The module paths enclosing `node` (root and the FX node's own name left out); None
+    when the node carries no readable name scopes."""
     for prop in node.metadata_props:
         if prop.key == NAME_SCOPES_KEY:
             try:
                 names = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return []
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                return None
             if isinstance(names, list) and all(isinstance(n, str) for n in names):
                 return [n for n in names[:-1] if n]
-    return []
+            return None
+    return None

@@ -19,6 +19,7 @@ from torch_zoo import Net, assert_close, reference
 
 import onnx_cam
 from onnx_cam.graph.cam_model import build_cam_model
+from onnx_cam.scopes import NAME_SCOPES_KEY, module_outputs
 
 LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -530,3 +531,22 @@ def test_batch_dependent_reshape_target_stays_exact_for_every_batch():
         y = np.einsum("oc,nct->not", w[:, :, 0], x)
         want = y.reshape(2 * batch, 12).mean(1).reshape(-1, 2)
         np.testing.assert_allclose(session.run(None, {"x": x})[0], want, rtol=1e-5)
+
+
+def test_name_scopes_are_not_trusted_on_a_partly_rewritten_graph():
+    """A node without name scopes (a tool rewrote part of the graph) could hide a module's
+    real output: no names are read at all then."""
+    def node(op, inputs, output, scopes):
+        made = helper.make_node(op, inputs, [output])
+        if scopes is not None:
+            made.metadata_props.add(key=NAME_SCOPES_KEY, value=repr(scopes))
+        return made
+
+    nodes = [node("Conv", ["x", "w"], "a", ["", "block", "block.conv", "conv2d"]),
+             node("Relu", ["a"], "b", ["", "block", "block.act", "relu"])]
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info(
+        "b", TensorProto.FLOAT, None)])
+    assert module_outputs(helper.make_model(graph)) == {"block": "b", "block.act": "b",
+                                                        "block.conv": "a"}
+    graph.node[1].ClearField("metadata_props")  # the block's last node, rewritten
+    assert module_outputs(helper.make_model(graph)) == {}
