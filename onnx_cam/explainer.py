@@ -489,6 +489,8 @@ class Explainer:
             x = np.asarray(x, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise InputError(f"The input cannot be read as a float32 array ({exc}).") from None
+        if self.model.raw_signal and x.ndim == 2:
+            x = x[:, None]  # (N, T) samples: the one-channel signal (N, 1, T)
         expected, channel_axis = self.model.input_shape, self.model.channel_axis
         layouts = ({3: "(N, T, C)", 4: "(N, H, W, C)", 5: "(N, D, H, W, C)"}
                    if self.model.channels_last else

@@ -21,7 +21,10 @@ from .converters.metadata import (
     UNVERIFIED_KEY,
 )
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
+from .graph.batch_shapes import resolve_batch_shapes
 from .memory import memory_budget
+from .scopes import module_outputs
+from .unfuse import unfuse
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
 MIN_OPSET = 16  # ScatterElements(reduction="add"), used by the MaxPool gradient
@@ -112,6 +115,7 @@ class Model:
                 f"The ONNX checker rejects this model: {exc}. Re-export it with a current exporter."
             ) from None
         safety.check_ops(proto)
+        proto = unfuse(proto)  # ONNX Runtime-optimised graphs: contrib ops as standard ops
         self.max_tensor_bytes = memory_budget(max_memory)
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
@@ -127,6 +131,8 @@ class Model:
         metadata = {p.key: p.value for p in proto.metadata_props}
         self.layer_map: dict[str, str] = json.loads(metadata.get(LAYER_MAP_KEY, "{}"))
         self.unverified_layers = _unverified_layers(metadata.get(UNVERIFIED_KEY))
+        if not self.layer_map:  # a bare dynamo export: module names from its node metadata
+            self.layer_map = module_outputs(proto)
         names = metadata.get(CLASS_NAMES_KEY)
         self.class_names: list[str] | None = json.loads(names) if names else None
         initializers = {i.name for i in proto.graph.initializer}
@@ -143,7 +149,11 @@ class Model:
             inputs[0].type.tensor_type.elem_type)
         # (N, T) integer token ids feeding an embedding: one spatial axis, no channel axis
         self.tokens = self.input_dtype.kind in "iu" and len(self.input_shape) == 2
-        if self.tokens:
+        # (N, T) float samples (a raw waveform): a one-channel signal, (N, 1, T) to onnx-cam
+        self.raw_signal = self.input_dtype.kind == "f" and len(self.input_shape) == 2
+        if self.raw_signal:
+            self.input_shape = (self.input_shape[0], 1, self.input_shape[1])
+        if self.tokens or self.raw_signal:
             channels_last = False
         elif channels_last is None:  # the converter's word, else what the convolutions read
             layout = metadata.get(LAYOUT_KEY)
@@ -155,7 +165,7 @@ class Model:
                        else "(N, C, T), (N, C, H, W) and (N, C, D, H, W)")
             raise UnsupportedModelError(
                 f"The model input {self.input_name!r} has rank {len(self.input_shape)}; onnx-cam "
-                f"explains {layouts} inputs, and (N, T) integer token ids."
+                f"explains {layouts} inputs, (N, T) integer token ids and (N, T) float samples."
             )
         outputs = [o.name for o in proto.graph.output]
         self.output_name = output or outputs[0]
@@ -232,7 +242,7 @@ class Model:
         dims = inp.type.tensor_type.shape.dim
         dims[0].Clear()
         dims[0].dim_param = "N"
-        spatial_dims = list(dims)[1:] if self.tokens else (
+        spatial_dims = list(dims)[1:] if self.tokens or self.raw_signal else (
             list(dims)[1:-1] if self.channels_last else list(dims)[2:])
         for d, size in zip(spatial_dims, spatial_shape):
             d.Clear()
@@ -241,11 +251,15 @@ class Model:
         graph = gs.import_onnx(_infer_shapes(proto, spatial_shape, strict=False))
         if self.channels_last:
             _channels_first_input(graph, self.input_name)
+        if self.raw_signal:
+            _one_channel_input(graph, self.input_name)
         ceil_pools_to_floor(graph)
         # constant folding runs parts of the graph in ONNX Runtime: check the shapes first
         safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
                             f"for input spatial shape {spatial_shape}")
         graph.fold_constants(error_ok=True).cleanup().toposort()
+        if resolve_batch_shapes(graph, batch="N"):  # e.g. x.reshape(x.shape[0], C, -1)
+            graph.fold_constants(error_ok=True).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed)
         folded = gs.export_onnx(graph, do_type_check=False)
@@ -334,6 +348,17 @@ def _channels_first_input(graph: gs.Graph, name: str) -> None:
     old.name = f"{name}/onnx_cam_channels_last"
     graph.nodes.insert(0, gs.Node("Transpose", f"{name}/onnx_cam_to_channels_last",
                                   {"perm": perm}, [new], [old]))
+    graph.inputs = [new if t is old else t for t in graph.inputs]
+
+
+def _one_channel_input(graph: gs.Graph, name: str) -> None:
+    """Feed a graph taking (N, T) samples from a (N, 1, T) input of the same name."""
+    old = next(t for t in graph.inputs if t.name == name)
+    new = gs.Variable(name, dtype=old.dtype, shape=[old.shape[0], 1, old.shape[1]])
+    old.name = f"{name}/onnx_cam_samples"
+    axis = gs.Constant(f"{name}/onnx_cam_channel_axis", np.asarray([1], np.int64))
+    graph.nodes.insert(0, gs.Node("Squeeze", f"{name}/onnx_cam_to_samples", {}, [new, axis],
+                                  [old]))
     graph.inputs = [new if t is old else t for t in graph.inputs]
 
 

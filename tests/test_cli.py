@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -76,6 +77,48 @@ def test_layers_runs_as_a_program(model_file):
     done = program("layers", model_file, capture_output=True)
     assert done.returncode == 0, done.stderr
     assert "layers (deepest first" in done.stdout
+
+
+def test_layers_shortened_by_top_op_and_match(model_file, capsys):
+    assert main(["layers", str(model_file), "--json"]) == EXIT_OK
+    every = json.loads(capsys.readouterr().out)["layers"]
+    assert main(["layers", str(model_file), "--json", "--top", "2"]) == EXIT_OK
+    info = json.loads(capsys.readouterr().out)
+    assert info["layers"] == every[:2] and info["hidden"] == len(every) - 2
+    assert main(["layers", str(model_file), "--json", "--op", "Conv,MaxPool"]) == EXIT_OK
+    info = json.loads(capsys.readouterr().out)
+    wanted = [la for la in every if la["op"] in ("Conv", "MaxPool")]
+    assert info["layers"] == wanted and 0 < len(wanted) < len(every)
+    assert main(["layers", str(model_file), "--json", "--match", "/3/"]) == EXIT_OK
+    info = json.loads(capsys.readouterr().out)
+    assert [la["tensor"] for la in info["layers"]] == [
+        la["tensor"] for la in every if any("/3/" in n for n in [la["name"], *la["aliases"]])]
+    assert main(["layers", str(model_file), "--top", "1"]) == EXIT_OK
+    assert f"({len(every) - 1} more not shown" in capsys.readouterr().out
+    assert main(["layers", str(model_file), "--top", "0"]) == EXIT_USAGE
+
+
+def test_layers_table_columns_align_to_the_longest_name(tmp_path, capsys):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a_convolution_with_a_name_longer_than_32_characters = nn.Conv1d(2, 4, 3)
+            self.c = nn.Conv1d(4, 4, 3)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 2))
+
+        def forward(self, x):
+            x = self.a_convolution_with_a_name_longer_than_32_characters(x)
+            return self.head(torch.relu(self.c(x)))
+
+    path = tmp_path / "long.onnx"
+    export_torch(Net().eval(), torch.randn(1, 2, 20), path)
+    assert main(["layers", str(path)]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("layers (deepest first; the first is --layer auto):") + 1
+    rows = [re.fullmatch(r"  (\S+) +(\S+) +(\[.*\])", line) for line in lines[start:]]
+    assert len(rows) >= 3 and all(rows)
+    assert "a_convolution_with_a_name_longer_than_32_characters" in [r[1] for r in rows]
+    assert len({r.start(2) for r in rows}) == 1 and len({r.start(3) for r in rows}) == 1
 
 
 # ---- explain: arrays, images, CSV ---------------------------------------------------------

@@ -17,6 +17,8 @@ given to --layer."""
 EXAMPLES = """\
 examples:
   onnx-cam layers model.onnx
+  onnx-cam layers model.onnx --top 10
+  onnx-cam layers model.onnx --op Conv,Relu --match layer4
   onnx-cam layers model.onnx --json > layers.json"""
 
 
@@ -27,7 +29,27 @@ def add_parser(sub):
     parser.add_argument("model", help="an .onnx file")
     parser.add_argument("--json", action="store_true",
                         help="print the same as JSON (default: a table)")
+    parser.add_argument("--top", type=_positive, metavar="K",
+                        help="show only the K deepest layers (after --op and --match)")
+    parser.add_argument("--op", type=_op_list, metavar="OPS",
+                        help="show only layers made by these ops, comma-separated: Conv,Relu")
+    parser.add_argument("--match", metavar="TEXT",
+                        help="show only layers whose name, tensor name or node name contains "
+                             "TEXT")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _op_list(text: str) -> frozenset[str]:
+    ops = frozenset(op.strip() for op in text.split(",") if op.strip())
+    if not ops:
+        raise argparse.ArgumentTypeError("expected op names separated by commas, e.g. Conv,Relu")
+    return ops
 
 
 def describe(model) -> dict:
@@ -38,8 +60,22 @@ def describe(model) -> dict:
                       "channels_last": exp.model.channels_last},
             "head": exp.head, "classes": exp.num_classes, "class_names": exp.class_names,
             "layers": [{"name": layer.name, "tensor": layer.tensor, "op": layer.op,
-                        "shape": [d if isinstance(d, int) else str(d) for d in layer.shape]}
-                       for layer in exp.layer_info]}
+                        "shape": [d if isinstance(d, int) else str(d) for d in layer.shape],
+                        "aliases": list(layer.aliases)}
+                       for layer in exp.layer_info],
+            "hidden": 0}
+
+
+def select_layers(info: dict, top: int | None = None, ops: frozenset[str] | None = None,
+                  match: str | None = None) -> dict:
+    """describe()'s result with only the layers asked for (still deepest first); "hidden"
+    counts the others."""
+    layers = [layer for layer in info["layers"]
+              if (ops is None or layer["op"] in ops)
+              and (match is None or any(match in name for name in
+                                        (layer["name"], layer["tensor"], *layer["aliases"])))]
+    shown = layers[:top] if top is not None else layers
+    return {**info, "layers": shown, "hidden": info["hidden"] + len(info["layers"]) - len(shown)}
 
 
 def print_description(info: dict) -> None:
@@ -52,12 +88,17 @@ def print_description(info: dict) -> None:
     names = info["class_names"]
     print(f"classes {info['classes']}" + (f": {', '.join(names)}" if names else ""))
     print("layers (deepest first; the first is --layer auto):")
-    for layer in info["layers"]:
-        print(f"  {layer['name']:<32} {layer['op']:<20} {layer['shape']}")
+    rows = info["layers"]
+    name_width = max((len(layer["name"]) for layer in rows), default=0)
+    op_width = max((len(layer["op"]) for layer in rows), default=0)
+    for layer in rows:
+        print(f"  {layer['name']:<{name_width}}  {layer['op']:<{op_width}}  {layer['shape']}")
+    if info["hidden"]:
+        print(f"  ({info['hidden']} more not shown: --top, --op and --match choose which)")
 
 
 def run(args) -> None:
-    info = describe(args.model)
+    info = select_layers(describe(args.model), args.top, args.op, args.match)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
