@@ -15,6 +15,8 @@ from . import safety
 from .concurrency import OnceCache
 from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
+from .graph import toposort
+from .graph.precision import float32_input, is_float, is_half
 from .memory import memory_budget
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -99,6 +101,7 @@ class Model:
         proto = load_proto(source)
         safety.check_text(proto)
         safety.check_tensor_data(proto)
+        proto = toposort.sorted_model(proto)
         try:
             onnx.checker.check_model(proto)
         except Exception as exc:
@@ -234,6 +237,7 @@ class Model:
         graph = gs.import_onnx(_infer_shapes(proto, spatial_shape, strict=False))
         if self.channels_last:
             _channels_first_input(graph, self.input_name)
+        float32_input(graph, self.input_name)
         ceil_pools_to_floor(graph)
         # constant folding runs parts of the graph in ONNX Runtime: check the shapes first
         safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
@@ -364,9 +368,12 @@ def ceil_pools_to_floor(graph: gs.Graph) -> None:
 
 
 def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:
-    """The final Softmax / LogSoftmax / Sigmoid, if any, and the tensor before it."""
+    """The final Softmax / LogSoftmax / Sigmoid, if any, and the tensor before it (seen through
+    Identity and Casts from 16-bit floats, e.g. a float16 model's cast to a float32 output)."""
     tensor = graph.tensors()[output_name]
-    while tensor.inputs and tensor.inputs[0].op == "Identity":
+    while tensor.inputs and (tensor.inputs[0].op == "Identity" or (
+            tensor.inputs[0].op == "Cast" and is_float(tensor.dtype)
+            and is_half(tensor.inputs[0].inputs[0].dtype))):
         tensor = tensor.inputs[0].inputs[0]
     if tensor.inputs and tensor.inputs[0].op in HEADS:
         node = tensor.inputs[0]
@@ -399,7 +406,7 @@ def differentiable_closure(graph: gs.Graph, sources: set[str]) -> set[str]:
             continue
         if any(t.name in active for t in node_inputs(node)):
             for out in node.outputs:
-                if out.dtype is None or np.issubdtype(np.dtype(out.dtype), np.floating):
+                if out.dtype is None or is_float(out.dtype):
                     active.add(out.name)
     return active
 
