@@ -17,6 +17,7 @@ from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, 
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
 from .graph import toposort
 from .graph.precision import float32_input, is_float, is_half
+from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
 from .memory import memory_budget
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -28,7 +29,7 @@ NON_DIFFERENTIABLE = frozenset({
     "IsNaN", "IsInf", "Sign", "Floor", "Ceil", "Round", "RandomNormalLike", "RandomUniformLike",
     "EyeLike", "OneHot",
 })
-SPATIAL_OPS = frozenset({"Conv", "ConvTranspose"})
+SPATIAL_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger"})
 # Ops that only rearrange a tensor: in a channels-last model their output is listed as a layer
 # only when a framework layer name points to it or their input is not already a layer.
 LAYOUT_OPS = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity"})
@@ -242,7 +243,9 @@ class Model:
         # constant folding runs parts of the graph in ONNX Runtime: check the shapes first
         safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
                             f"for input spatial shape {spatial_shape}")
-        graph.fold_constants(error_ok=True).cleanup().toposort()
+        # a quantised model keeps its weights' DequantizeLinear nodes (ONNX Runtime fuses them
+        # with the op that reads them into an integer kernel)
+        graph.fold_constants(error_ok=True, should_exclude_node=_dequantizes).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed)
         folded = gs.export_onnx(graph, do_type_check=False)
@@ -272,6 +275,10 @@ class Model:
             f"Unknown layer {name!r}. Name a layer by framework name, ONNX tensor name or node "
             f"name; see Explainer.layers. Candidate layers, deepest first: {hint}."
         )
+
+
+def _dequantizes(node: gs.Node) -> bool:
+    return node.op == "DequantizeLinear"
 
 
 def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],
@@ -405,6 +412,9 @@ def differentiable_closure(graph: gs.Graph, sources: set[str]) -> set[str]:
         if node.op in NON_DIFFERENTIABLE:
             continue
         if any(t.name in active for t in node_inputs(node)):
+            if node.op in INTEGER_PATH_OPS:  # the integers of a quantised tensor
+                active.add(node.outputs[0].name)
+                continue
             for out in node.outputs:
                 if out.dtype is None or is_float(out.dtype):
                     active.add(out.name)
@@ -437,13 +447,19 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     aliases: dict[str, list[str]] = {}
     for framework_name, tensor in layer_map.items():
         aliases.setdefault(tensor, []).append(framework_name)
+    # a quantised model's layer is the dequantised tensor, under the float tensor's names
+    sources = dequantized_sources(graph)
+    for dequantized, source in sources.items():
+        aliases.setdefault(dequantized, []).extend(aliases.get(source.name, []) + [source.name])
+    hidden = {source.name for source in sources.values()} | rescaling_steps(graph)
     traced = _trace_axes(graph, input_name) if channels_last else None
     found: set[str] = set()
     per_node = []
     for node in graph.nodes:
         outs = []
         for out in node.outputs:
-            if out.name not in reaches_score or out.shape is None:
+            if (out.name not in reaches_score or out.shape is None or out.name in hidden
+                    or (out.dtype is not None and not is_float(out.dtype))):
                 continue
             axes = None
             if traced is None:
@@ -473,8 +489,9 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
         for name, shape, axes in outs:
             names = sorted(aliases.get(name, []), key=lambda s: (s.count("."), len(s)))
             display = names[0] if names else name
-            layers.append(Layer(display, name, node.op, shape,
-                                tuple(names) + (name, node.name), axes))
+            maker = sources[name].inputs[0] if name in sources else node
+            layers.append(Layer(display, name, maker.op, shape,
+                                tuple(names) + (name, maker.name), axes))
     return layers
 
 

@@ -33,6 +33,25 @@ def spatial_dims(tensor: Tensor) -> list[int]:
     return dims
 
 
+def _dequantized_constant(tensor: Tensor) -> np.ndarray | None:
+    """The float32 values of a DequantizeLinear output whose inputs are all constants."""
+    if not isinstance(tensor, gs.Variable) or len(tensor.inputs) != 1:
+        return None
+    node = tensor.inputs[0]
+    if node.op != "DequantizeLinear" or node.attrs.get("block_size", 0) or not all(
+            isinstance(t, gs.Constant) for t in node.inputs if t.name):
+        return None
+    x, scale = (np.asarray(t.values) for t in node.inputs[:2])
+    zero_point = (np.asarray(node.inputs[2].values) if len(node.inputs) > 2
+                  and node.inputs[2].name else np.zeros((), x.dtype))
+    if scale.size > 1:  # per axis
+        shape = [1] * x.ndim
+        shape[node.attrs.get("axis", 1) % x.ndim] = scale.size
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    shifted = x.astype(np.int64) - zero_point.astype(np.int64)
+    return (shifted.astype(np.float32) * scale.astype(np.float32)).astype(np.float32)
+
+
 class GradBuilder:
     """Appends gradient nodes to a graph; every helper returns the new output tensor."""
 
@@ -73,11 +92,15 @@ class GradBuilder:
         """`tensor` as the gradient subgraph reads it: a float16 / bfloat16 tensor of the forward
         graph as a float32 copy (a constant converted once here, an activation cast at run
         time, once per tensor), so the gradients are computed and accumulated in float32;
-        any other tensor as it is."""
-        if not is_half(tensor.dtype):
+        a quantised model's dequantised weights as a float32 constant; any other tensor as
+        it is."""
+        weights = _dequantized_constant(tensor)
+        if weights is None and not is_half(tensor.dtype):
             return tensor
         if tensor.name not in self._float32:
-            if isinstance(tensor, gs.Constant):
+            if weights is not None:
+                wide = self.const(weights)
+            elif isinstance(tensor, gs.Constant):
                 values = onnx.numpy_helper.to_array(OnnxExporter.export_tensor_proto(tensor))
                 wide = self.const(values.astype(np.float32))
             else:

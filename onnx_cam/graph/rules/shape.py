@@ -7,7 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..builder import rank, static_shape
-from ..precision import is_half
+from ..precision import is_float, is_half
 from . import register
 
 
@@ -32,9 +32,10 @@ def expand(b, node, grads, wants):
 
 @register("Cast")
 def cast(b, node, grads, wants):
-    # gradients of 16-bit float tensors are held in float32 (see GradBuilder.float32)
+    # gradients of 16-bit float tensors, and of integers standing for real numbers (a
+    # quantised model's accumulators), are held in float32 (see GradBuilder.float32)
     x = node.inputs[0]
-    to = (onnx.TensorProto.FLOAT if is_half(x.dtype)
+    to = (onnx.TensorProto.FLOAT if is_half(x.dtype) or not is_float(x.dtype)
           else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(x.dtype)))
     return [b.op("Cast", [grads[0]], {"to": to})]
 
