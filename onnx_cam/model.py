@@ -447,10 +447,11 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     aliases: dict[str, list[str]] = {}
     for framework_name, tensor in layer_map.items():
         aliases.setdefault(tensor, []).append(framework_name)
-    # a quantised model's layer is the dequantised tensor, under the float tensor's names
+    # a quantised model's layer is the dequantised tensor, also named after the float tensor
+    # it quantises (which the int8 model does not compute)
     sources = dequantized_sources(graph)
     for dequantized, source in sources.items():
-        aliases.setdefault(dequantized, []).extend(aliases.get(source.name, []) + [source.name])
+        aliases.setdefault(dequantized, []).append(source.name)
     hidden = {source.name for source in sources.values()} | rescaling_steps(graph)
     traced = _trace_axes(graph, input_name) if channels_last else None
     found: set[str] = set()
@@ -489,9 +490,8 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
         for name, shape, axes in outs:
             names = sorted(aliases.get(name, []), key=lambda s: (s.count("."), len(s)))
             display = names[0] if names else name
-            maker = sources[name].inputs[0] if name in sources else node
-            layers.append(Layer(display, name, maker.op, shape,
-                                tuple(names) + (name, maker.name), axes))
+            op = sources[name].inputs[0].op if name in sources else node.op
+            layers.append(Layer(display, name, op, shape, tuple(names) + (name, node.name), axes))
     return layers
 
 
