@@ -15,7 +15,7 @@ from . import safety
 from .concurrency import OnceCache
 from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
-from .graph import toposort
+from .graph import qoperators, toposort
 from .graph.precision import float32_input, is_float, is_half
 from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
 from .memory import memory_budget
@@ -110,6 +110,7 @@ class Model:
                 f"The ONNX checker rejects this model: {exc}. Re-export it with a current exporter."
             ) from None
         safety.check_ops(proto)
+        proto = qoperators.qdq_model(proto)
         self.max_tensor_bytes = memory_budget(max_memory)
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
@@ -450,8 +451,6 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     # a quantised model's layer is the dequantised tensor, also named after the float tensor
     # it quantises (which the int8 model does not compute)
     sources = dequantized_sources(graph)
-    for dequantized, source in sources.items():
-        aliases.setdefault(dequantized, []).append(source.name)
     hidden = {source.name for source in sources.values()} | rescaling_steps(graph)
     traced = _trace_axes(graph, input_name) if channels_last else None
     found: set[str] = set()
@@ -489,9 +488,11 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     for node, outs in reversed(per_node):
         for name, shape, axes in outs:
             names = sorted(aliases.get(name, []), key=lambda s: (s.count("."), len(s)))
-            display = names[0] if names else name
-            op = sources[name].inputs[0].op if name in sources else node.op
-            layers.append(Layer(display, name, op, shape, tuple(names) + (name, node.name), axes))
+            op, tensors = node.op, (name,)
+            if name in sources:  # the shorter of the two tensor names shows
+                op, tensors = sources[name].inputs[0].op, (name, sources[name].name)
+            display = names[0] if names else min(tensors, key=len)
+            layers.append(Layer(display, name, op, shape, (*names, *tensors, node.name), axes))
     return layers
 
 
