@@ -31,6 +31,7 @@ _QLINEAR = {
     (MS, "QLinearSigmoid"): ("Sigmoid", [(0, 1, 2)], (3, 4)),
     (MS, "QLinearSoftmax"): ("Softmax", [(0, 1, 2)], (3, 4)),
 }
+_QOPERATORS = {*_QLINEAR, (MS, "QLinearConcat")}
 # ops that move or select int8 values without arithmetic: their output keeps the input's
 # scale and zero point (the QOperator format runs them on the integers)
 _SAME_SCALE = frozenset({
@@ -46,7 +47,7 @@ _DROPPED = {"channels_last", "opset"}
 
 def qdq_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     """`proto` itself when it has no QOperator node, else its QDQ rewrite (a new model)."""
-    if not any((n.domain, n.op_type) in _QLINEAR for n in proto.graph.node):
+    if not any((n.domain, n.op_type) in _QOPERATORS for n in proto.graph.node):
         return proto
     model = onnx.ModelProto()
     model.CopyFrom(proto)
@@ -69,6 +70,9 @@ class _Rewrite:
             key = (node.domain, node.op_type)
             if key in _QLINEAR:
                 self._qlinear(node, *_QLINEAR[key])
+            elif key == (MS, "QLinearConcat"):  # Y_scale, Y_zero_point, then (x, scale, zp)...
+                triples = [(i, i + 1, i + 2) for i in range(2, len(node.input), 3)]
+                self._qlinear(node, "Concat", triples, (0, 1))
             elif node.op_type == "QuantizeLinear":
                 self.quantized[node.output[0]] = (node.input[1], _at(node.input, 2))
                 self.nodes.append(node)
