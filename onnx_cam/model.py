@@ -266,6 +266,13 @@ class Model:
             tensor = node.outputs[0].name
         known = graph.tensors()
         hint = ", ".join(layer.name for layer in self.layers[:8])
+        dequantized = next((layer for layer in self.layers
+                            if tensor in layer.aliases and tensor != layer.tensor), None)
+        if dequantized is not None:  # the float tensor before a QuantizeLinear
+            raise LayerError(
+                f"Layer {name!r} (tensor {tensor!r}) is quantised in this model, which never "
+                f"holds its float value; layer {dequantized.name!r} is its dequantised value "
+                "(what the quantised model computes). Name that layer.")
         if tensor in known:
             raise LayerError(
                 f"Layer {name!r} (tensor {tensor!r}, shape {known[tensor].shape}) cannot be "

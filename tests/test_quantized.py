@@ -31,7 +31,7 @@ from torch_zoo import Net, randomize, reference  # noqa: E402
 
 import onnx_cam  # noqa: E402
 from onnx_cam.converters import export_torch  # noqa: E402
-from onnx_cam.errors import UnsupportedModelError  # noqa: E402
+from onnx_cam.errors import LayerError, UnsupportedModelError  # noqa: E402
 from onnx_cam.graph.precision import is_float  # noqa: E402
 from onnx_cam.graph.qoperators import qdq_model  # noqa: E402
 
@@ -100,6 +100,8 @@ def test_fake_quantisation_gradients_equal_torch_autograd(dim, shape):
         assert net.body[index].saturated > 0
     logits, got = exp.activations_and_gradients(x, layers=layers)
     np.testing.assert_allclose(logits, logits_ref, atol=1e-6)
+    with pytest.raises(LayerError, match="'body.4'.*quantised.*'body.5'"):
+        exp.explain(x, layers="body.4")  # the convolution's float output, quantised by body.5
     for layer in layers:
         for what, ours, theirs in zip(("activation", "gradient"), got[layer], ref[layer]):
             err = np.abs(ours - theirs).max() / np.abs(theirs).max()
