@@ -21,7 +21,10 @@ from .converters.metadata import (
     UNVERIFIED_KEY,
 )
 from .errors import LayerError, ModelLoadError, UnsupportedModelError
+from .graph import qoperators, toposort
 from .graph.batch_shapes import resolve_batch_shapes
+from .graph.precision import float32_input, is_float, is_half
+from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
 from .memory import memory_budget
 from .scopes import module_outputs
 from .unfuse import unfuse
@@ -35,7 +38,7 @@ NON_DIFFERENTIABLE = frozenset({
     "IsNaN", "IsInf", "Sign", "Floor", "Ceil", "Round", "RandomNormalLike", "RandomUniformLike",
     "EyeLike", "OneHot",
 })
-SPATIAL_OPS = frozenset({"Conv", "ConvTranspose"})
+SPATIAL_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger"})
 # Ops that only rearrange a tensor: in a channels-last model their output is listed as a layer
 # only when a framework layer name points to it or their input is not already a layer.
 LAYOUT_OPS = frozenset({"Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity"})
@@ -108,6 +111,7 @@ class Model:
         proto = load_proto(source)
         safety.check_text(proto)
         safety.check_tensor_data(proto)
+        proto = toposort.sorted_model(proto)
         try:
             onnx.checker.check_model(proto)
         except Exception as exc:
@@ -115,6 +119,7 @@ class Model:
                 f"The ONNX checker rejects this model: {exc}. Re-export it with a current exporter."
             ) from None
         safety.check_ops(proto)
+        proto = qoperators.qdq_model(proto)
         proto = unfuse(proto)  # ONNX Runtime-optimised graphs: contrib ops as standard ops
         self.max_tensor_bytes = memory_budget(max_memory)
         opset = _default_opset(proto)
@@ -253,13 +258,17 @@ class Model:
             _channels_first_input(graph, self.input_name)
         if self.raw_signal:
             _one_channel_input(graph, self.input_name)
+        float32_input(graph, self.input_name)
         ceil_pools_to_floor(graph)
         # constant folding runs parts of the graph in ONNX Runtime: check the shapes first
         safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
                             f"for input spatial shape {spatial_shape}")
-        graph.fold_constants(error_ok=True).cleanup().toposort()
+        # a quantised model keeps its weights' DequantizeLinear nodes (ONNX Runtime fuses them
+        # with the op that reads them into an integer kernel)
+        graph.fold_constants(error_ok=True, should_exclude_node=_dequantizes).cleanup().toposort()
         if resolve_batch_shapes(graph, batch="N"):  # e.g. x.reshape(x.shape[0], C, -1)
-            graph.fold_constants(error_ok=True).cleanup().toposort()
+            graph.fold_constants(error_ok=True,
+                                 should_exclude_node=_dequantizes).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed)
         folded = gs.export_onnx(graph, do_type_check=False)
@@ -279,6 +288,13 @@ class Model:
             tensor = node.outputs[0].name
         known = graph.tensors()
         hint = ", ".join(layer.name for layer in self.layers[:8])
+        dequantized = next((layer for layer in self.layers
+                            if tensor in layer.aliases and tensor != layer.tensor), None)
+        if dequantized is not None:  # the float tensor before a QuantizeLinear
+            raise LayerError(
+                f"Layer {name!r} (tensor {tensor!r}) is quantised in this model, which never "
+                f"holds its float value; layer {dequantized.name!r} is its dequantised value "
+                "(what the quantised model computes). Name that layer.")
         if tensor in known:
             raise LayerError(
                 f"Layer {name!r} (tensor {tensor!r}, shape {known[tensor].shape}) cannot be "
@@ -309,6 +325,10 @@ def _unverified_layers(text: str | None) -> dict[str, str]:
     if not isinstance(found, dict):
         return {}
     return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _dequantizes(node: gs.Node) -> bool:
+    return node.op == "DequantizeLinear"
 
 
 def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],
@@ -416,9 +436,12 @@ def ceil_pools_to_floor(graph: gs.Graph) -> None:
 
 
 def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:
-    """The final Softmax / LogSoftmax / Sigmoid, if any, and the tensor before it."""
+    """The final Softmax / LogSoftmax / Sigmoid, if any, and the tensor before it (seen through
+    Identity and Casts from 16-bit floats, e.g. a float16 model's cast to a float32 output)."""
     tensor = graph.tensors()[output_name]
-    while tensor.inputs and tensor.inputs[0].op == "Identity":
+    while tensor.inputs and (tensor.inputs[0].op == "Identity" or (
+            tensor.inputs[0].op == "Cast" and is_float(tensor.dtype)
+            and is_half(tensor.inputs[0].inputs[0].dtype))):
         tensor = tensor.inputs[0].inputs[0]
     if tensor.inputs and tensor.inputs[0].op in HEADS:
         node = tensor.inputs[0]
@@ -450,8 +473,11 @@ def differentiable_closure(graph: gs.Graph, sources: set[str]) -> set[str]:
         if node.op in NON_DIFFERENTIABLE:
             continue
         if any(t.name in active for t in node_inputs(node)):
+            if node.op in INTEGER_PATH_OPS:  # the integers of a quantised tensor
+                active.add(node.outputs[0].name)
+                continue
             for out in node.outputs:
-                if out.dtype is None or np.issubdtype(np.dtype(out.dtype), np.floating):
+                if out.dtype is None or is_float(out.dtype):
                     active.add(out.name)
     return active
 
@@ -482,13 +508,18 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     aliases: dict[str, list[str]] = {}
     for framework_name, tensor in layer_map.items():
         aliases.setdefault(tensor, []).append(framework_name)
+    # a quantised model's layer is the dequantised tensor, also named after the float tensor
+    # it quantises (which the int8 model does not compute)
+    sources = dequantized_sources(graph)
+    hidden = {source.name for source in sources.values()} | rescaling_steps(graph)
     traced = _trace_axes(graph, input_name) if channels_last else None
     found: set[str] = set()
     per_node = []
     for node in graph.nodes:
         outs = []
         for out in node.outputs:
-            if out.name not in reaches_score or out.shape is None:
+            if (out.name not in reaches_score or out.shape is None or out.name in hidden
+                    or (out.dtype is not None and not is_float(out.dtype))):
                 continue
             axes = None
             if traced is None:
@@ -517,9 +548,11 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     for node, outs in reversed(per_node):
         for name, shape, axes in outs:
             names = sorted(aliases.get(name, []), key=lambda s: (s.count("."), len(s)))
-            display = names[0] if names else name
-            layers.append(Layer(display, name, node.op, shape,
-                                tuple(names) + (name, node.name), axes))
+            op, tensors = node.op, (name,)
+            if name in sources:  # the shorter of the two tensor names shows
+                op, tensors = sources[name].inputs[0].op, (name, sources[name].name)
+            display = names[0] if names else min(tensors, key=len)
+            layers.append(Layer(display, name, op, shape, (*names, *tensors, node.name), axes))
     return layers
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+from .precision import float32_view, is_half
 
 Tensor = gs.Variable | gs.Constant
 
@@ -29,6 +33,25 @@ def spatial_dims(tensor: Tensor) -> list[int]:
     return dims
 
 
+def _dequantized_constant(tensor: Tensor) -> np.ndarray | None:
+    """The float32 values of a DequantizeLinear output whose inputs are all constants."""
+    if not isinstance(tensor, gs.Variable) or len(tensor.inputs) != 1:
+        return None
+    node = tensor.inputs[0]
+    if node.op != "DequantizeLinear" or node.attrs.get("block_size", 0) or not all(
+            isinstance(t, gs.Constant) for t in node.inputs if t.name):
+        return None
+    x, scale = (np.asarray(t.values) for t in node.inputs[:2])
+    zero_point = (np.asarray(node.inputs[2].values) if len(node.inputs) > 2
+                  and node.inputs[2].name else np.zeros((), x.dtype))
+    if scale.size > 1:  # per axis
+        shape = [1] * x.ndim
+        shape[node.attrs.get("axis", 1) % x.ndim] = scale.size
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    shifted = x.astype(np.int64) - zero_point.astype(np.int64)
+    return (shifted.astype(np.float32) * scale.astype(np.float32)).astype(np.float32)
+
+
 class GradBuilder:
     """Appends gradient nodes to a graph; every helper returns the new output tensor."""
 
@@ -37,6 +60,7 @@ class GradBuilder:
         self.opset = opset
         self._count = 0
         self._shapes: dict[str, gs.Variable] = {}
+        self._float32: dict[str, Tensor] = {}
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -50,18 +74,39 @@ class GradBuilder:
 
     def op(self, op: str, inputs: Sequence, attrs: dict | None = None, *, outputs: int = 1,
            dtype=np.float32):
-        """Add one node; numpy arrays and Python numbers among `inputs` become constants."""
+        """Add one node; numpy arrays and Python numbers among `inputs` become constants, and
+        16-bit float tensors are read as float32 (see float32)."""
         ins = []
         for value in inputs:
             if value is None:
                 ins.append(gs.Variable.empty())
             elif isinstance(value, (gs.Variable, gs.Constant)):
-                ins.append(value)
+                ins.append(value if op in ("Shape", "Size") else self.float32(value))
             else:
                 ins.append(self.const(value))
         outs = [gs.Variable(self._name(op), dtype=dtype) for _ in range(outputs)]
         self.graph.nodes.append(gs.Node(op, self._name(op), attrs or {}, ins, outs))
         return outs[0] if outputs == 1 else outs
+
+    def float32(self, tensor: Tensor) -> Tensor:
+        """`tensor` as the gradient subgraph reads it: a float16 / bfloat16 tensor of the forward
+        graph as a float32 copy (a constant converted once here, an activation cast at run
+        time, once per tensor), so the gradients are computed and accumulated in float32;
+        a quantised model's dequantised weights as a float32 constant; any other tensor as
+        it is."""
+        weights = _dequantized_constant(tensor)
+        if weights is None and not is_half(tensor.dtype):
+            return tensor
+        if tensor.name not in self._float32:
+            if weights is not None:
+                wide = self.const(weights)
+            elif isinstance(tensor, gs.Constant):
+                values = onnx.numpy_helper.to_array(OnnxExporter.export_tensor_proto(tensor))
+                wide = self.const(values.astype(np.float32))
+            else:
+                wide = float32_view(self.graph, tensor, self._name("float32"))
+            self._float32[tensor.name] = wide
+        return self._float32[tensor.name]
 
     # ---- shapes ------------------------------------------------------------------------
     def forget_shapes(self) -> None:

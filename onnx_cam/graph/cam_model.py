@@ -64,7 +64,7 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     graph = model.graph(spatial_shape)
     tensors = graph.tensors()
     builder = GradBuilder(graph, model.opset)
-    logits = _as_matrix(builder, tensors[model.score_name])
+    logits = builder.float32(_as_matrix(builder, tensors[model.score_name]))
     differentiated = _score(builder, logits, model.head, outputs.score)
     if seed_from == "input":
         seed = gs.Variable(SEED, dtype=np.float32, shape=list(logits.shape))
@@ -84,7 +84,7 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     for i, name in enumerate(layers):
         # a layer in another layout (channels-last) is returned as (N, C, *spatial)
         axes, shape = model.layer_axes.get(name), tensors[name].shape
-        view = channels_first(builder, tensors[name], axes, shape)
+        view = channels_first(builder, builder.float32(tensors[name]), axes, shape)
         acts.append(expose(graph, view, f"onnx_cam_activation_{i}").name)
         for store, values, label in ((grad_names, grads, "gradient"), (hvp_names, hvps, "hvp")):
             if name in values:

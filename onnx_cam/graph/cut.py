@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from ..model import Model
 from .cam_model import SCORE, channels_first_inverse, export, expose
+from .precision import fed_as_float32, float32_view
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class SubModel:
 
 
 def _finish(model: Model, graph: gs.Graph, inputs: list, score) -> SubModel:
-    out = expose(graph, score, SCORE)
+    out = expose(graph, float32_view(graph, score, f"{SCORE}/float32"), SCORE)
     graph.inputs, graph.outputs = inputs, [out]
     return SubModel(export(model, graph), tuple(t.name for t in inputs), out.name)
 
@@ -60,5 +61,5 @@ def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubM
         view = gs.Variable(f"{layer}/onnx_cam_channels_first", np.float32, shape)
         channels_first_inverse(graph, view, layer_tensor, axes)
         layer_tensor = view
-    inputs = [layer_tensor] + ([model_input] if needs_input else [])
+    inputs = [fed_as_float32(graph, layer_tensor)] + ([model_input] if needs_input else [])
     return _finish(model, graph, inputs, tensors[model.score_name])

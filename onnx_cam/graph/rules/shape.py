@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..builder import rank, static_shape
+from ..precision import is_float, is_half
 from . import register
 
 
@@ -31,7 +32,11 @@ def expand(b, node, grads, wants):
 
 @register("Cast")
 def cast(b, node, grads, wants):
-    to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(node.inputs[0].dtype))
+    # gradients of 16-bit float tensors, and of integers standing for real numbers (a
+    # quantised model's accumulators), are held in float32 (see GradBuilder.float32)
+    x = node.inputs[0]
+    to = (onnx.TensorProto.FLOAT if is_half(x.dtype) or not is_float(x.dtype)
+          else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(x.dtype)))
     return [b.op("Cast", [grads[0]], {"to": to})]
 
 
