@@ -18,7 +18,7 @@ from torch import nn
 from torch_zoo import Net, assert_close, reference
 
 import onnx_cam
-from onnx_cam.graph.cam_model import build_cam_model
+from onnx_cam.graph.cam_model import CamOutputs, build_cam_model
 from onnx_cam.scopes import NAME_SCOPES_KEY, module_outputs
 
 LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -274,7 +274,7 @@ def test_nchwc_mobile_ops_equal_torch(tmp_path):
         assert_close(per_layer[name][1], ref[module][1], f"gradients of {name}")
     # below the upsampling: the activations only
     cam = build_cam_model(exp.model, ["/body/dw/dw.2/HardSwish_output_0"], (32, 32),
-                          seed_from="prediction", gradients=False)
+                          seed_from="prediction", outputs=CamOutputs(gradients=False))
     session = ort.InferenceSession(cam.proto.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     got = session.run([cam.activation_names[0]], {cam.input_name: x})[0]
