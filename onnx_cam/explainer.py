@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from . import kernels, numerics
+from .attribution import attribute_inputs
 from .concurrency import OnceCache, kernel_guard
 from .errors import (
     InputError,
@@ -21,7 +22,7 @@ from .errors import (
     TargetError,
     UnsupportedModelError,
 )
-from .explanation import Explanation
+from .explanation import INPUT, Explanation
 from .graph.cam_model import SCORES, CamModel, build_cam_model
 from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
 from .methods import LayerBatch, get_method
@@ -84,6 +85,7 @@ class Explainer:
         self._sessions: OnceCache[tuple] = OnceCache()
         self._footprints: OnceCache = OnceCache()
         self._probe_sessions: OnceCache[OnceCache] = OnceCache()
+        self._input_sessions: OnceCache = OnceCache()  # onnx_cam.attribution's
         if not self.model.layers:
             raise UnsupportedModelError(
                 "The model has no layer a CAM can be computed on: no tensor with channel and "
@@ -152,16 +154,21 @@ class Explainer:
         mask: (N, *input_spatial) bool, True where the input is real: positions outside it
         are left out of the maps the same way (any modality; e.g. padded signals).
         """
-        method_objs = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
-        method_names = [m.name for m in method_objs]
-        gradients = any(m.uses_gradients for m in method_objs)
-        if self.model.tokens and any(m.scales_input for m in method_objs):
-            raise MethodError(f"{[m.name for m in method_objs if m.scales_input]} multiply the "
+        every = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
+        if self.model.tokens and any(m.scales_input for m in every):
+            raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
                               "method or ablationcam.")
+        # input-level methods (attributions) ignore layers= and run in onnx_cam.attribution
+        input_methods = [m for m in every if m.level == "input"]
+        method_objs = [m for m in every if m.level != "input"]
+        method_names = [m.name for m in method_objs]
+        gradients = any(m.uses_gradients for m in method_objs)
+        stages = (1 if method_objs else 0) + len(input_methods)
         x = self._pad(x, pad_id)
         x, chosen, plan, rows, batch_size = self._prepare(
-            x, layers, targets, foils, batch_size, score, gradients, len(method_objs), nonfinite)
+            x, layers, targets, foils, batch_size, score, gradients, max(1, len(method_objs)),
+            nonfinite)
         n, spatial = len(rows), self.model.spatial_of(x)
         valid = self._valid_positions(x, spatial, pad_id, mask)
         if valid is not None and plan is not None and not plan.is_identity:
@@ -198,20 +205,37 @@ class Explainer:
                     ranges[key][done] = rng
                 flags[done] |= layer_flags
             if progress is not None:
-                progress(start + len(xb), n)
+                progress(start + len(xb), n * stages)
 
-        logits = self._run(rows, plan, chosen, score, batch_size, consume, gradients)
+        logits = (self._run(rows, plan, chosen, score, batch_size, consume, gradients)
+                  if method_objs else probe.logits(rows))
         flags |= numerics.flag_where(numerics.nonfinite_rows(logits),
                                      numerics.RowFlag.SCORE_NONFINITE)
+        inputs = None
+        if input_methods:
+            seeds = _one_hot(logits) if plan is None else _seed(plan, 0, n, self.num_classes)
+            offset = n if method_objs else 0
+            inputs = attribute_inputs(
+                self, rows, seeds, np.arange(n) if plan is None else plan.items, input_methods,
+                flags, score=score, batch_size=batch_size, layers=chosen,
+                progress=None if progress is None else
+                lambda done, total: progress(offset + done, offset + total))
+            for name, cam in inputs.cams.items():
+                rng = inputs.ranges[name]
+                if valid is not None:
+                    cam, rng = _normalize_within(cam, rng, valid)
+                key = (name, INPUT)
+                cams[key], ranges[key], raws[key] = cam, rng, inputs.raws[name]
         numerics.warn_flagged(flags, zero_gradient_layers)
         predicted = logits.argmax(1)
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
         return Explanation(
             logits, self._probs(logits), predicted,
             predicted if plan is None else plan.targets, None if plan is None else plan.foils,
-            method_names, [layer.name for layer in chosen], cams, raws, ranges, self.head,
-            self.class_names, aliases, np.arange(n) if plan is None else plan.items, score,
-            flags)
+            [m.name for m in every], [layer.name for layer in chosen] if method_objs else [],
+            cams, raws, ranges, self.head, self.class_names, aliases,
+            np.arange(n) if plan is None else plan.items, score, flags,
+            inputs.attributions if inputs else {}, inputs.infos if inputs else {})
 
     def activations_and_gradients(self, x, targets=None, layers="auto", foils=None, *,
                                   score: str = "logits", batch_size: int = 64):
