@@ -25,7 +25,7 @@ from .errors import (
 from .explanation import INPUT, Explanation
 from .graph.cam_model import SCORES, CamModel, build_cam_model
 from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
-from .methods import LayerBatch, get_method
+from .methods import CamMethod, LayerBatch, get_method
 from .model import Layer, Model
 from .probes import Probe
 from .runtime import RuntimeOptions, make_session
@@ -154,7 +154,8 @@ class Explainer:
         mask: (N, *input_spatial) bool, True where the input is real: positions outside it
         are left out of the maps the same way (any modality; e.g. padded signals).
         """
-        every = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
+        single = isinstance(methods, (str, CamMethod))
+        every = [get_method(m) for m in ([methods] if single else methods)]
         if self.model.tokens and any(m.scales_input for m in every):
             raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
