@@ -10,13 +10,15 @@ install: $(VENV)/.installed
 # The last pip line adds reference implementations the tests compare against, without their
 # requirements (those would pull torchvision, a second torch and the full tensorflow wheel):
 # pytorch-grad-cam's metrics and SignalGrad-CAM 2.2.0, for tests/test_metrics_gradcam.py and
-# tests/test_compat*.py (each skips, saying why, when its package is absent).
+# tests/test_compat*.py; Captum 0.9.0 and pytorch-grad-cam's FullGrad (with ttach, which its
+# base class imports) for tests/test_attributions.py (each skips, saying why, when its
+# package is absent).
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[torch,tf,audit,test]"
 	$(PY) -m pip install -q --no-deps "grad-cam==1.5.7" "signal-grad-cam==2.2.0" \
-		"opencv-python-headless==5.0.0.93" "imageio==2.38.1"
+		"opencv-python-headless==5.0.0.93" "imageio==2.38.1" "captum==0.9.0" "ttach==0.0.3"
 	touch $@
 
 demo: install

@@ -179,7 +179,9 @@ def attribute_inputs(explainer: Explainer, rows: np.ndarray, seeds: np.ndarray,
             attribution = attribution.sum(axis=-1)  # (rows, T, E) -> (rows, T)
         reduced = np.abs(attribution if tokens else attribution.sum(axis=1))
         cam, rng = kernels.normalize_minmax(reduced)
-        flags |= numerics.settle_maps(reduced, cam, rng, flags, method.uses_gradients)
+        # only the input's own flags apply: a layer's zero gradient says nothing here
+        flags |= numerics.settle_maps(reduced, cam, rng,
+                                      flags & numerics.RowFlag.INPUT_NONFINITE, False)
         out.attributions[method.name] = attribution
         out.raws[method.name], out.cams[method.name], out.ranges[method.name] = reduced, cam, rng
         out.infos[method.name] = {k: np.concatenate([np.asarray(i[k], np.float32)

@@ -138,6 +138,9 @@ class Explainer:
         result; `res.items` maps rows back to input items.
         score: "logits" (default: the exact logits before a final softmax / sigmoid),
         "log_probs" or "probs".
+        methods: names or configured instances (IntegratedGradients(n_steps=32)); input-level
+        methods (saliency, integrated_gradients, ...) ignore layers= (guided_gradcam uses
+        its one layer) and keep their maps under layer "input" (onnx_cam.attribution).
         eigen_smooth: replace each method's channel sum by the first principal component of
         its weighted activations (pytorch-grad-cam's eigen_smooth).
         progress: called as progress(done, total) after each batch; both count rows (items,
