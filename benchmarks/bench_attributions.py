@@ -9,6 +9,9 @@ ResNet 1D (12 x 5000), batch 4, each item's class 0..3 explained (raw logits: no
   nt_type="smoothgrad", abs=False)`` (all 40 noisy inputs in one pass) vs ``SmoothGrad`` with
   the very same noise passed explicitly.
 
+--float64 also compares one gradient (signed saliency) of each side with torch's in float64:
+on these deep random networks torch's float32 gradient is the less exact one.
+
 One warm-up call per side (onnx-cam builds and caches its gradient session there), then the
 median of ``--repeats`` interleaved timed calls (default 1). The attributions of the last
 calls are compared (max |difference| / max |Captum|). Other processes on a shared machine
@@ -72,6 +75,22 @@ def cases(model, x, exp):
     ]
 
 
+def float64_errors(model, x, exp) -> tuple[float, float]:
+    """max |error| / max |exact| of the signed input gradient: (Captum's torch, onnx-cam)."""
+    import copy
+
+    def grad(net, inputs):
+        inputs = inputs.clone().requires_grad_()
+        (g,) = torch.autograd.grad(net(inputs)[range(len(TARGETS)), TARGETS].sum(), inputs)
+        return g.double().numpy()
+
+    exact = grad(copy.deepcopy(model).double(), x.double())
+    ours = exp.explain(x.numpy(), TARGETS, methods=onnx_cam.methods.Saliency(absolute=False))
+    scale = np.abs(exact).max()
+    return (float(np.abs(grad(model, x) - exact).max() / scale),
+            float(np.abs(ours.attribution() - exact).max() / scale))
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -83,6 +102,8 @@ def main(argv=None):
     p.add_argument("--models", default="resnet18,ecg1d")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--float64", action="store_true",
+                   help="also compare one input gradient of each side with float64 torch")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     specs = {"resnet18": ("ResNet-18 2D 224x224", ResNet18, (4, 3, 224, 224)),
@@ -110,6 +131,10 @@ def main(argv=None):
             diff = float(np.abs(got - ref).max() / np.abs(ref).max())
             print(f"| {title} | {name} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {diff:.1e} |",
                   flush=True)
+        if args.float64:
+            torch_error, our_error = float64_errors(model, x, exp)
+            print(f"| {title} | gradient vs float64 torch | {torch_error:.1e} | "
+                  f"{our_error:.1e} | | |", flush=True)
     print(f"\nload average {load()}")
 
 

@@ -171,8 +171,8 @@ class Explainer:
         stages = (1 if method_objs else 0) + len(input_methods)
         x = self._pad(x, pad_id)
         x, chosen, plan, rows, batch_size = self._prepare(
-            x, layers, targets, foils, batch_size, score, gradients, max(1, len(method_objs)),
-            nonfinite)
+            x, layers, targets, foils, batch_size, score, gradients, len(method_objs), nonfinite,
+            cams=bool(method_objs))
         n, spatial = len(rows), self.model.spatial_of(x)
         valid = self._valid_positions(x, spatial, pad_id, mask)
         if valid is not None and plan is not None and not plan.is_identity:
@@ -261,10 +261,12 @@ class Explainer:
 
     # ---- internals ----------------------------------------------------------------------
     def _prepare(self, x, layers, targets, foils, batch_size: int, score: str = "logits",
-                 gradients: bool = True, maps: int = 0, nonfinite: str = "raise"):
+                 gradients: bool = True, maps: int = 0, nonfinite: str = "raise",
+                 cams: bool = True):
         """The checked input, the chosen layers, the target plan, the rows to run and the
         batch size the memory budget allows (`maps` methods kept per row; 0: activations and
-        gradients are kept instead)."""
+        gradients are kept instead). cams=False: no CAM run follows (input attributions fit
+        their own runs), so no CAM run is sized."""
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
         if score not in SCORES:
@@ -274,6 +276,8 @@ class Explainer:
         seeded = not (targets is None and foils is None)  # as plan_targets decides
 
         def fit(rows: int) -> int:
+            if not cams:
+                return batch_size
             return self._fit_batch(x, chosen, seeded, score, gradients, maps, rows, batch_size)
 
         batch_size = fit(len(x))

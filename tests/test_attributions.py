@@ -185,6 +185,17 @@ def test_smoothgrad_seeded_noise_is_independent_of_batching():
     assert_close(whole.attribution(), ref, "smoothgrad |g| seeded")
 
 
+def test_runs_split_by_batch_size_and_memory_budget(cnn1d):
+    _, x, onnx_bytes = cnn1d
+    ig = IntegratedGradients(n_steps=6)
+    whole = onnx_cam.Explainer(onnx_bytes).explain(x.numpy(), methods=ig)
+    split = onnx_cam.Explainer(onnx_bytes).explain(x.numpy(), methods=ig, batch_size=4)
+    np.testing.assert_allclose(split.attribution(), whole.attribution(), rtol=1e-6, atol=1e-9)
+    small = onnx_cam.Explainer(onnx_bytes, max_memory="2KB")
+    with pytest.raises(onnx_cam.MemoryBudgetError, match="Input attributions"):
+        small.explain(x.numpy(), methods="saliency")
+
+
 def _torch_fullgrad(body: nn.Sequential, x: torch.Tensor, targets) -> np.ndarray:
     """pytorch-grad-cam's FullGrad formula, written out for any spatial rank."""
     biased = [m for m in body if isinstance(m, (nn.modules.conv._ConvNd,
