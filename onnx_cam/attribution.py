@@ -138,16 +138,15 @@ def attribute_inputs(explainer: Explainer, rows: np.ndarray, seeds: np.ndarray,
                           "(its results are kept under its name).")
     model = explainer.model
     tokens = model.tokens
-    if tokens and any(m.relu_rule is not None or m.name in ("fullgrad", "guided_gradcam")
-                      for m in methods):
-        raise MethodError("Guided Backpropagation, Deconvolution, Guided Grad-CAM and FullGrad "
-                          "are defined on float inputs; token models take saliency, "
-                          "input_x_gradient, integrated_gradients or smoothgrad.")
+    if tokens and any(m.relu_rule is not None for m in methods):
+        raise MethodError(f"{[m.name for m in methods if m.relu_rule]} change the ReLU "
+                          "backward rule, which is defined on float inputs; token models take "
+                          "saliency, input_x_gradient, integrated_gradients or smoothgrad.")
     sessions = _Sessions(explainer)
     spatial = model.spatial_of(rows)
     n = len(rows)
     embed = _embedder(sessions, spatial, batch_size) if tokens else None
-    point_item = _point_item_bytes(explainer, rows[:1], embed)
+    point_item = float((embed(rows[:1]) if tokens else rows[:1].astype(np.float32)).nbytes)
     results_bytes = n * len(methods) * (point_item + 12.0 * np.prod(spatial) + 8)
     out = InputResults()
     for stage, method in enumerate(methods):
@@ -195,11 +194,6 @@ def _check_shape(method: InputMethod, attr: np.ndarray, inputs: np.ndarray) -> n
         raise MethodError(f"{method.name} returned attributions shaped {attr.shape}; input "
                           f"methods return {inputs.shape} or {per_position}.")
     return attr
-
-
-def _point_item_bytes(explainer: Explainer, first: np.ndarray, embed) -> float:
-    """Bytes of one item where the gradient is taken (the input, or its embeddings)."""
-    return float((embed(first) if embed is not None else first.astype(np.float32)).nbytes)
 
 
 def _fit(explainer: Explainer, footprint, point_item: float, results: float,

@@ -303,8 +303,9 @@ def test_token_models_are_attributed_at_the_embedding():
     assert_close(res.attribution("input_x_gradient"), (emb * emb.grad).sum(-1).detach().numpy(),
                  "input x gradient")
     assert res.cam("input_x_gradient").shape == (3, 9)
-    with pytest.raises(MethodError, match="float inputs"):
-        exp.explain(ids.numpy(), methods="guided_backprop")
+    for method in ("guided_backprop", "fullgrad"):
+        with pytest.raises(MethodError, match="float inputs"):
+            exp.explain(ids.numpy(), methods=method)
 
 
 def test_results_save_and_load(tmp_path, cnn1d):

@@ -29,6 +29,9 @@ class FullGrad(InputMethod):
 
     def attribute(self, batch: InputBatch) -> np.ndarray:
         x = batch.inputs
+        if batch.tokens:
+            raise MethodError("FullGrad sums channel maps of float inputs; token models take "
+                              "saliency, input_x_gradient, integrated_gradients or smoothgrad.")
         grad, biases = batch.bias_gradients(x, batch.seeds)
         total = _scaled(np.abs(grad * x)).sum(axis=1)
         for bias, g in biases:
