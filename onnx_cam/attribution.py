@@ -6,9 +6,10 @@ input, or a token model's embedding output, as target), in a graph of its own pe
 size, score, ReLU rule, bias targets), cached on the Explainer.
 
 The view for figures: the attribution summed over channels (token models: over the
-embedding axis), its absolute value, min-max normalised per row (Captum's default
-"absolute_value" visualisation of the channel sum); score ranges are that absolute sum's
-(min, max), as for CAMs.
+embedding axis), its absolute value, min-max normalised per row (Captum's "absolute_value"
+visualisation also sums the channels and takes the absolute value, then divides by a
+cumulative-sum threshold instead); score ranges are that absolute sum's (min, max), as for
+CAMs.
 """
 
 from __future__ import annotations
