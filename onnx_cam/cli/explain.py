@@ -59,7 +59,7 @@ def add_parser(sub):
                              "replaced)")
     what = parser.add_argument_group("what to explain")
     what.add_argument("--method", action="append", dest="methods", metavar="NAME",
-                      help="CAM method, repeatable (default: gradcam); one of "
+                      help="CAM or input-attribution method, repeatable (default: gradcam); one of "
                            + ", ".join(sorted({m.name for m in METHODS.values()})))
     what.add_argument("--layer", action="append", dest="layers", metavar="NAME",
                       help="layer, repeatable (default: auto, the deepest candidate; "
