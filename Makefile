@@ -10,17 +10,19 @@ install: $(VENV)/.installed
 # The last pip line adds reference implementations the tests compare against, without their
 # requirements (those would pull torchvision, a second torch and the full tensorflow wheel):
 # pytorch-grad-cam's metrics and SignalGrad-CAM 2.2.0, for tests/test_metrics_gradcam.py and
-# tests/test_compat*.py, Captum 0.9.0 for tests/test_perturbation.py and onnxconverter-common's
-# float16 converter for tests/test_precision.py (each skips, saying why, when its package is
-# absent). The next line puts what pytorch-grad-cam's own package imports (torchvision,
-# ttach, scikit-learn), and TorchCAM 0.5.0, in .venv/refs, outside site-packages, where only
-# tests/references.py looks (see there why).
+# tests/test_compat*.py, Captum 0.9.0 for tests/test_perturbation.py and
+# tests/test_attributions.py, pytorch-grad-cam's FullGrad (with ttach, which its base class
+# imports) for tests/test_attributions.py, and onnxconverter-common's float16 converter for
+# tests/test_precision.py (each skips, saying why, when its package is absent). The next line
+# puts what pytorch-grad-cam's own package imports (torchvision, ttach, scikit-learn), and
+# TorchCAM 0.5.0, in .venv/refs, outside site-packages, where only tests/references.py looks
+# (see there why).
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[torch,tf,audit,test]"
 	$(PY) -m pip install -q --no-deps "grad-cam==1.5.7" "signal-grad-cam==2.2.0" \
-		"opencv-python-headless==5.0.0.93" "imageio==2.38.1" "captum==0.9.0" \
+		"opencv-python-headless==5.0.0.93" "imageio==2.38.1" "captum==0.9.0" "ttach==0.0.3" \
 		"onnxconverter-common==1.16.0"
 	$(PY) -m pip install -q --no-deps --target $(VENV)/refs "torchvision==0.29.1" \
 		"ttach==0.0.3" "scikit-learn==1.9.1" "joblib==1.6.0" "threadpoolctl==3.8.0" \

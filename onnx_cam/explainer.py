@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from . import kernels, numerics
+from .attribution import attribute_inputs
 from .concepts import Concepts, factorize
 from .concurrency import OnceCache, kernel_guard
 from .errors import (
@@ -22,7 +23,7 @@ from .errors import (
     TargetError,
     UnsupportedModelError,
 )
-from .explanation import Explanation
+from .explanation import INPUT, Explanation
 from .graph.cam_model import SCORES, CamModel, CamOutputs, build_cam_model
 from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
 from .methods import CamMethod, LayerBatch, get_method
@@ -85,6 +86,7 @@ class Explainer:
         self._sessions: OnceCache[tuple] = OnceCache()
         self._footprints: OnceCache = OnceCache()
         self._probe_sessions: OnceCache[OnceCache] = OnceCache()
+        self._input_sessions: OnceCache = OnceCache()  # onnx_cam.attribution's
         if not self.model.layers:
             raise UnsupportedModelError(
                 "The model has no layer a CAM can be computed on: no tensor with channel and "
@@ -138,6 +140,9 @@ class Explainer:
         result; `res.items` maps rows back to input items.
         score: "logits" (default: the exact logits before a final softmax / sigmoid),
         "log_probs" or "probs".
+        methods: names or configured instances (IntegratedGradients(n_steps=32)); input-level
+        methods (saliency, integrated_gradients, ...) ignore layers= (guided_gradcam uses
+        its one layer) and keep their maps under layer "input" (onnx_cam.attribution).
         eigen_smooth: replace each method's channel sum by the first principal component of
         its weighted activations (pytorch-grad-cam's eigen_smooth).
         progress: called as progress(done, total) after each batch; both count rows (items,
@@ -165,24 +170,33 @@ class Explainer:
         """
         single = isinstance(methods, (str, CamMethod))
         every = [get_method(m) for m in ([methods] if single else methods)]
-        method_names = [m.name for m in every]
+        # input-level methods (attributions) ignore layers= and run in onnx_cam.attribution;
         # meta-methods (SESS) explain patches of the input with a base method afterwards
+        input_methods = [m for m in every if m.level == "input"]
         meta = [m for m in every if m.level == "meta"]
-        method_objs = [m for m in every if m.level != "meta"]
+        method_objs = [m for m in every if m.level == "layer"]
+        method_names = [m.name for m in method_objs + meta]
         gradients = any(m.uses_gradients for m in method_objs)
+        stages = (1 if method_objs else 0) + len(input_methods)
         if meta and (isinstance(targets, Finer) or aug_smooth or mask is not None
                      or self.model.tokens):
             raise MethodError("sess explains patches of rescaled inputs: it takes float "
                               "inputs, without Finer targets, aug_smooth or mask=.")
         if isinstance(targets, Finer) and (score != "logits" or not all(
-                m.uses_gradients for m in method_objs)):
+                m.uses_gradients for m in every)):
             raise MethodError("Finer targets are a function of the logits that only gradient "
                               "methods differentiate exactly: use score='logits' and gradient "
-                              f"methods (not {[m.name for m in method_objs]}, score={score!r}).")
-        if self.model.tokens and any(m.scales_input for m in method_objs):
-            raise MethodError(f"{[m.name for m in method_objs if m.scales_input]} multiply the "
+                              f"methods (not {[m.name for m in every]}, score={score!r}).")
+        if self.model.tokens and any(m.scales_input for m in every):
+            raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
                               "method or ablationcam.")
+        # input-level methods (attributions) ignore layers= and run in onnx_cam.attribution
+        input_methods = [m for m in every if m.level == "input"]
+        method_objs = [m for m in every if m.level != "input"]
+        method_names = [m.name for m in method_objs]
+        gradients = any(m.uses_gradients for m in method_objs)
+        stages = (1 if method_objs else 0) + len(input_methods)
         x = self._pad(x, pad_id)
         outputs = CamOutputs(score, gradients, _tie_tolerance(check_ties, gradients),
                              any(m.uses_hvp for m in method_objs))
@@ -191,7 +205,8 @@ class Explainer:
             raise MethodError("aug_smooth flips images left to right: it takes image models "
                               "(2 spatial axes), without mask= and without shapleycam.")
         x, chosen, plan, rows, batch_size = self._prepare(
-            x, layers, targets, foils, batch_size, outputs, len(every), nonfinite)
+            x, layers, targets, foils, batch_size, outputs, len(every), nonfinite,
+            cams=bool(method_objs))
         n, spatial = len(rows), self.model.spatial_of(x)
         valid = self._valid_positions(x, spatial, pad_id, mask)
         if valid is not None and plan is not None and not plan.is_identity:
@@ -231,9 +246,12 @@ class Explainer:
                     ranges[key][done] = rng
                 flags[done] |= layer_flags
             if progress is not None:
-                progress(start + len(xb), n)
+                progress(start + len(xb), n * stages)
 
-        logits, near_ties = self._run(rows, plan, chosen, outputs, batch_size, consume)
+        if method_objs:
+            logits, near_ties = self._run(rows, plan, chosen, outputs, batch_size, consume)
+        else:
+            logits, near_ties = probe.logits(rows), None
         flags |= numerics.flag_where(numerics.nonfinite_rows(logits),
                                      numerics.RowFlag.SCORE_NONFINITE)
         if near_ties is not None:
@@ -243,15 +261,31 @@ class Explainer:
                 key = (method.name, layer.name)
                 raws[key] = self._sess(method, layer, rows, plan, logits, score, batch_size)
                 cams[key], ranges[key] = kernels.resize_normalize(raws[key], spatial)
+        inputs = None
+        if input_methods:
+            seeds = _one_hot(logits) if plan is None else _seed(plan, 0, n, self.num_classes)
+            offset = n if method_objs else 0
+            inputs = attribute_inputs(
+                self, rows, seeds, np.arange(n) if plan is None else plan.items, input_methods,
+                flags, score=score, batch_size=batch_size, layers=chosen,
+                progress=None if progress is None else
+                lambda done, total: progress(offset + done, offset + total))
+            for name, cam in inputs.cams.items():
+                rng = inputs.ranges[name]
+                if valid is not None:
+                    cam, rng = _normalize_within(cam, rng, valid)
+                key = (name, INPUT)
+                cams[key], ranges[key], raws[key] = cam, rng, inputs.raws[name]
         numerics.warn_flagged(flags, zero_gradient_layers)
         predicted = logits.argmax(1)
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
         return Explanation(
             logits, self._probs(logits), predicted,
             predicted if plan is None else plan.targets, None if plan is None else plan.foils,
-            method_names, [layer.name for layer in chosen], cams, raws, ranges, self.head,
-            self.class_names, aliases, np.arange(n) if plan is None else plan.items, score,
-            flags)
+            [m.name for m in every], [layer.name for layer in chosen] if method_names else [],
+            cams, raws, ranges, self.head, self.class_names, aliases,
+            np.arange(n) if plan is None else plan.items, score, flags,
+            inputs.attributions if inputs else {}, inputs.infos if inputs else {})
 
     def activations_and_gradients(self, x, targets=None, layers="auto", foils=None, *,
                                   score: str = "logits", batch_size: int = 64):
@@ -308,10 +342,11 @@ class Explainer:
 
     # ---- internals ----------------------------------------------------------------------
     def _prepare(self, x, layers, targets, foils, batch_size: int, outputs: CamOutputs,
-                 maps: int = 0, nonfinite: str = "raise"):
+                 maps: int = 0, nonfinite: str = "raise", cams: bool = True):
         """The checked input, the chosen layers, the target plan, the rows to run and the
         batch size the memory budget allows (`maps` methods kept per row; 0: activations and
-        gradients are kept instead)."""
+        gradients are kept instead). cams=False: no CAM run follows (input attributions fit
+        their own runs), so no CAM run is sized."""
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
         if outputs.score not in SCORES:
@@ -321,6 +356,8 @@ class Explainer:
         seeded = not (targets is None and foils is None)  # as plan_targets decides
 
         def fit(rows: int) -> int:
+            if not cams:
+                return batch_size
             return self._fit_batch(x, chosen, seeded, outputs, maps, rows, batch_size)
 
         batch_size = fit(len(x))

@@ -14,6 +14,8 @@ from .methods import get_method
 from .numerics import describe_flags
 
 _SEP = "::"
+#: the pseudo-layer under which input-level methods (attributions) keep their maps
+INPUT = "input"
 
 
 @dataclass
@@ -23,6 +25,12 @@ class Explanation:
     cams are (N, *input_spatial) in [0, 1]; raws are (N, *layer_spatial), post-ReLU and
     unnormalised; score ranges are (N, 2): each item's (min, max) of the upsampled map
     before normalisation, so that ``cam * (max - min) + min`` restores it.
+
+    Input-level methods (saliency, integrated gradients, ...) keep their maps under the
+    pseudo-layer "input": ``attribution(method)`` is the signed attribution shaped like the
+    input, channels first ((N, T) for token ids); ``cam(method, "input")`` its channel sum's
+    absolute value, min-max normalised per row; ``info(method)`` per-row extras a method
+    reports (``completeness_gap(method)`` for integrated gradients).
 
     flags are (N,) uint8 bit masks of onnx_cam.RowFlag: NaN / Inf met in the row's input,
     scores, activations, gradients or maps, an all-zero gradient, a constant map (0: none);
@@ -45,6 +53,8 @@ class Explanation:
     items: np.ndarray | None = None   # (rows,) input item of each row; None: row i is item i
     score: str = "logits"
     flags: np.ndarray | None = None   # (rows,) uint8 RowFlag masks; None: no flag raised
+    attributions: dict[str, np.ndarray] = field(default_factory=dict)
+    infos: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.items is None:
@@ -70,6 +80,11 @@ class Explanation:
         method = get_method(method).name
         if method not in self.methods:
             raise MethodError(f"Method {method!r} was not computed; computed: {self.methods}.")
+        if method in self.attributions:
+            if layer not in (None, INPUT):
+                raise LayerError(f"{method} attributes to the model input: its map is under "
+                                 f"layer {INPUT!r}, not {layer!r}.")
+            return method, INPUT
         if layer is None:
             if len(self.layers) != 1:
                 raise LayerError(f"Several layers were explained ({self.layers}); name one.")
@@ -104,6 +119,43 @@ class Explanation:
         return ((product - low) / (flat.max(axis=1).reshape(shape) - low + 1e-7)).astype(
             np.float32)
 
+    def attribution(self, method: str | None = None) -> np.ndarray:
+        """(N, C, *input_spatial) float32, signed, channels first; (N, T) for token ids; an
+        (N, 1, *input_spatial) map for methods scoring all channels of a position at once."""
+        return self.attributions[self._input_method(method)]
+
+    def info(self, method: str | None = None) -> dict[str, np.ndarray]:
+        """Per-row extras an input-level method reported, each (N,) (may be empty)."""
+        return dict(self.infos.get(self._input_method(method), {}))
+
+    def completeness_gap(self, method: str | None = None) -> np.ndarray:
+        """(N,) sum(attribution) - (f(x) - f(baseline)) per row (integrated gradients)."""
+        name = self._input_method(method)
+        if "completeness_gap" not in self.infos.get(name, {}):
+            raise MethodError(f"{name} reports no completeness gap; integrated gradients do.")
+        return self.infos[name]["completeness_gap"]
+
+    def _input_method(self, method: str | None) -> str:
+        if method is None:
+            if len(self.attributions) != 1:
+                raise MethodError(f"Input attributions were computed for "
+                                  f"{list(self.attributions)}; name one method.")
+            return next(iter(self.attributions))
+        name = get_method(method).name
+        if name not in self.attributions:
+            what = "a CAM method (maps per layer: cam / raw)" if name in self.methods else \
+                f"not computed (computed: {self.methods})"
+            raise MethodError(f"{name} has no input attribution: it is {what}.")
+        return name
+
+    @property
+    def maps(self) -> list[tuple[str, str]]:
+        """Every (method, layer) with a map; input-level methods under layer "input"."""
+        keys: list[tuple[str, str]] = []
+        for m in self.methods:
+            keys += [(m, INPUT)] if m in self.attributions else [(m, lay) for lay in self.layers]
+        return keys
+
     @property
     def score_ranges(self) -> dict[tuple[str, str], np.ndarray]:
         return dict(self.ranges)
@@ -125,6 +177,11 @@ class Explanation:
         for store, prefix in ((self.cams, "cam"), (self.raws, "raw"), (self.ranges, "range")):
             for (method, layer), value in store.items():
                 arrays[_SEP.join((prefix, method, layer))] = value
+        for method, value in self.attributions.items():
+            arrays[_SEP.join(("attribution", method))] = value
+        for method, extras in self.infos.items():
+            for name, value in extras.items():
+                arrays[_SEP.join(("info", method, name))] = value
         meta = {"methods": self.methods, "layers": self.layers, "head": self.head,
                 "class_names": self.class_names, "layer_aliases": self.layer_aliases,
                 "score": self.score}
@@ -140,14 +197,23 @@ class Explanation:
                 arrays = {k: data[k] for k in data.files}
             meta = json.loads(str(arrays.pop("meta")))
             stores: dict[str, dict] = {"cam": {}, "raw": {}, "range": {}}
+            attributions: dict[str, np.ndarray] = {}
+            infos: dict[str, dict[str, np.ndarray]] = {}
             for key in [k for k in arrays if _SEP in k]:
-                prefix, method, layer = key.split(_SEP, 2)
-                stores[prefix][(method, layer)] = arrays.pop(key)
+                prefix, rest = key.split(_SEP, 1)
+                if prefix == "attribution":
+                    attributions[rest] = arrays.pop(key)
+                elif prefix == "info":
+                    method, name = rest.split(_SEP, 1)
+                    infos.setdefault(method, {})[name] = arrays.pop(key)
+                else:
+                    method, layer = rest.split(_SEP, 1)
+                    stores[prefix][(method, layer)] = arrays.pop(key)
             return cls(arrays["logits"], arrays["probs"], arrays["predicted"],
                        arrays["targets"], arrays.get("foils"), meta["methods"], meta["layers"],
                        stores["cam"], stores["raw"], stores["range"], meta["head"],
                        meta["class_names"], meta["layer_aliases"], arrays["items"],
-                       meta["score"], arrays.get("flags"))
+                       meta["score"], arrays.get("flags"), attributions, infos)
         except Exception as exc:
             raise OnnxCamError(
                 f"{os.fspath(path)!r} is not an explanation saved by Explanation.save "

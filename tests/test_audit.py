@@ -408,6 +408,25 @@ def test_metrics_are_stored_per_item_and_map(files, tmp_path):
     np.testing.assert_allclose(column[:32], stored, rtol=0)
 
 
+def test_input_attributions_are_stored_under_layer_input(files, cnn1d, tmp_path):
+    store = audit(files, tmp_path / "a.zarr", methods=["gradcam", "input_x_gradient"],
+                  chunk_items=120, batch_size=64)
+    layer = onnx_cam.Explainer(files / "model.onnx").layers[0]
+    assert store.maps == [("gradcam", layer), ("input_x_gradient", "input")]
+    x = np.load(files / "data.npy")
+    ok = np.flatnonzero(np.isfinite(x.reshape(ITEMS, -1)).all(1))
+    xt = torch.from_numpy(x[ok]).requires_grad_()
+    logits = cnn1d[0][:-1](xt)  # the model the files hold, before its softmax
+    predicted = torch.from_numpy(store["predicted"][:][ok])
+    logits[torch.arange(len(ok)), predicted].sum().backward()
+    total = np.abs((xt * xt.grad).sum(1).detach().numpy())
+    lo, hi = total.min(1, keepdims=True), total.max(1, keepdims=True)
+    cams = store.cams("input_x_gradient", "input")[:]
+    np.testing.assert_allclose(cams[ok], (total - lo) / (hi - lo), atol=1e-3)
+    assert not cams[13].any()  # the NaN item
+    assert "input_x_gradient@input:distance" in store.summary().column_names
+
+
 def test_npy_datasets_are_read_by_chunk_and_bad_files_refused(tmp_path):
     from onnx_cam.audit.datasets import NpyDataset
     x = np.random.default_rng(0).normal(size=(37, 3, 5))  # float64: converted per chunk

@@ -151,6 +151,31 @@ def test_explain_arrays_writes_maps_and_summary(model_file, cnn1d, tmp_path, cap
     assert outputs(out) == ["cams.npz", "summary.json"]  # no temporary files left
 
 
+def test_explain_input_attributions_beside_cams(model_file, cnn1d, tmp_path, capsys):
+    model, x, _ = cnn1d
+    np.save(tmp_path / "a.npy", x.numpy())
+    out = tmp_path / "out"
+    code = main(["explain", str(model_file), str(tmp_path / "a.npy"), "--out", str(out),
+                 "--method", "gradcam", "--method", "input_x_gradient", "--method",
+                 "integrated_gradients", "--target", "1", "--format", "npy", "--quiet"])
+    assert code == EXIT_OK
+    assert "attribution_input_x_gradient_input.npy" in outputs(out)
+    xg = x.clone().requires_grad_()
+    model[:-1](xg)[:, 1].sum().backward()  # the logits, before the softmax
+    reference = (xg * xg.grad).detach().numpy()
+    np.testing.assert_allclose(np.load(out / "attribution_input_x_gradient_input.npy"),
+                               reference, rtol=1e-4, atol=1e-7)
+    total = np.abs(reference.sum(1))
+    lo, hi = total.min(1, keepdims=True), total.max(1, keepdims=True)
+    np.testing.assert_allclose(np.load(out / "cam_input_x_gradient_input.npy"),
+                               (total - lo) / (hi - lo), atol=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"] == ["gradcam", "input_x_gradient", "integrated_gradients"]
+    gaps = [r["info"]["integrated_gradients"]["completeness_gap"] for r in summary["rows"]]
+    assert len(gaps) == len(x) and max(map(abs, gaps)) < 1e-2
+    assert "integrated_gradients/input" in summary["rows"][0]["score_ranges"]
+
+
 def test_explain_images_with_preprocessing(image_model, tmp_path, rng, capsys):
     net, path = image_model
     pixels = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)

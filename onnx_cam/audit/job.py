@@ -20,6 +20,7 @@ import onnxruntime
 from .. import __version__
 from ..errors import InputError, StoreError, TargetError
 from ..explainer import Explainer
+from ..explanation import INPUT
 from ..inputs import preprocess_for
 from ..methods import get_method
 from ..metrics import METRICS, evaluate
@@ -74,7 +75,12 @@ class AuditSpec:
 
     @property
     def maps(self) -> list[tuple[str, str]]:
-        return [(m, layer) for m in self.methods for layer in self.layers]
+        """Every (method, layer) stored; input-level methods once, under layer "input"."""
+        keys: list[tuple[str, str]] = []
+        for m in self.methods:
+            keys += ([(m, INPUT)] if get_method(m).level == "input"
+                     else [(m, layer) for layer in self.layers])
+        return keys
 
     @property
     def chunks(self) -> int:

@@ -37,7 +37,7 @@ def add_parser(sub):
     parser.add_argument("--labels", help="true classes: a .npy file or a text file with one "
                         "class index or name per line")
     parser.add_argument("--method", action="append", dest="methods",
-                        help="CAM method, repeatable (default gradcam)")
+                        help="CAM or input-attribution method, repeatable (default gradcam)")
     parser.add_argument("--layer", action="append", dest="layers",
                         help="layer name, repeatable (default auto: the deepest)")
     parser.add_argument("--target", default="pred",

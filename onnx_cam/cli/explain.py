@@ -31,8 +31,11 @@ Inputs (files or folders, in the order given; a folder means its input files by 
 Writes into DIR (each file appears whole or not at all, summary.json last):
   cams.npz        every map, score, target (onnx_cam.Explanation.load reads it), or with
                   --format npy one array per (method, layer): cam_<method>_<layer>.npy
+                  (input attributions: layer "input", and the signed attribution shaped
+                  like the input, channels first: attribution_<method>_input.npy)
   summary.json    per map: item, input file, target, prediction, probabilities, class
-                  names, score range (the map's min and max before scaling to [0, 1])"""
+                  names, score range (the map's min and max before scaling to [0, 1]),
+                  input attributions' extras (integrated gradients' completeness gap)"""
 
 EXAMPLES = """\
 examples:
@@ -56,7 +59,7 @@ def add_parser(sub):
                              "replaced)")
     what = parser.add_argument_group("what to explain")
     what.add_argument("--method", action="append", dest="methods", metavar="NAME",
-                      help="CAM method, repeatable (default: gradcam); one of "
+                      help="CAM or input-attribution method, repeatable (default: gradcam); one of "
                            + ", ".join(sorted({m.name for m in METHODS.values()})))
     what.add_argument("--layer", action="append", dest="layers", metavar="NAME",
                       help="layer, repeatable (default: auto, the deepest candidate; "
@@ -129,11 +132,13 @@ def _write_maps(res, out: Path, fmt: str) -> dict[str, str]:
         res.save(out / "cams.npz")
         return {"explanation": "cams.npz"}
     written, taken = {}, set()
-    for m in res.methods:
-        for layer in res.layers:
-            name = written[f"{m}/{layer}"] = _file_name("cam", m, layer, taken)
-            cam = res.cam(m, layer)
-            write_atomic(out / name, lambda handle, cam=cam: np.save(handle, cam))
+    for m, layer in res.maps:
+        name = written[f"{m}/{layer}"] = _file_name("cam", m, layer, taken)
+        cam = res.cam(m, layer)
+        write_atomic(out / name, lambda handle, cam=cam: np.save(handle, cam))
+    for m, attribution in res.attributions.items():  # signed, channels first
+        name = written[f"{m}/attribution"] = _file_name("attribution", m, "input", taken)
+        write_atomic(out / name, lambda handle, a=attribution: np.save(handle, a))
     return written
 
 
@@ -148,7 +153,7 @@ def _summary(model, res, files: list[Path], counts: list[int], pre, written: dic
     """Everything about the run and, per row (item, target, foil), scores and map ranges."""
     starts = np.cumsum([0, *counts])
     file_of_item = np.repeat(np.arange(len(files)), counts)
-    keys = [(m, layer) for m in res.methods for layer in res.layers]
+    keys = res.maps
     names = res.class_names
 
     def name(k):
@@ -167,7 +172,10 @@ def _summary(model, res, files: list[Path], counts: list[int], pre, written: dic
             "flags": res.flag_reasons(r),
             "probabilities": res.probs[r].tolist(),
             "score_ranges": {f"{m}/{layer}": res.score_range(m, layer)[r].tolist()
-                             for m, layer in keys}})
+                             for m, layer in keys},
+            # per-row extras of input attributions, e.g. integrated gradients' completeness gap
+            "info": {m: {k: float(v[r]) for k, v in extras.items()}
+                     for m, extras in res.infos.items() if extras}})
     return {
         "model": os.fspath(model), "items": int(starts[-1]), "maps": len(res),
         "inputs": [{"file": os.fspath(f), "items": [int(a), int(b)]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import shape_inference
@@ -13,12 +15,16 @@ from .rules import RULES, supported_ops
 
 
 def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
-                  targets: list[str]) -> dict[str, gs.Variable]:
+                  targets: list[str],
+                  overrides: Mapping[str, Callable] | None = None) -> dict[str, gs.Variable]:
     """Insert nodes computing d(sum(seed * score)) / d(target) for each target tensor.
 
     Only nodes on a differentiable path from a target to the score are differentiated;
     no parameter gradient is formed. Returns the gradient tensor of each target.
+    overrides: op type -> rule used instead of the registered one for this build only
+    (e.g. {"Relu": guided_relu} for Guided Backpropagation).
     """
+    rules = {**RULES, **(overrides or {})}
     graph = builder.graph
     active = differentiable_closure(graph, set(targets))
     needed = ancestors(graph, score.name, active)
@@ -40,7 +46,7 @@ def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
         implicit = any(t.name in needed for t in node_inputs(node)[len(node.inputs):])
         if all(g is None for g in out_grads) or not (any(wants) or implicit):
             continue
-        rule = RULES.get(node.op)
+        rule = rules.get(node.op)
         if rule is None or implicit:  # a rule differentiates a node's own inputs only
             raise UnsupportedOpError(
                 f"Op {node.op} (node {node.name!r}) lies between a target layer and the score, "

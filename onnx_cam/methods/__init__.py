@@ -1,7 +1,16 @@
 """CAM methods, selectable by name in Explainer.explain(methods=...)."""
 
+from .attribution import (
+    InputXGradient,
+    IntegratedGradients,
+    Saliency,
+    SmoothGrad,
+    SmoothGradSquared,
+    VarGrad,
+)
 from .base import METHODS, CamMethod, InputBatch, InputMethod, LayerBatch, get_method
 from .eigen import KPCACAM, EigenCAM, SegEigenCAM
+from .fullgrad import FullGrad
 from .gradient import (
     EigenGradCAM,
     GradCAM,
@@ -13,6 +22,7 @@ from .gradient import (
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
+from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM
 from .occlusion import Occlusion
 from .perturbation import ISCAM, SSCAM, AblationCAM, ReciproCAM, ScoreCAM
 from .rise import RISE
@@ -22,8 +32,10 @@ from .surrogate import LIME, KernelSHAP
 
 __all__ = [
     "FEM", "ISCAM", "KPCACAM", "LIME", "METHODS", "RISE", "SESS", "SSCAM", "AblationCAM",
-    "CamMethod", "EigenCAM", "EigenGradCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
-    "HiResCAM", "InputBatch", "InputMethod", "KernelSHAP", "LayerBatch", "LayerCAM",
-    "Occlusion", "RandomCAM", "ReciproCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM",
-    "SmoothGradCAMPlusPlus", "XGradCAM", "get_method",
+    "CamMethod", "Deconvolution", "EigenCAM", "EigenGradCAM", "FullGrad", "GradCAM",
+    "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM",
+    "InputBatch", "InputMethod", "InputXGradient", "IntegratedGradients", "KernelSHAP",
+    "LayerBatch", "LayerCAM", "Occlusion", "RandomCAM", "ReciproCAM", "Saliency", "ScoreCAM",
+    "SegEigenCAM", "ShapleyCAM", "SmoothGrad", "SmoothGradCAMPlusPlus", "SmoothGradSquared",
+    "VarGrad", "XGradCAM", "get_method",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -42,6 +42,20 @@ class InputBatch:
     probe: Probe                       # forward passes of modified inputs (input_scores)
     # gradients(x, seeds) -> d(seeds . score) / dx shaped like x, one ONNX Runtime run a batch
     gradients: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # scores(x, seeds) -> (m,) seeds . score, the score explained (logits, log_probs or probs)
+    scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    rows: np.ndarray | None = None     # (n,) the rows' indices in the explain call
+    items: np.ndarray | None = None    # (n,) the input item of each row
+    tokens: bool = False               # inputs are the embeddings (n, T, E) of token ids
+    # per-row extras a method reports, each (n,): e.g. info["completeness_gap"]
+    info: dict[str, np.ndarray] = field(default_factory=dict)
+    # layer_gradients(layer) -> (activations, d score / d activations), (n, C, *layer_spatial),
+    # with the true ReLU gradient; layer None: the explain call's one layer
+    layer_gradients: Callable[[str | None], tuple[np.ndarray, np.ndarray]] | None = None
+    # bias_gradients(x, seeds) -> (d score / dx, [(bias (C,), d score / d output), ...]) for
+    # every biased Conv / BatchNormalization with spatial output (FullGrad)
+    bias_gradients: Callable[[np.ndarray, np.ndarray],
+                             tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]] | None = None
 
 
 def first_component(maps: np.ndarray) -> np.ndarray:
@@ -90,6 +104,13 @@ class InputMethod(CamMethod):
     """Methods that attribute the score to the model's input itself rather than to a layer."""
 
     level = "input"
+    # "guided" / "deconvolution": `gradients` uses that ReLU backward rule (rules/guided.py)
+    relu_rule: ClassVar[str | None] = None
+
+    def inputs_per_row(self) -> int:
+        """How many inputs per row one attribute call differentiates (steps, samples): rows
+        per call are chosen so that they fit the memory budget."""
+        return 1
 
     def attribute(self, batch: InputBatch) -> np.ndarray:
         """(n, C, *spatial) float32, signed; (n, 1, *spatial) for a method that perturbs all

@@ -10,6 +10,7 @@ from matplotlib.colors import Colormap
 
 from ..errors import InputError
 from ..explanation import Explanation
+from ..methods import get_method
 from ._common import DEFAULT_DPI, PathLike, check_ranges, check_titles
 from .images import overlay_figure
 from .signals import heatmap_figure, signal_figure
@@ -123,9 +124,13 @@ def _maps(explanation, method, layer, score_ranges):
         if score_ranges is not None:
             raise InputError("score_ranges is for plain CAM arrays; an Explanation carries its "
                              "own (Explanation.score_range).")
-        for m in ([method] if method is not None else explanation.methods):
-            for lay in ([layer] if layer is not None else explanation.layers):
-                yield m, lay, explanation.cam(m, lay), explanation.score_range(m, lay)
+        keys = explanation.maps  # input attributions under layer "input"
+        if method is not None:
+            keys = [k for k in keys if k[0] == get_method(method).name] or [(method, layer)]
+        if layer is not None:
+            keys = [(m, layer) for m in dict.fromkeys(m for m, _ in keys)]
+        for m, lay in keys:
+            yield m, lay, explanation.cam(m, lay), explanation.score_range(m, lay)
         return
     cams = np.asarray(explanation, dtype=np.float32)
     if cams.ndim < 2:
