@@ -191,12 +191,6 @@ class Explainer:
             raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
                               "method or ablationcam.")
-        # input-level methods (attributions) ignore layers= and run in onnx_cam.attribution
-        input_methods = [m for m in every if m.level == "input"]
-        method_objs = [m for m in every if m.level != "input"]
-        method_names = [m.name for m in method_objs]
-        gradients = any(m.uses_gradients for m in method_objs)
-        stages = (1 if method_objs else 0) + len(input_methods)
         x = self._pad(x, pad_id)
         outputs = CamOutputs(score, gradients, _tie_tolerance(check_ties, gradients),
                              any(m.uses_hvp for m in method_objs))
