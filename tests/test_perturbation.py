@@ -115,6 +115,29 @@ def test_occlusion_matches_captum(dims):
                                atol=1e-5)
 
 
+def test_occlusion_through_explain_matches_captum():
+    """The same method as a name in explain(): its attribution is Captum's, its map the
+    absolute value min-max scaled per row, beside a CAM of the same call."""
+    captum_attr = pytest.importorskip("captum.attr", reason="Captum 0.9 is the reference")
+    torch.manual_seed(7)
+    model = small_cnn(2, classes=3)
+    x = torch.randn(*SHAPES[2])
+    window, strides = WINDOWS[2]
+    res = onnx_cam.Explainer(export_torch(model, x)).explain(
+        x.numpy(), targets=TARGETS, methods=["gradcam", Occlusion(window=window,
+                                                                  strides=strides)])
+    theirs = captum_attr.Occlusion(model).attribute(
+        x, sliding_window_shapes=(x.shape[1], *window), strides=(1, *strides), baselines=0.0,
+        target=TARGETS).numpy()
+    np.testing.assert_allclose(np.broadcast_to(res.attribution("occlusion"), theirs.shape),
+                               theirs, rtol=1e-4, atol=1e-5)
+    magnitude = np.abs(theirs[:, 0]).reshape(len(x), -1)
+    low, high = magnitude.min(1, keepdims=True), magnitude.max(1, keepdims=True)
+    np.testing.assert_allclose(res.cam("occlusion").reshape(len(x), -1),
+                               (magnitude - low) / (high - low), atol=1e-5)
+    assert res.cam("gradcam").shape == res.cam("occlusion").shape
+
+
 def test_rise_matches_a_direct_loop(setup):
     dims, logits_model, x, batch = setup
     method = RISE(n_masks=20, cells=3, p=0.4, seed=1)
