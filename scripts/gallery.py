@@ -9,7 +9,9 @@ trained here in seconds on generated data (fixed seeds, no downloads):
   explained contrastively ("disc vs square");
 - volumes holding a ball or a bar (scripts/demo.py's data and CNN): a montage and a GIF;
 - DNA: one-hot sequences of 60 to 100 bases, zero-padded to 100, with or without a
-  TATAAT box; the padding is left out of the picture.
+  TATAAT box; the padding is left out of the picture;
+- one item of each modality explained by every method (SESS needs a model with free spatial
+  axes, which these exports are not, so it is left out).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 import onnx_cam
 from onnx_cam import viz
+from onnx_cam.methods import ISCAM, LIME, RISE, SSCAM, KernelSHAP, Occlusion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo  # noqa: E402  (the synthetic images / volumes, their CNNs and the training loop)
@@ -127,6 +131,37 @@ def dna_net() -> nn.Sequential:
     return nn.Sequential(layers)
 
 
+# ---- every method on one item ---------------------------------------------------------------
+EVERY_METHOD = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcamelementwise",
+                "eigencam", "eigengradcam", "scorecam", "ablationcam", "shapleycam", "kpcacam",
+                "fem", "segeigencam", SSCAM(samples=8), ISCAM(samples=8), "smoothgradcam++",
+                "reciprocam", "randomcam", "saliency", "input_x_gradient",
+                "integrated_gradients", "smoothgrad", "guided_backprop", "deconvolution",
+                "guided_gradcam", "fullgrad", Occlusion(), RISE(n_masks=1000),
+                LIME(n_samples=400), KernelSHAP(n_samples=400)]
+
+
+def every_method(exp, item: np.ndarray, target: int, layer: str):
+    """The method names and their [0, 1] maps (methods, *spatial) of one item."""
+    res = exp.explain(item[None], targets=target, layers=layer, methods=EVERY_METHOD)
+    return res.methods, np.stack([res.cam(m)[0] for m in res.methods])
+
+
+def method_grid(pictures: list[np.ndarray], names: list[str], suptitle: str, path: Path,
+                columns: int = 8) -> None:
+    """One RGB picture per method in a grid, each titled with the method's name."""
+    rows = -(-len(pictures) // columns)
+    fig = Figure(figsize=(1.6 * columns, 1.75 * rows), layout="constrained")
+    for k, ax in enumerate(fig.subplots(rows, columns).ravel()):
+        ax.set_axis_off()
+        if k < len(pictures):
+            ax.imshow(pictures[k])
+            ax.set_title(viz.method_title(names[k]), fontsize=8)
+    fig.suptitle(suptitle, fontsize=10)
+    fig.savefig(path, dpi=110)
+    report(path)
+
+
 # ---- helpers ------------------------------------------------------------------------------
 def pick(y: np.ndarray, predicted: np.ndarray, classes, per_class: int = 1) -> list[int]:
     """Items predicted right, the first `per_class` of each class in `classes`."""
@@ -176,6 +211,15 @@ def main() -> None:
                       colorbar_label="Grad-CAM importance", path=path)
     report(path)
 
+    r = rows[0]
+    names, cams = every_method(exp, x_test[r], int(res.predicted[r]), "block3")
+    path = out / "every_method_signal.png"
+    viz.heatmap_figure(cams, np.array([0.0, 1.0]), fs=FS, channel_names=[
+        viz.method_title(n) for n in names], colorbar_label="normalised importance",
+        titles=f"Every method on one ECG ({titles(res, [r], y_test)[0]}); CAMs at block3",
+        figsize=(10, 9), path=path)
+    report(path)
+
     exp2 = onnx_cam.Explainer(net2, example_input=x_test[:2, None], class_names=ECG_CLASSES)
     res = exp2.explain(x_test[:, None], layers="block4", methods="hirescam")
     (r,) = pick(y_test, res.predicted, [1])[:1]
@@ -207,6 +251,10 @@ def main() -> None:
                        suptitle="Grad-CAM (layer pool2) over the input, jet, alpha 0.5",
                        colorbar_label="Grad-CAM importance", path=path)
     report(path)
+    names, cams = every_method(exp, x_test[rows[1]], int(res.predicted[rows[1]]), "pool2")
+    method_grid([viz.overlay_rgb(x_test[rows[1]], cam) for cam in cams], names,
+                f"Every method on one image ({titles(res, [rows[1]], y_test)[0]}); CAMs at "
+                "pool2", out / "every_method_image.png")
     disc = rows[1]
     con = exp.explain(x_test[[disc]], targets="disc", foils=[["square", "cross"]],
                       layers="pool2")  # two rows for the one item
@@ -233,6 +281,11 @@ def main() -> None:
     (path,) = viz.volume_gif(x_test[r], res.cam()[r], res.score_range()[r], out / "volume.gif",
                              title=title, colorbar_label="Grad-CAM importance")
     report(path)
+    names, cams = every_method(exp, x_test[r], int(res.predicted[r]), "block2")
+    middle = x_test.shape[2] // 2
+    method_grid([viz.overlay_rgb(x_test[r][:, middle], cam[middle]) for cam in cams], names,
+                f"Every method on one volume, its middle slice ({titles(res, [r], y_test)[0]}); "
+                "CAMs at block2", out / "every_method_volume.png")
 
     # -- DNA tokens --------------------------------------------------------------------------
     x, y, seqs = make_dna(900, rng)
