@@ -124,3 +124,52 @@ def test_resize_opset18_axes_and_antialias():
     assert_transpose_of_jacobian(
         "Resize", (1, 2, 6, 5), [None, None, np.array([9], np.int64)],
         {"mode": "cubic", "axes": [-1], "antialias": 1})
+
+
+# ---- Pad, Slice, DepthToSpace / SpaceToDepth, Tile, Einsum ---------------------------------------
+@pytest.mark.parametrize("mode", ["reflect", "edge", "wrap"])
+def test_pad_modes(mode):
+    assert_transpose_of_jacobian("Pad", (1, 2, 5, 4), [np.array([0, 0, 2, 3, 0, 0, 4, 1])],
+                                 {"mode": mode})
+    assert_transpose_of_jacobian("Pad", (1, 1, 3, 4, 3), [np.array([2, 0, 1, 1]),
+                                                          None, np.array([2, -1])],
+                                 {"mode": mode})
+
+
+@pytest.mark.parametrize(("starts", "ends", "axes", "steps"), [
+    ([0], [9], [2], [2]),                                  # x[..., ::2]
+    ([-1], [-(2 ** 63)], [2], [-1]),                       # x.flip(-1)
+    ([7, 1], [0, 8], [2, 3], [-3, 3]),                     # reversed with a stride, strided
+    ([1, 0, 2], [3, 7, -1], [1, 3, 2], [1, 4, -2]),
+    ([-20], [20], [3], [5]),                               # clamped bounds
+])
+def test_slice_steps(starts, ends, axes, steps):
+    consts = [np.array(v, np.int64) for v in (starts, ends, axes, steps)]
+    assert_transpose_of_jacobian("Slice", (1, 3, 9, 8), consts)
+
+
+@pytest.mark.parametrize(("op", "attrs", "shape"), [
+    ("DepthToSpace", {"blocksize": 2, "mode": "DCR"}, (1, 8, 3, 2)),
+    ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, (1, 8, 3, 2)),
+    ("DepthToSpace", {"blocksize": 3, "mode": "CRD"}, (1, 9, 2, 2)),
+    ("SpaceToDepth", {"blocksize": 2}, (1, 2, 4, 6)),
+])
+def test_depth_space(op, attrs, shape):
+    jacobian = assert_transpose_of_jacobian(op, shape, attrs=attrs)
+    assert (jacobian.sum(0) == 1).all()  # a permutation
+
+
+def test_tile():
+    assert_transpose_of_jacobian("Tile", (1, 2, 3, 2), [np.array([1, 3, 1, 2], np.int64)])
+
+
+@pytest.mark.parametrize(("equation", "shape", "other"), [
+    ("nchw,cd->ndhw", (1, 3, 2, 2), (3, 4)),
+    ("...ij,jk->...ik", (1, 2, 3, 4), (4, 2)),
+    ("...ij,jk", (1, 3, 4), (4, 2)),                       # implicit output: "...ik"
+    ("nct,c->nt", (1, 3, 5), (3,)),
+    ("nct,ts->ncst", (1, 2, 3), (3, 2)),
+])
+def test_einsum(equation, shape, other):
+    weights = np.random.default_rng(0).standard_normal(other).astype(np.float32)
+    assert_transpose_of_jacobian("Einsum", shape, [weights], {"equation": equation})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..builder import rank
+from ..builder import rank, static_shape
 from . import register
 
 
