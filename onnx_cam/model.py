@@ -273,6 +273,7 @@ class Model:
 def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],
                   strict: bool = True) -> onnx.ModelProto:
     del proto.graph.value_info[:]
+    proto.graph.value_info.extend(_shape_preserving_outputs(proto))
     try:
         return shape_inference.infer_shapes(proto, strict_mode=strict, data_prop=True)
     except Exception as exc:
@@ -280,6 +281,29 @@ def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],
             f"ONNX shape inference fails on this model for spatial shape {spatial_shape}: "
             f"{exc}. Check that the input size is one the model accepts."
         ) from None
+
+
+# ops whose output has their first input's type and shape, which ONNX shape inference leaves
+# untyped (so every tensor after them would be unknown)
+_UNINFERRED_SAME_SHAPE = {"GroupNormalization"}
+
+
+def _shape_preserving_outputs(proto: onnx.ModelProto) -> list:
+    """Value infos for the outputs of _UNINFERRED_SAME_SHAPE nodes, inferred on a copy in
+    which each such node is an Identity of its first input."""
+    if not any(n.op_type in _UNINFERRED_SAME_SHAPE for n in proto.graph.node):
+        return []
+    stand_in = onnx.ModelProto()
+    stand_in.CopyFrom(proto)
+    outputs = set()
+    for node in stand_in.graph.node:
+        if node.op_type in _UNINFERRED_SAME_SHAPE and node.domain in ("", "ai.onnx"):
+            outputs.add(node.output[0])
+            identity = onnx.helper.make_node("Identity", node.input[:1], node.output[:1],
+                                             node.name)
+            node.CopyFrom(identity)
+    inferred = shape_inference.infer_shapes(stand_in, strict_mode=False, data_prop=True)
+    return [v for v in inferred.graph.value_info if v.name in outputs]
 
 
 def _convs_read_last_axis(proto: onnx.ModelProto, input_name: str) -> bool:
