@@ -757,3 +757,43 @@ def test_newer_opsets(opset):
     assert exp.head == "Softmax"
     check_against_reference(exp, net, x, ["body.conv1", "body.gelu", "body.gelu_tanh",
                                           "body.ln", "body.pool"], [3, 0, 1])
+
+
+class TokensOfUnknownLength(nn.Module):
+    """LayerNorm and a mean over an axis whose size shape inference cannot resolve: the
+    reshape target comes from Shape(x) with a symbolic batch (as in timm's MobileViT)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.ln = nn.LayerNorm(30)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        tokens = self.ln(self.conv(x).reshape(x.shape[0], 4, -1))
+        return self.fc(tokens.mean(2))
+
+
+def test_layer_norm_and_mean_over_dynamic_axes():
+    torch.manual_seed(11)
+    net = randomize(Net(TokensOfUnknownLength()), 11)
+    x = np.random.default_rng(11).standard_normal((3, 2, 5, 6)).astype(np.float32)
+    exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))
+    ln = next(n for n in exp.model.graph((5, 6)).nodes if n.op == "LayerNormalization")
+    assert not isinstance(ln.inputs[0].shape[-1], int)  # the case this test is about
+    check_against_reference(exp, net, x, ["body.conv"], [0, 2, 1], check_cams=False)
+
+
+def test_a_failing_rule_is_reported_with_its_node(monkeypatch):
+    """A rule meeting a form it did not foresee (here a TypeError) is refused cleanly."""
+    from onnx_cam.errors import UnsupportedModelError
+    from onnx_cam.graph.rules import RULES
+
+    def broken(b, node, grads, wants):
+        raise TypeError("unsupported operand type(s)")
+
+    net, x, _ = built("resnet2d", None)
+    exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))  # no cached session
+    monkeypatch.setitem(RULES, "GlobalAveragePool", broken)
+    with pytest.raises(UnsupportedModelError, match=r"GlobalAveragePool node .*TypeError"):
+        exp.activations_and_gradients(x, targets=0, layers=["body.layer1"])
