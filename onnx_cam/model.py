@@ -422,8 +422,9 @@ def differentiable_closure(graph: gs.Graph, sources: set[str]) -> set[str]:
         if node.op in NON_DIFFERENTIABLE:
             continue
         if any(t.name in active for t in node_inputs(node)):
-            for out in node.outputs:
-                if out.dtype is None or np.issubdtype(np.dtype(out.dtype), np.floating):
+            for out in node.outputs:  # an omitted optional output has the name ""
+                if out.name and (out.dtype is None
+                                 or np.issubdtype(np.dtype(out.dtype), np.floating)):
                     active.add(out.name)
     return active
 
