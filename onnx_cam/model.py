@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import shape_inference, version_converter
+from onnx import shape_inference
 
 from . import safety
 from .concurrency import OnceCache
 from .converters.metadata import CHANNELS_LAST, CLASS_NAMES_KEY, LAYER_MAP_KEY, LAYOUT_KEY
-from .errors import LayerError, ModelLoadError, UnsupportedModelError
+from .errors import LayerError, ModelLoadError, OnnxCamError, UnsupportedModelError
 from .memory import memory_budget
+from .opset_upgrade import upgrade
 
 HEADS = ("Softmax", "LogSoftmax", "Sigmoid")
 MIN_OPSET = 16  # ScatterElements(reduction="add"), used by the MaxPool gradient
@@ -110,7 +111,9 @@ class Model:
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
             try:
-                proto = version_converter.convert_version(proto, 17)
+                proto = upgrade(proto, opset)
+            except OnnxCamError:
+                raise
             except Exception as exc:
                 raise UnsupportedModelError(
                     f"The model uses opset {opset}; onnx-cam needs opset >= {MIN_OPSET} and the "

@@ -88,11 +88,10 @@ def _resize_inputs(shape, out, by_sizes, roi):
     return [roi, np.array([o / n for o, n in zip(out, shape[2:])], np.float32)]
 
 
-@pytest.mark.parametrize("dims", [1, 2, 3])
-@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+@pytest.mark.parametrize(("dims", "mode"), [  # ONNX Runtime's cubic Resize is 2D only
+    (1, "nearest"), (1, "linear"), (2, "nearest"), (2, "linear"), (2, "cubic"),
+    (3, "nearest"), (3, "linear")])
 def test_resize_every_transform(dims, mode):
-    if mode == "cubic" and dims != 2:
-        pytest.skip("ONNX Runtime's cubic Resize is 2D only")
     rng = np.random.default_rng(dims * 10 + len(mode))
     shape = {1: (1, 2, 7), 2: (1, 1, 5, 4), 3: (1, 1, 3, 4, 2)}[dims]
     for transform, by_sizes in itertools.product(TRANSFORMS, [False, True]):
