@@ -22,9 +22,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 hypothesis = pytest.importorskip("hypothesis")
 
+import torch.nn.functional as F  # noqa: E402
 from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch_zoo import Net, check_against_reference, randomize  # noqa: E402
 
@@ -169,6 +169,8 @@ def pool_block(draw, dim, c, spatial):
     assume(all(n + 2 * p >= (k - 1) * d + 1 for n in spatial))
     out, dropped = zip(*[pool_out(n, k, s, p, d, ceil) for n in spatial])
     assume(all(n >= 1 for n in out))
+    # refused on purpose (ONNX shape inference and ONNX Runtime size such a pool differently)
+    assume(not (include_pad and any(dropped)))
     return module, c, list(out)
 
 

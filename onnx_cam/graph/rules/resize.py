@@ -75,21 +75,21 @@ def resize(b, node, grads, wants):
     if roi is not None:
         half = len(roi) // 2
         roi = np.concatenate([_full(roi[:half], axes, r, 0.0), _full(roi[half:], axes, r, 1.0)])
-    if in_dims == out_dims and scales is None:  # ONNX Runtime copies the input
+    if scales is not None:  # ONNX Runtime's output sizes (inference may round differently)
+        out_dims = [int(np.float32(k) * np.float32(n)) if isinstance(n, int) else d
+                    for k, n, d in zip(scales, in_dims, out_dims)]
+    if in_dims == out_dims:  # ONNX Runtime copies the input
         return [grad] + rest
     for axis in reversed(range(r)):
         size, out = in_dims[axis], out_dims[axis]
-        scale = None if scales is None else scales[axis]
-        if scale is not None and isinstance(size, int):  # ONNX Runtime's size, not inference's
-            out = int(np.float32(scale) * np.float32(size))
-        if (scale == 1) if scale is not None else (size == out or axis not in axes or not
-                                                   isinstance(size, int) and
-                                                   not isinstance(out, int)):
+        if (scales[axis] == 1) if scales is not None else (
+                size == out or not isinstance(size, int) and not isinstance(out, int)):
             continue  # ONNX Runtime maps a scale-1 axis onto itself; a dynamic axis whose
-            # output size is also dynamic is the batch, its size taken from Shape(x)
+            # output size is dynamic too is the batch, its size taken from Shape(x)
         if axis == 0 or not all(isinstance(d, int) for d in [size, out, *in_dims[axis + 1:]]):
             raise ValueError(f"Resize along axis {axis} needs static sizes from there on "
                              "and an unresized batch axis")
+        scale = None if scales is None else scales[axis]
         if size == out:  # the probe would be a plain copy, the forward was not
             raise ValueError(f"Resize scale {scale} keeps axis {axis}'s size")
         transposed = _probe_matrix(b, node, r, axis, size, out, scale, roi)
