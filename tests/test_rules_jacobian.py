@@ -213,3 +213,20 @@ def test_group_normalization_both_forms(opset):
 
     assert_vjp_matches_torch("GroupNormalization", (1, channels, 4, 3), [scale, bias],
                              {"num_groups": groups, "epsilon": 1e-3}, opset, reference)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min", "Mean"])
+def test_variadic_broadcasting_extremes(op):
+    """Three inputs, two of them broadcast; no ties (ties: test_fidelity's extremes2d)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    others = [rng.standard_normal((1, 3, 1, 4)).astype(np.float32),
+              rng.standard_normal((4,)).astype(np.float32)]
+
+    def reference(x, a, c):
+        if op == "Mean":
+            return (x + a + c) / 3
+        pick = torch.maximum if op == "Max" else torch.minimum
+        return pick(pick(x, a), c)
+
+    assert_vjp_matches_torch(op, (1, 3, 2, 4), others, {}, 17, reference)
