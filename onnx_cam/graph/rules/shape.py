@@ -121,8 +121,7 @@ def _spread(b, grad, axis: int, rank_: int, count: int, step: int):
     """The gradient of `count` entries taken every `step` along `axis`, laid out in
     ascending positions with |step| - 1 zeros between neighbours (none after the last)."""
     if step < 0:
-        grad = b.op("Slice", [grad, b.ints([-1]), b.ints([np.iinfo(np.int64).min]),
-                              b.ints([axis]), b.ints([-1])])
+        grad = _reversed(b, grad, axis)
     stride = abs(step)
     if stride == 1:
         return grad
@@ -137,6 +136,11 @@ def _spread(b, grad, axis: int, rank_: int, count: int, step: int):
                                   dtype=np.int64)], {"axis": 0}, dtype=np.int64)
     flat = b.op("Reshape", [spaced, merged])
     return b.op("Slice", [flat, b.ints([0]), b.ints([(count - 1) * stride + 1]), b.ints([axis])])
+
+
+def _reversed(b, t, axis: int):
+    return b.op("Slice", [t, b.ints([-1]), b.ints([np.iinfo(np.int64).min]), b.ints([axis]),
+                          b.ints([-1])])
 
 
 def _dynamic_pads(b, x, axis: int, start: int, end: int):
@@ -204,19 +208,15 @@ def _fold_border(b, grad, axis: int, rank_: int, size, before: int, after: int, 
         gaps[axis], gaps[rank_ + axis] = lo, hi
         return b.op("Pad", [part, b.ints(gaps)])
 
-    def flipped(part):
-        return b.op("Slice", [part, b.ints([-1]), b.ints([np.iinfo(np.int64).min]),
-                              b.ints([axis]), b.ints([-1])])
-
     parts = [cut(before, before + size)]
     if before:
         head = cut(0, before)
-        parts.append({"reflect": lambda: place(flipped(head), 1, size - 1 - before),
+        parts.append({"reflect": lambda: place(_reversed(b, head, axis), 1, size - 1 - before),
                       "edge": lambda: place(b.reduce_sum(head, [axis]), 0, size - 1),
                       "wrap": lambda: place(head, size - before, 0)}[mode]())
     if after:
         tail = cut(before + size, before + size + after)
-        parts.append({"reflect": lambda: place(flipped(tail), size - 1 - after, 1),
+        parts.append({"reflect": lambda: place(_reversed(b, tail, axis), size - 1 - after, 1),
                       "edge": lambda: place(b.reduce_sum(tail, [axis]), size - 1, 0),
                       "wrap": lambda: place(tail, 0, size - after)}[mode]())
     return b.add_all(parts)
