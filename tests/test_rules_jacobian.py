@@ -54,14 +54,15 @@ def _single_node(op, shape, consts=(), attrs=None, opset=19):
     graph.outputs = [y, dx]
     for t in graph.outputs:
         t.dtype = np.float32
-    session = ort.InferenceSession(gs.export_onnx(graph).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    return forward_only, session
+    proto = gs.export_onnx(graph)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return forward_only, session, {node.op_type for node in proto.graph.node}
 
 
 def assert_transpose_of_jacobian(op, shape, consts=(), attrs=None, opset=19):
-    """dx of the rule on each output basis vector == the matching row of ORT's Jacobian."""
-    forward, session = _single_node(op, shape, consts, attrs, opset)
+    """dx of the rule on each output basis vector == the matching row of ORT's Jacobian.
+    Returns the Jacobian and the op types of the gradient graph."""
+    forward, session, ops = _single_node(op, shape, consts, attrs, opset)
     size = int(np.prod(shape[1:]))
     x_basis = np.eye(size, dtype=np.float32).reshape(size, *shape[1:])
     columns = forward.run(["y"], {"x": x_basis})[0]
@@ -72,7 +73,7 @@ def assert_transpose_of_jacobian(op, shape, consts=(), attrs=None, opset=19):
     rows = session.run(None, {"x": np.zeros((out_size, *shape[1:]), np.float32),
                               "g": g_basis})[1]
     np.testing.assert_allclose(rows.reshape(out_size, size), jacobian, rtol=0, atol=2e-6)
-    return jacobian
+    return jacobian, ops
 
 
 # ---- Resize ---------------------------------------------------------------------------------
@@ -120,6 +121,15 @@ def test_resize_nearest_ties(nearest_mode):
                  "nearest_mode": nearest_mode})
 
 
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_long_axes_take_the_sparse_form(mode):
+    """Long axes: each input feeds a few outputs, applied as weighted Gathers (not a MatMul)."""
+    for shape, out in [((1, 1, 3, 40), [5, 83]), ((1, 1, 2, 90), [4, 31])]:
+        _, ops = assert_transpose_of_jacobian(
+            "Resize", shape, [None, None, np.array(out, np.int64)], {"mode": mode, "axes": [2, 3]})
+        assert "Gather" in ops
+
+
 def test_resize_opset18_axes_and_antialias():
     assert_transpose_of_jacobian(
         "Resize", (1, 2, 6, 5), [None, np.array([0.5, 1.5], np.float32)],
@@ -158,7 +168,7 @@ def test_slice_steps(starts, ends, axes, steps):
     ("SpaceToDepth", {"blocksize": 2}, (1, 2, 4, 6)),
 ])
 def test_depth_space(op, attrs, shape):
-    jacobian = assert_transpose_of_jacobian(op, shape, attrs=attrs)
+    jacobian, _ = assert_transpose_of_jacobian(op, shape, attrs=attrs)
     assert (jacobian.sum(0) == 1).all()  # a permutation
 
 
@@ -182,7 +192,7 @@ def test_einsum(equation, shape, other):
 def assert_vjp_matches_torch(op, shape, consts, attrs, opset, torch_fn):
     """The rule's dx for random x and seed g equals torch's vector-Jacobian product (float64)."""
     torch = pytest.importorskip("torch")
-    forward, session = _single_node(op, shape, consts, attrs, opset)
+    forward, session, _ = _single_node(op, shape, consts, attrs, opset)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, *shape[1:])).astype(np.float32)
     y = forward.run(["y"], {"x": x})[0]

@@ -3,11 +3,12 @@ transformation mode, given by scales or sizes.
 
 Resize is linear in its input and separable: along each resized axis a the output is an
 (out x in) interpolation matrix M_a times the input, and the gradient applies each M_a's
-transpose, one MatMul per resized axis. M_a is not re-derived here: a probe Resize with the
-node's own attributes, resizing only axis a, is applied to the identity matrix laid out
-along axes 0 and a, which yields M_a exactly as ONNX Runtime's kernel computes it (its
-coordinate rounding, nearest ties, clamping, cubic coefficients). The probe's inputs are
-constants, so ONNX Runtime folds it when the session is created.
+transpose. M_a is not re-derived here: a probe Resize with the node's own attributes,
+resizing only axis a, is run by ONNX Runtime on the identity matrix when the graph is built,
+which yields M_a exactly as its kernel computes it (coordinate rounding, nearest ties,
+clamping, cubic coefficients). M_a^T is then applied either as one MatMul, or, when each
+input feeds only a few outputs (k << out), as k Gathers of the gradient weighted and summed
+(O(k) instead of O(out) per entry: large up- and down-sampling stay cheap).
 Refused: scales, sizes or roi computed at run time, keep_aspect_ratio_policy other than
 stretch, and resizing the batch axis.
 """
@@ -15,10 +16,14 @@ stretch, and resizing the batch axis.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 from ..builder import static_shape
 from . import register
+
+_PROBE_ROWS = 1024  # identity rows per probe run (bounds the probe's memory)
 
 
 def _given(node, index: int, what: str):
@@ -39,23 +44,63 @@ def _full(values, axes: list[int], r: int, fill) -> np.ndarray:
     return full
 
 
-def _probe_matrix(b, node, r: int, axis: int, size: int, out: int, scale, roi):
-    """(size, out): M_axis transposed, from a Resize of the identity (see module doc)."""
-    shape = [1] * r
-    shape[0], shape[axis] = size, size
-    identity = b.const(np.eye(size, dtype=np.float32).reshape(shape))
+def interpolation_matrix(node, opset: int, r: int, axis: int, size: int, out: int,
+                         scale, roi) -> np.ndarray:
+    """(out, size) float32: M_axis as ONNX Runtime computes it (see module doc)."""
     attrs = {k: v for k, v in node.attrs.items()
              if k not in ("axes", "keep_aspect_ratio_policy")}
     attrs["extrapolation_value"] = 0.0  # extrapolated outputs are constants: no gradient
-    inputs = [identity, b.const(roi) if roi is not None else None]
+    shape = ["k"] + [1] * (r - 1)
+    shape[axis] = size
+    inputs = [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)]
+    consts = []
+    if roi is not None:
+        consts.append(onnx.numpy_helper.from_array(np.asarray(roi, np.float32), "roi"))
+    names = ["x", "roi" if roi is not None else ""]
     if scale is not None:
-        inputs.append(b.const(np.where(np.arange(r) == axis, scale, 1).astype(np.float32)))
-    else:
-        sizes = [1] * r
-        sizes[0], sizes[axis] = size, out
-        inputs += [None, b.ints(sizes)]
-    probe = b.op("Resize", inputs, attrs)
-    return b.op("Reshape", [probe, b.ints([size, out])])
+        factors = np.where(np.arange(r) == axis, scale, 1).astype(np.float32)
+        consts.append(onnx.numpy_helper.from_array(factors, "scales"))
+        names.append("scales")
+    else:  # sizes include the probe's batch axis, fed with each run
+        inputs.append(onnx.helper.make_tensor_value_info("sizes", onnx.TensorProto.INT64, [r]))
+        names += ["", "sizes"]
+    probe = onnx.helper.make_model(
+        onnx.helper.make_graph([onnx.helper.make_node("Resize", names, ["y"], **attrs)],
+                               "probe", inputs,
+                               [onnx.helper.make_tensor_value_info("y", 1, None)], consts),
+        opset_imports=[onnx.helper.make_opsetid("", opset)])
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    identity = np.eye(size, dtype=np.float32)
+    columns = []
+    for start in range(0, size, _PROBE_ROWS):
+        rows = identity[start:start + _PROBE_ROWS]
+        feeds = {"x": rows.reshape([len(rows)] + shape[1:])}
+        if scale is None:
+            sizes = [len(rows)] + [1] * (r - 1)
+            sizes[axis] = out
+            feeds["sizes"] = np.array(sizes, np.int64)
+        columns.append(session.run(None, feeds)[0].reshape(len(rows), out))
+    return np.concatenate(columns).T
+
+
+def _apply_transposed(b, grad, matrix: np.ndarray, axis: int, r: int, tail: int):
+    """grad (.., out at axis, ..) -> (.., size at axis, ..): sum_o matrix[o, i] grad[o]."""
+    out, size = matrix.shape
+    users = matrix.T != 0  # (size, out): the outputs each input feeds
+    taps = int(users.sum(axis=1).max(initial=0))
+    if 0 < 4 * taps < out:  # sparse: `taps` weighted Gathers along the axis
+        order = np.argsort(~users, axis=1, kind="stable")[:, :taps]  # (size, taps)
+        weights = np.take_along_axis(matrix.T, order, axis=1)
+        along = [1] * r
+        along[axis] = size
+        parts = [b.mul(b.op("Gather", [grad, b.const(order[:, k], np.int64)], {"axis": axis}),
+                       b.const(weights[:, k].reshape(along)))
+                 for k in range(taps)]
+        return b.add_all(parts)
+    if axis == r - 1:
+        return b.op("MatMul", [grad, b.const(matrix)])
+    rows = b.op("Reshape", [grad, b.ints([-1, out, tail])])
+    return b.op("MatMul", [b.const(np.ascontiguousarray(matrix.T)), rows])
 
 
 @register("Resize")
@@ -92,11 +137,6 @@ def resize(b, node, grads, wants):
         scale = None if scales is None else scales[axis]
         if size == out:  # the probe would be a plain copy, the forward was not
             raise ValueError(f"Resize scale {scale} keeps axis {axis}'s size")
-        transposed = _probe_matrix(b, node, r, axis, size, out, scale, roi)
-        if axis == r - 1:
-            grad = b.op("MatMul", [grad, b.op("Transpose", [transposed], {"perm": [1, 0]})])
-        else:
-            tail = int(np.prod(in_dims[axis + 1:]))
-            rows = b.op("Reshape", [grad, b.ints([-1, out, tail])])
-            grad = b.op("MatMul", [transposed, rows])
+        matrix = interpolation_matrix(node, b.opset, r, axis, size, out, scale, roi)
+        grad = _apply_transposed(b, grad, matrix, axis, r, int(np.prod(in_dims[axis + 1:])))
     return [b.reshape_like(grad, x)] + rest
