@@ -1,7 +1,8 @@
 """Cost of differentiating through Resize (the MatMul-per-axis gradient), in one run.
 
 Models: an FPN-style 2D decoder (nearest x2, bilinear x2, bilinear align_corners to a
-non-integer size) and its 3D counterpart (trilinear), random weights, batch 8. For each,
+non-integer size) at 128 px (batch 8) and 384 px (batch 4, long axes: the Gather form) and
+its 3D counterpart (trilinear, batch 8), random weights. For each,
 after warm-up, the median of --repeats interleaved rounds of:
 
 (a) ORT inference of the plain export (the floor);
@@ -109,6 +110,7 @@ def main():
     print(f"{'model':<12} {'(a) ORT inference':>18} {'(b) onnx-cam A+G':>17} "
           f"{'(c) torch fwd+bwd':>18} {'b/a':>6} {'b/c':>6}")
     run_case("2D decoder", Decoder(2), (8, 3, 128, 128), args.repeats)
+    run_case("2D, 384 px", Decoder(2), (4, 3, 384, 384), args.repeats)
     run_case("3D decoder", Decoder(3), (8, 3, 32, 32, 32), args.repeats)
 
 

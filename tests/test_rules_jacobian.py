@@ -24,6 +24,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx_cam.graph.builder import GradBuilder  # noqa: E402
 from onnx_cam.graph.rules import RULES  # noqa: E402
+from onnx_cam.graph.rules import resize as resize_rules  # noqa: E402
 
 
 def _single_node(op, shape, consts=(), attrs=None, opset=19):
@@ -122,8 +123,10 @@ def test_resize_nearest_ties(nearest_mode):
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
-def test_resize_long_axes_take_the_sparse_form(mode):
-    """Long axes: each input feeds a few outputs, applied as weighted Gathers (not a MatMul)."""
+def test_resize_long_axes_take_the_sparse_form(mode, monkeypatch):
+    """Long axes: each input feeds a few outputs, applied as weighted Gathers (not a MatMul);
+    the length from which that pays is lowered so small axes take that form."""
+    monkeypatch.setattr(resize_rules, "SPARSE_FACTOR", 4)
     for shape, out in [((1, 1, 3, 40), [5, 83]), ((1, 1, 2, 90), [4, 31])]:
         _, ops = assert_transpose_of_jacobian(
             "Resize", shape, [None, None, np.array(out, np.int64)], {"mode": mode, "axes": [2, 3]})
