@@ -127,10 +127,22 @@ def test_resize_long_axes_take_the_sparse_form(mode, monkeypatch):
     """Long axes: each input feeds a few outputs, applied as weighted Gathers (not a MatMul);
     the length from which that pays is lowered so small axes take that form."""
     monkeypatch.setattr(resize_rules, "SPARSE_FACTOR", 4)
-    for shape, out in [((1, 1, 3, 40), [5, 83]), ((1, 1, 2, 90), [4, 31])]:
+    cases = [((1, 1, 3, 40), [5, 83]), ((1, 1, 2, 90), [4, 31])]
+    if mode != "cubic":  # 3D: the three forms (MatMul, copies summed, Gathers) in one node
+        cases.append(((1, 1, 3, 2, 40), [5, 4, 83]))
+    for shape, out in cases:
+        axes = list(range(2, len(shape)))
         _, ops = assert_transpose_of_jacobian(
-            "Resize", shape, [None, None, np.array(out, np.int64)], {"mode": mode, "axes": [2, 3]})
+            "Resize", shape, [None, None, np.array(out, np.int64)], {"mode": mode, "axes": axes})
         assert "Gather" in ops
+
+
+def test_resize_nearest_integer_factor_sums_the_copies():
+    _, ops = assert_transpose_of_jacobian(
+        "Resize", (1, 2, 3, 4), [None, np.array([1, 1, 2, 3], np.float32)],
+        {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+         "nearest_mode": "floor"})
+    assert "ReduceSum" in ops and "MatMul" not in ops
 
 
 def test_resize_opset18_axes_and_antialias():

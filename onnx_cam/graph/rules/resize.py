@@ -87,9 +87,24 @@ def interpolation_matrix(node, opset: int, r: int, axis: int, size: int, out: in
     return np.concatenate(columns).T
 
 
+def _shape_with(b, t, axis: int, r: int, dims: list[int]):
+    """t's run-time shape with `axis` replaced by `dims`."""
+    shape = b.op("Shape", [t], dtype=np.int64)
+    return b.op("Concat", [b.op("Slice", [shape, b.ints([0]), b.ints([axis])], dtype=np.int64),
+                           b.ints(dims),
+                           b.op("Slice", [shape, b.ints([axis + 1]), b.ints([r])],
+                                dtype=np.int64)], {"axis": 0}, dtype=np.int64)
+
+
 def _apply_transposed(b, grad, matrix: np.ndarray, axis: int, r: int, tail: int):
     """grad (.., out at axis, ..) -> (.., size at axis, ..): sum_o matrix[o, i] grad[o]."""
     out, size = matrix.shape
+    factor = out // size
+    if out == factor * size and np.array_equal(matrix, np.kron(np.eye(size),
+                                                               np.ones((factor, 1)))):
+        # each input copied to `factor` neighbours (nearest, integer factor): sum them
+        split = b.op("Reshape", [grad, _shape_with(b, grad, axis, r, [size, factor])])
+        return b.reduce_sum(split, [axis + 1], keepdims=False)
     users = matrix.T != 0  # (size, out): the outputs each input feeds
     taps = int(users.sum(axis=1).max(initial=0))
     if 0 < SPARSE_FACTOR * taps < out:  # sparse: `taps` weighted Gathers along the axis
@@ -104,7 +119,8 @@ def _apply_transposed(b, grad, matrix: np.ndarray, axis: int, r: int, tail: int)
     if axis == r - 1:
         return b.op("MatMul", [grad, b.const(matrix)])
     rows = b.op("Reshape", [grad, b.ints([-1, out, tail])])
-    return b.op("MatMul", [b.const(np.ascontiguousarray(matrix.T)), rows])
+    mixed = b.op("MatMul", [b.const(np.ascontiguousarray(matrix.T)), rows])
+    return b.op("Reshape", [mixed, _shape_with(b, grad, axis, r, [size])])
 
 
 @register("Resize")
