@@ -243,9 +243,14 @@ class Model:
                             f"for input spatial shape {spatial_shape}")
         graph.fold_constants(error_ok=True).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
-        # that depended on it (e.g. a Slice whose bounds were computed)
+        # that depended on it (e.g. a Slice whose bounds were computed, a pool after a Pad
+        # whose pads were), so ceil_mode pools not sized before are rewritten now
         folded = gs.export_onnx(graph, do_type_check=False)
         del folded.graph.value_info[:]
+        graph = gs.import_onnx(_infer_shapes(folded, spatial_shape, strict=False))
+        if ceil_pools_to_floor(graph):
+            folded = gs.export_onnx(graph, do_type_check=False)
+            del folded.graph.value_info[:]
         return gs.import_onnx(_infer_shapes(folded, spatial_shape)).toposort()
 
     # ---- layers -------------------------------------------------------------------------
@@ -337,14 +342,16 @@ def _channels_first_input(graph: gs.Graph, name: str) -> None:
     graph.inputs = [new if t is old else t for t in graph.inputs]
 
 
-def ceil_pools_to_floor(graph: gs.Graph) -> None:
-    """Rewrite ceil_mode pools as floor-mode pools with more end padding, same results.
+def ceil_pools_to_floor(graph: gs.Graph) -> bool:
+    """Rewrite ceil_mode pools as floor-mode pools with more end padding, same results;
+    True when a pool was rewritten.
 
     ONNX Runtime (like torch) drops a last window that would start in the end padding; ONNX
     shape inference before opset 22 keeps it, so every shape after such a pool would be
     wrong. Extra end padding is never read by MaxPool, nor counted by AveragePool without
     count_include_pad, so the floor-mode node computes exactly what ONNX Runtime computed.
     """
+    rewritten = False
     for node in graph.nodes:
         if node.op not in ("MaxPool", "AveragePool") or not node.attrs.get("ceil_mode", 0):
             continue
@@ -388,6 +395,8 @@ def ceil_pools_to_floor(graph: gs.Graph) -> None:
             )
         node.attrs["pads"] = pads
         node.attrs["ceil_mode"] = 0
+        rewritten = True
+    return rewritten
 
 
 def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:
