@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import shape_inference, version_converter
+from onnx import shape_inference
 
 from . import safety
 from .concurrency import OnceCache
@@ -20,12 +20,13 @@ from .converters.metadata import (
     LAYOUT_KEY,
     UNVERIFIED_KEY,
 )
-from .errors import LayerError, ModelLoadError, UnsupportedModelError
+from .errors import LayerError, ModelLoadError, OnnxCamError, UnsupportedModelError
 from .graph import qoperators, toposort
 from .graph.batch_shapes import resolve_batch_shapes
 from .graph.precision import float32_input, is_float, is_half
 from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
 from .memory import memory_budget
+from .opset_upgrade import upgrade
 from .scopes import module_outputs
 from .unfuse import unfuse
 
@@ -125,7 +126,9 @@ class Model:
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
             try:
-                proto = version_converter.convert_version(proto, 17)
+                proto = upgrade(proto, opset)
+            except OnnxCamError:
+                raise
             except Exception as exc:
                 raise UnsupportedModelError(
                     f"The model uses opset {opset}; onnx-cam needs opset >= {MIN_OPSET} and the "
@@ -270,9 +273,14 @@ class Model:
             graph.fold_constants(error_ok=True,
                                  should_exclude_node=_dequantizes).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
-        # that depended on it (e.g. a Slice whose bounds were computed)
+        # that depended on it (e.g. a Slice whose bounds were computed, a pool after a Pad
+        # whose pads were), so ceil_mode pools not sized before are rewritten now
         folded = gs.export_onnx(graph, do_type_check=False)
         del folded.graph.value_info[:]
+        graph = gs.import_onnx(_infer_shapes(folded, spatial_shape, strict=False))
+        if ceil_pools_to_floor(graph):
+            folded = gs.export_onnx(graph, do_type_check=False)
+            del folded.graph.value_info[:]
         return gs.import_onnx(_infer_shapes(folded, spatial_shape)).toposort()
 
     # ---- layers -------------------------------------------------------------------------
@@ -334,6 +342,7 @@ def _dequantizes(node: gs.Node) -> bool:
 def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],
                   strict: bool = True) -> onnx.ModelProto:
     del proto.graph.value_info[:]
+    proto.graph.value_info.extend(_shape_preserving_outputs(proto))
     try:
         return shape_inference.infer_shapes(proto, strict_mode=strict, data_prop=True)
     except Exception as exc:
@@ -341,6 +350,29 @@ def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],
             f"ONNX shape inference fails on this model for spatial shape {spatial_shape}: "
             f"{exc}. Check that the input size is one the model accepts."
         ) from None
+
+
+# ops whose output has their first input's type and shape, which ONNX shape inference leaves
+# untyped (so every tensor after them would be unknown)
+_UNINFERRED_SAME_SHAPE = {"GroupNormalization"}
+
+
+def _shape_preserving_outputs(proto: onnx.ModelProto) -> list:
+    """Value infos for the outputs of _UNINFERRED_SAME_SHAPE nodes, inferred on a copy in
+    which each such node is an Identity of its first input."""
+    if not any(n.op_type in _UNINFERRED_SAME_SHAPE for n in proto.graph.node):
+        return []
+    stand_in = onnx.ModelProto()
+    stand_in.CopyFrom(proto)
+    outputs = set()
+    for node in stand_in.graph.node:
+        if node.op_type in _UNINFERRED_SAME_SHAPE and node.domain in ("", "ai.onnx"):
+            outputs.add(node.output[0])
+            identity = onnx.helper.make_node("Identity", node.input[:1], node.output[:1],
+                                             node.name)
+            node.CopyFrom(identity)
+    inferred = shape_inference.infer_shapes(stand_in, strict_mode=False, data_prop=True)
+    return [v for v in inferred.graph.value_info if v.name in outputs]
 
 
 def _convs_read_last_axis(proto: onnx.ModelProto, input_name: str) -> bool:
@@ -382,14 +414,16 @@ def _one_channel_input(graph: gs.Graph, name: str) -> None:
     graph.inputs = [new if t is old else t for t in graph.inputs]
 
 
-def ceil_pools_to_floor(graph: gs.Graph) -> None:
-    """Rewrite ceil_mode pools as floor-mode pools with more end padding, same results.
+def ceil_pools_to_floor(graph: gs.Graph) -> bool:
+    """Rewrite ceil_mode pools as floor-mode pools with more end padding, same results;
+    True when a pool was rewritten.
 
     ONNX Runtime (like torch) drops a last window that would start in the end padding; ONNX
     shape inference before opset 22 keeps it, so every shape after such a pool would be
     wrong. Extra end padding is never read by MaxPool, nor counted by AveragePool without
     count_include_pad, so the floor-mode node computes exactly what ONNX Runtime computed.
     """
+    rewritten = False
     for node in graph.nodes:
         if node.op not in ("MaxPool", "AveragePool") or not node.attrs.get("ceil_mode", 0):
             continue
@@ -433,6 +467,8 @@ def ceil_pools_to_floor(graph: gs.Graph) -> None:
             )
         node.attrs["pads"] = pads
         node.attrs["ceil_mode"] = 0
+        rewritten = True
+    return rewritten
 
 
 def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:
@@ -476,8 +512,8 @@ def differentiable_closure(graph: gs.Graph, sources: set[str]) -> set[str]:
             if node.op in INTEGER_PATH_OPS:  # the integers of a quantised tensor
                 active.add(node.outputs[0].name)
                 continue
-            for out in node.outputs:
-                if out.dtype is None or is_float(out.dtype):
+            for out in node.outputs:  # an omitted optional output has the name ""
+                if out.name and (out.dtype is None or is_float(out.dtype)):
                     active.add(out.name)
     return active
 

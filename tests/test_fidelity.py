@@ -25,6 +25,7 @@ pytest.importorskip("onnxruntime")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch_zoo import (  # noqa: E402
+    INTERP,
     Net,
     assert_close,
     check_against_reference,
@@ -224,6 +225,120 @@ class FlattenHead(nn.Module):
         return self.fc2(self.drop(self.act(self.fc1(self.flatten(x)))))
 
 
+class _EmitOnnx(torch.autograd.Function):
+    """Runs the torch function; exports as one ONNX node (see OnnxOp)."""
+
+    @staticmethod
+    def forward(ctx, spec, *tensors):
+        return spec.fn(*tensors)
+
+    @staticmethod
+    def symbolic(g, spec, *tensors):
+        return g.op(spec.op, *tensors, **spec.attrs)
+
+
+class OnnxOp(nn.Module):
+    """A module computing `fn(*inputs, *params)` in torch and exported as the single ONNX
+    node `op` (attributes with the exporter's _i / _f suffixes): for ops the torch exporter
+    decomposes (Mish, Softsign) or cannot write (GroupNormalization, ThresholdedRelu)."""
+
+    def __init__(self, op: str, fn: Callable, params=(), **attrs):
+        super().__init__()
+        self.op, self.fn, self.attrs = op, fn, attrs
+        self.params = nn.ParameterList([nn.Parameter(p) for p in params])
+
+    def forward(self, *inputs):
+        if torch.onnx.is_in_onnx_export():
+            return _EmitOnnx.apply(self, *inputs, *self.params)
+        return self.fn(*inputs, *self.params)
+
+
+def resize_chain(dim: int):
+    """F.interpolate in each mode: up, down, align_corners, non-integer sizes."""
+    linear = INTERP[dim]
+    steps = [("up", dict(scale_factor=2, mode=linear)),
+             ("down", dict(size=(5,) * dim, mode="nearest")),
+             ("up_ac", dict(size=(9,) * dim, mode=linear, align_corners=True)),
+             ("near_up", dict(scale_factor=2.5, mode="nearest"))]
+    if dim == 2:
+        steps.insert(2, ("cubic", dict(size=(7, 8), mode="bicubic")))
+    layers = [("stem", nn.Sequential(conv(dim, 2, 4, 3, padding=1), nn.ReLU()))]
+    for i, (name, kwargs) in enumerate(steps):
+        layers += [(name, Lambda(lambda x, kw=kwargs: F.interpolate(x, **kw))),
+                   (f"conv{i}", nn.Sequential(conv(dim, 4, 4, 3, padding=1), nn.Tanh()))]
+    return nn.Sequential(OrderedDict(layers + [("head", GapHead(dim, 4, 3))]))
+
+
+def border_pads(dim: int):
+    """Reflect and replicate padding, strided / reversed slicing, repeat (Tile)."""
+    pads = {1: (2, 1), 2: (1, 2, 2, 1), 3: (1, 1, 0, 2, 2, 1)}[dim]
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(conv(dim, 2, 4, 3, padding=1), nn.ELU()),
+        reflect=Lambda(lambda x: F.pad(x, pads, mode="reflect")),
+        conv1=nn.Sequential(conv(dim, 4, 4, 3), nn.SiLU()),
+        replicate=Lambda(lambda x: F.pad(x, pads, mode="replicate")),
+        conv2=nn.Sequential(conv(dim, 4, 4, 3), nn.Tanh()),
+        strided=Lambda(lambda x: x[..., ::2]),
+        reverse=Lambda(lambda x: x.flip(-1)[:, :, 1::3]),
+        conv3=nn.Sequential(conv(dim, 4, 4, 1), nn.GELU()),
+        tile=Lambda(lambda x: x.repeat(1, 2, *[1] * (dim - 1), 3)),
+        conv4=conv(dim, 8, 4, 3, padding=1),
+        head=GapHead(dim, 4, 3),
+    ))
+
+
+class Extremes(nn.Module):
+    """torch.maximum / minimum of two ReLU branches (exact ties at zero), a three-input Mean
+    with broadcasting, and an einsum of the features with themselves."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU())
+        self.pool = Lambda(lambda x: x.mean(2, keepdim=True))
+        self.mean = OnnxOp("Mean", lambda a, b, c: (a + b + c) / 3)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        high, low = torch.maximum(a, b), torch.minimum(a, x)
+        mixed = self.mean(high, low, self.pool(x))
+        return torch.einsum("nchw,nchv->ncwv", mixed, x) / 8 + mixed
+
+
+def extremes2d():
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh()),
+        mix=Extremes(4),
+        post=nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+        pixel=Lambda(lambda x: F.pixel_unshuffle(F.pixel_shuffle(x, 2), 2)),
+        shuffled=Lambda(lambda x: F.pixel_shuffle(x, 2)),
+        conv=nn.Conv2d(1, 4, 3, padding=1),
+        head=GapHead(2, 4, 3),
+    ))
+
+
+def new_acts2d(group_norm: bool):
+    """Activations and (opset 21) GroupNormalization exported as single ONNX nodes."""
+    c, groups = 6, 3
+    norm = nn.Identity()
+    if group_norm:
+        norm = OnnxOp("GroupNormalization", lambda x, w, b: F.group_norm(x, groups, w, b),
+                      (1 + 0.3 * torch.randn(c), 0.2 * torch.randn(c)), num_groups_i=groups,
+                      epsilon_f=1e-5)
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(2, c, 3, padding=1),
+        mish=OnnxOp("Mish", F.mish),
+        conv2=nn.Conv2d(c, c, 3, padding=1),
+        gn=norm,
+        softsign=OnnxOp("Softsign", F.softsign),
+        conv3=nn.Conv2d(c, c, 3, padding=1),
+        celu=nn.CELU(0.7),
+        conv4=nn.Conv2d(c, c, 3, padding=1),
+        thresh=OnnxOp("ThresholdedRelu", lambda x: F.threshold(x, 0.3, 0.0), alpha_f=0.3),
+        head=ReduceHead(c, 4, "mean"),
+    ))
+
+
 # ----------------------------------------------------------------------------- the zoo
 
 @dataclass(frozen=True)
@@ -233,6 +348,7 @@ class Case:
     layers: tuple[str, ...]                   # module names in the body ("body." is added)
     heads: tuple[str | None, ...] = (None,)   # final activations to test
     marks: tuple = field(default=())
+    opset: int = 17
 
 
 def resnet(dim: int, c: int = 6, classes: int = 5):
@@ -471,6 +587,18 @@ CASES: dict[str, Case] = {
                             (None,)),
     "ceil_dil_max2d": Case(lambda: ceil_pool("max_dil"), (2, 2, 10, 10), ("act", "pool"),
                            (None,)),
+    "resize1d": Case(lambda: resize_chain(1), (2, 2, 6), ("stem", "conv0", "conv1", "conv2")),
+    "resize2d": Case(lambda: resize_chain(2), (2, 2, 5, 6),
+                     ("stem", "conv0", "conv1", "conv2", "conv3")),
+    "resize3d": Case(lambda: resize_chain(3), (2, 2, 3, 4, 3), ("stem", "conv1", "conv2")),
+    "pads1d": Case(lambda: border_pads(1), (2, 2, 13), ("stem", "conv1", "conv2", "conv3")),
+    "pads2d": Case(lambda: border_pads(2), (2, 2, 9, 10), ("stem", "conv1", "conv2", "conv3")),
+    "pads3d": Case(lambda: border_pads(3), (2, 2, 5, 6, 7), ("stem", "conv2", "conv3")),
+    "extremes2d": Case(extremes2d, (3, 2, 6, 6), ("stem", "mix.a", "mix", "post")),
+    "acts18": Case(lambda: new_acts2d(False), (2, 2, 7, 6),
+                   ("conv1", "mish", "softsign", "celu", "conv4"), opset=18),
+    "acts_gn21": Case(lambda: new_acts2d(True), (2, 2, 7, 6), ("conv1", "gn", "conv3"),
+                      opset=21),
     "misc3d": Case(misc3d, (3, 1, 8, 8, 8), ("stem", "depthwise", "act", "pool", "mixed"),
                    (None, "LogSoftmax")),
 }
@@ -490,7 +618,10 @@ def built(name: str, head: str | None):
     net = randomize(Net(case.build(), head), seed)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.shape).astype(np.float32)
-    exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))
+    if case.opset == 17:
+        exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))
+    else:
+        exp = onnx_cam.Explainer(export_torch(net, torch.from_numpy(x), opset=case.opset))
     return net, x, exp
 
 
@@ -626,3 +757,43 @@ def test_newer_opsets(opset):
     assert exp.head == "Softmax"
     check_against_reference(exp, net, x, ["body.conv1", "body.gelu", "body.gelu_tanh",
                                           "body.ln", "body.pool"], [3, 0, 1])
+
+
+class TokensOfUnknownLength(nn.Module):
+    """LayerNorm and a mean over an axis whose size shape inference cannot resolve: the
+    reshape target comes from Shape(x) with a symbolic batch (as in timm's MobileViT)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.ln = nn.LayerNorm(30)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        tokens = self.ln(self.conv(x).reshape(x.shape[0], 4, -1))
+        return self.fc(tokens.mean(2))
+
+
+def test_layer_norm_and_mean_over_dynamic_axes():
+    torch.manual_seed(11)
+    net = randomize(Net(TokensOfUnknownLength()), 11)
+    x = np.random.default_rng(11).standard_normal((3, 2, 5, 6)).astype(np.float32)
+    exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))
+    ln = next(n for n in exp.model.graph((5, 6)).nodes if n.op == "LayerNormalization")
+    assert not isinstance(ln.inputs[0].shape[-1], int)  # the case this test is about
+    check_against_reference(exp, net, x, ["body.conv"], [0, 2, 1], check_cams=False)
+
+
+def test_a_failing_rule_is_reported_with_its_node(monkeypatch):
+    """A rule meeting a form it did not foresee (here a TypeError) is refused cleanly."""
+    from onnx_cam.errors import UnsupportedModelError
+    from onnx_cam.graph.rules import RULES
+
+    def broken(b, node, grads, wants):
+        raise TypeError("unsupported operand type(s)")
+
+    net, x, _ = built("resnet2d", None)
+    exp = onnx_cam.Explainer(net, example_input=torch.from_numpy(x))  # no cached session
+    monkeypatch.setitem(RULES, "GlobalAveragePool", broken)
+    with pytest.raises(UnsupportedModelError, match=r"GlobalAveragePool node .*TypeError"):
+        exp.activations_and_gradients(x, targets=0, layers=["body.layer1"])

@@ -123,7 +123,7 @@ def test_torch_recurrent_models_match_autograd(cell, kwargs):
 
 
 # ---- hand-built ONNX graphs -----------------------------------------------------------------
-def _rnn_reference(op, x, w, r, bias, h0, c0, lens, direction, lbr):
+def _rnn_reference(op, x, w, r, bias, h0, c0, lens, direction, lbr, peep=None):
     """The ONNX LSTM / GRU operator (layout 0) in torch: Y (T, D, N, H), Y_h, Y_c."""
     steps, batch = x.shape[:2]
     hidden = r.shape[-1]
@@ -139,7 +139,12 @@ def _rnn_reference(op, x, w, r, bias, h0, c0, lens, direction, lbr):
             gx, gh = x[t] @ w[d].T + wb, h @ r[d].T + rb
             if op == "LSTM":
                 i, o, f, g = (gx + gh).chunk(4, -1)
+                if peep is not None:  # P = (p_i, p_o, p_f); o reads the new cell state
+                    p_i, p_o, p_f = peep[d].chunk(3)
+                    i, f = i + p_i * c, f + p_f * c
                 c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                if peep is not None:
+                    o = o + p_o * c_new
                 h_new = torch.sigmoid(o) * torch.tanh(c_new)
             else:
                 (xz, xr, xn), (hz, hr, hn) = gx.chunk(3, -1), gh.chunk(3, -1)
@@ -160,7 +165,8 @@ def _rnn_reference(op, x, w, r, bias, h0, c0, lens, direction, lbr):
 
 
 def _build_onnx(op, *, direction="forward", layout=0, seq="none", outputs="all",
-                given_h0=False, lbr=1, steps=21, batch=4, hidden=5, attrs=None, seed=0):
+                given_h0=False, lbr=1, peep=False, steps=21, batch=4, hidden=5, attrs=None,
+                seed=0):
     """input (N, 2, T) -> Conv -> Relu -> RNN -> [mean Y, Y_h, Y_c] -> Gemm; and its weights."""
     rng = np.random.default_rng(seed)
     dirs, gates, chans = (2 if direction == "bidirectional" else 1), (4 if op == "LSTM" else 3), 6
@@ -171,6 +177,8 @@ def _build_onnx(op, *, direction="forward", layout=0, seq="none", outputs="all",
         "B": rng.normal(0, 0.2, (dirs, 2 * gates * hidden)),
         "iw": rng.normal(0, 0.5, (dirs * hidden, chans)), "ib": rng.normal(0, 0.1, dirs * hidden),
     }
+    if peep:
+        p["P"] = rng.normal(0, 0.5, (dirs, 3 * hidden))
     lens = np.full(batch, steps, np.int32)
     if seq == "varied":
         lens = np.array([steps, steps - 4, 3, steps - 9][:batch], np.int32)
@@ -206,6 +214,8 @@ def _build_onnx(op, *, direction="forward", layout=0, seq="none", outputs="all",
         rnn_in[6] = "c0" if op == "LSTM" else ""
     if op == "GRU":
         rnn_in = rnn_in[:6]
+    elif peep:
+        rnn_in.append("P")
     while rnn_in and rnn_in[-1] == "":
         rnn_in.pop()
     rnn_out = ["Y" if outputs == "all" else "", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
@@ -236,7 +246,8 @@ def _build_onnx(op, *, direction="forward", layout=0, seq="none", outputs="all",
     return model, {k: torch.from_numpy(v) for k, v in p.items()}, torch.from_numpy(lens)
 
 
-def _onnx_reference(op, p, lens, x, targets, *, direction, layout, outputs, given_h0, lbr):
+def _onnx_reference(op, p, lens, x, targets, *, direction, layout, outputs, given_h0, lbr,
+                    peep=False):
     """The hand-built graph's logits and d logit / d relu, by torch autograd."""
     relu = torch.relu(nn.functional.conv1d(x, p["cw"], p["cb"], padding=1))
     relu = relu.detach().requires_grad_(True)
@@ -246,7 +257,8 @@ def _onnx_reference(op, p, lens, x, targets, *, direction, layout, outputs, give
         flat = torch.tanh(relu.mean(2) @ p["iw"].T + p["ib"])
         h0 = flat.reshape(len(x), -1, p["R"].shape[-1]).transpose(0, 1)
         c0 = 0.5 * h0 if op == "LSTM" else None
-    y, y_h, y_c = _rnn_reference(op, seq, p["W"], p["R"], p["B"], h0, c0, lens, direction, lbr)
+    y, y_h, y_c = _rnn_reference(op, seq, p["W"], p["R"], p["B"], h0, c0, lens, direction, lbr,
+                                 p.get("P"))
     finals = [y_h, y_c] if op == "LSTM" and outputs == "all" else [y_h]
     if outputs == "all":
         finals = [y.mean(0)] + finals
@@ -306,6 +318,8 @@ ONNX_CASES = [
     ("LSTM", dict(direction="bidirectional", layout=1, seq="varied", outputs="h")),
     ("LSTM", dict(direction="bidirectional", seq="runtime")),
     ("LSTM", dict(direction="reverse", seq="full", outputs="h")),
+    ("LSTM", dict(direction="bidirectional", peep=True, seq="varied", given_h0=True)),
+    ("LSTM", dict(direction="reverse", layout=1, peep=True, outputs="h")),
     ("GRU", dict(direction="reverse", lbr=0, seq="varied", given_h0=True)),
     ("GRU", dict(direction="bidirectional", layout=1, seq="full", outputs="h")),
     ("GRU", dict(direction="forward", layout=1, lbr=0)),

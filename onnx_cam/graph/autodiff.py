@@ -55,9 +55,15 @@ def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
             )
         try:
             in_grads = rule(builder, node, out_grads, wants)
-        except ValueError as exc:
+        except ValueError as exc:  # a form the rule refuses, with the reason
             raise UnsupportedModelError(
                 f"Cannot differentiate {node.op} node {node.name!r}: {exc}."
+            ) from None
+        except (TypeError, IndexError, KeyError) as exc:  # a form the rule did not foresee
+            raise UnsupportedModelError(
+                f"Cannot differentiate {node.op} node {node.name!r}: its gradient rule failed "
+                f"({type(exc).__name__}: {exc}). Choose a layer above it, and please report "
+                "the model."
             ) from None
         for tensor, want, grad in zip(node.inputs, wants, in_grads):
             if want and grad is not None:

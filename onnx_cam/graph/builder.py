@@ -128,6 +128,12 @@ class GradBuilder:
     def reduce_sum(self, grad: Tensor, axes: Sequence[int], keepdims: bool = True):
         return self.op("ReduceSum", [grad, self.ints(axes)], {"keepdims": int(keepdims)})
 
+    def reduce_mean(self, t: Tensor, axes: Sequence[int]):
+        """Mean over `axes`, kept as size-1 axes; no static size needed (axes may be dynamic)."""
+        if self.opset >= 18:
+            return self.op("ReduceMean", [t, self.ints(axes)], {"keepdims": 1})
+        return self.op("ReduceMean", [t], {"axes": list(axes), "keepdims": 1})
+
     def unbroadcast(self, grad: Tensor, out: Tensor, target: Tensor) -> Tensor:
         """Sum `grad` (shaped like `out`) over the axes along which `target` was broadcast."""
         out_shape, tgt_shape = static_shape(out), static_shape(target)

@@ -183,3 +183,35 @@ def neg(b, node, grads, wants):
 @register("Abs")
 def abs_(b, node, grads, wants):
     return [b.mul(grads[0], b.op("Sign", [node.inputs[0]]))]
+
+
+@register("Mish")
+def mish(b, node, grads, wants):
+    # x * tanh(softplus(x)): tanh(sp) + x * (1 - tanh(sp)^2) * sigmoid(x), as torch
+    x, g = node.inputs[0], grads[0]
+    t = b.op("Tanh", [b.op("Softplus", [x])])
+    slope = b.mul(b.mul(x, b.op("Sigmoid", [x])), b.op("Sub", [np.float32(1), b.mul(t, t)]))
+    return [b.mul(g, b.op("Add", [t, slope]))]
+
+
+@register("Softsign")
+def softsign(b, node, grads, wants):
+    x, g = node.inputs[0], grads[0]
+    root = b.op("Add", [b.op("Abs", [x]), np.float32(1)])
+    return [b.op("Div", [g, b.mul(root, root)])]
+
+
+@register("Celu")
+def celu(b, node, grads, wants):
+    # exp(x / alpha) below zero, recovered from the output: y / alpha + 1
+    x, y, g = node.inputs[0], node.outputs[0], grads[0]
+    alpha = np.float32(_attr(node, "alpha", 1.0))
+    slope = b.op("Add", [b.op("Div", [y, alpha]), np.float32(1)])
+    return [b.where(_mask(b, "Greater", x, 0.0), g, b.mul(g, slope))]
+
+
+@register("ThresholdedRelu")
+def thresholded_relu(b, node, grads, wants):
+    # as torch's threshold: the gradient passes where x > alpha
+    x, g = node.inputs[0], grads[0]
+    return [b.where(_mask(b, "Greater", x, _attr(node, "alpha", 1.0)), g, np.float32(0))]

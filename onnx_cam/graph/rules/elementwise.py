@@ -56,3 +56,20 @@ def where(b, node, grads, wants):
     return [None,
             b.unbroadcast(b.where(cond, g, zero), y, a) if wants[1] else None,
             b.unbroadcast(b.where(cond, zero, g), y, c) if wants[2] else None]
+
+
+@register("Max", "Min")
+def max_min(b, node, grads, wants):
+    # as torch.maximum / minimum: inputs tied for the extreme share the gradient equally
+    y, g = node.outputs[0], grads[0]
+    hits = [b.op("Equal", [x, y], dtype=np.bool_) for x in node.inputs]
+    count = b.op("Sum", [b.op("Cast", [hit], {"to": 1}) for hit in hits])
+    share = b.op("Div", [g, count])
+    return [b.unbroadcast(b.where(hit, share, np.float32(0)), y, x) if want else None
+            for x, hit, want in zip(node.inputs, hits, wants)]
+
+
+@register("Mean")
+def mean(b, node, grads, wants):
+    y, share = node.outputs[0], b.mul(grads[0], np.float32(1 / len(node.inputs)))
+    return [b.unbroadcast(share, y, x) if want else None for x, want in zip(node.inputs, wants)]

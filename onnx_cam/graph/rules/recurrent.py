@@ -42,10 +42,11 @@ Note: onnxruntime's CPU and CUDA LSTM / GRU kernels refuse layout=1 when the for
 runs, although the gradient rules here handle it.
 
 Supported: opset 14+ LSTM / GRU, direction forward / reverse / bidirectional, layout 0 and 1,
-optional B, initial_h, initial_c and sequence_lens, GRU linear_before_reset 0 and 1, any of
-the outputs Y, Y_h, Y_c consumed. Refused (ValueError): W, R, B or P depending on a target,
-activations other than the defaults (Sigmoid, Tanh, Tanh), clip, input_forget, peepholes
-(a non-zero P).
+optional B, initial_h, initial_c, sequence_lens and LSTM peepholes P (then i_t and f_t,
+which read c_{t-1}, are formed inside the forward loop: a few more nodes per step), GRU
+linear_before_reset 0 and 1, any of the outputs Y, Y_h, Y_c consumed. Refused (ValueError):
+W, R, B or P depending on a target, activations other than the defaults (Sigmoid, Tanh,
+Tanh), clip, input_forget.
 """
 
 from __future__ import annotations
@@ -89,10 +90,9 @@ class _Cell:
             raise ValueError("cell clipping (clip) is not supported")
         if op == "LSTM" and node.attrs.get("input_forget", 0):
             raise ValueError("input_forget=1 is not supported")
-        if op == "LSTM" and _present(node, 7):
-            peep = node.inputs[7]
-            if not (isinstance(peep, gs.Constant) and not np.any(peep.values)):
-                raise ValueError("peephole connections (input P) are not supported")
+        peep = node.inputs[7] if op == "LSTM" and _present(node, 7) else None
+        self.peepholes = peep is not None and not (isinstance(peep, gs.Constant)
+                                                   and not np.any(peep.values))
         self.layout = node.attrs.get("layout", 0)
         self.linear_before_reset = node.attrs.get("linear_before_reset", 0)
         r_shape = node.inputs[2].shape
@@ -199,6 +199,7 @@ class _Inputs:
                         for g in list(grads[1:]) + [None] * (3 - len(grads))][:2]
         self.init = [self._state(node.inputs[i]) if _present(node, i) else None for i in (5, 6)]
         self.weights = [node.inputs[1], node.inputs[2]]
+        self.peepholes = node.inputs[7] if cell.peepholes else None
         self.bias = node.inputs[3] if _present(node, 3) else None
         self.mask = self.mask_bool = None
         if _present(node, 4):
@@ -230,8 +231,13 @@ class _Inputs:
         if self.bias is not None:
             both = _pick(b, self.bias, d, 0)
             bias = (_cols(b, both, 0, gh, 0), _cols(b, both, gh, 2 * gh, 0))
+        peep = None
+        if self.peepholes is not None:  # P holds (p_i, p_o, p_f) per direction
+            both = _pick(b, self.peepholes, d, 0)
+            h = self.cell.hidden
+            peep = [_cols(b, both, k * h, (k + 1) * h, 0) for k in range(3)]
         return {
-            "w": w, "r": r, "bias": bias,
+            "w": w, "r": r, "bias": bias, "peep": peep,
             "y": _pick(b, self.y, d, 1),
             "dy": None if self.dy is None else _pick(b, self.dy, d, 1),
             "seed": [None if g is None else _pick(b, g, d, 0) for g in self.d_final],
@@ -282,26 +288,38 @@ def _lstm_direction(b, inp: _Inputs, t: dict, reverse: bool):
     pre = b.op("Add", [gx, b.op("MatMul", [h_prev, _transpose(b, t["r"], [1, 0])])])
     if t["bias"] is not None:
         pre = b.op("Add", [pre, t["bias"][1]])
-    sig = b.op("Sigmoid", [_cols(b, pre, 0, 3 * hidden)])
     g = b.op("Tanh", [_cols(b, pre, 3 * hidden, 4 * hidden)])
-    i, o, f = _split(b, sig, [hidden] * 3)
-    di, do, df = _split(b, b.mul(sig, _sub_from_one(b, sig)), [hidden] * 3)
-    f = inp.masked(f, fill=1.0)
     c0 = t["init"][1]
+    if t["peep"] is None:
+        sig = b.op("Sigmoid", [_cols(b, pre, 0, 3 * hidden)])
+        i, o, f = _split(b, sig, [hidden] * 3)
+        di, do, df = _split(b, b.mul(sig, _sub_from_one(b, sig)), [hidden] * 3)
+        f = inp.masked(f, fill=1.0)
 
-    def cell_step(bb, states, slices):
-        (c,), (f_t, ig_t) = states, slices
-        c_new = bb.op("Add", [bb.mul(f_t, c), ig_t])
-        return [c_new], [c_new]
+        def cell_step(bb, states, slices):
+            (c,), (f_t, ig_t) = states, slices
+            c_new = bb.op("Add", [bb.mul(f_t, c), ig_t])
+            return [c_new], [c_new]
 
-    _, c = _scan(b, [_seed(b, inp, c0)], [f, inp.masked(b.mul(i, g))], reverse, cell_step, 1)
-    c_prev = _previous(b, c, c0, reverse)
+        _, c = _scan(b, [_seed(b, inp, c0)], [f, inp.masked(b.mul(i, g))], reverse,
+                     cell_step, 1)
+        c_prev = _previous(b, c, c0, reverse)
+        f_back = f
+    else:
+        c, c_prev, (i, o, f), (di, do, df) = _peephole_cells(b, inp, t, pre, g, reverse)
+        p_i, _, p_f = t["peep"]
+        # i and f read c_{t-1}: dc_{t-1} also flows through their pre-activations
+        f_back = b.op("Sum", [f, b.mul(b.mul(g, di), p_i), b.mul(b.mul(c_prev, df), p_f)])
+        f_back = inp.masked(f_back, fill=1.0)
     tc = b.op("Tanh", [c])
     coeff = b.op("Concat", [b.mul(g, di), b.mul(tc, do), b.mul(c_prev, df),
                             b.mul(i, _sub_from_one(b, b.mul(g, g)))], {"axis": -1})
     coeff = inp.masked(coeff)
-    through_c = inp.masked(b.mul(o, _sub_from_one(b, b.mul(tc, tc))))
-    scans = [coeff, through_c, f]
+    through_c = b.mul(o, _sub_from_one(b, b.mul(tc, tc)))
+    if t["peep"] is not None:  # o reads c_t
+        through_c = b.op("Add", [through_c, b.mul(b.mul(tc, do), t["peep"][1])])
+    through_c = inp.masked(through_c)
+    scans = [coeff, through_c, f_back]
     if t["dy"] is not None:
         scans.append(inp.masked(t["dy"]))
     if inp.mask is not None:
@@ -322,6 +340,35 @@ def _lstm_direction(b, inp: _Inputs, t: dict, reverse: bool):
     seeds = [_seed(b, inp, s) for s in t["seed"]]
     dh0, dc0, d_pre = _scan(b, seeds, scans, not reverse, backward_step, 1)
     return b.op("MatMul", [d_pre, t["w"]]), (dh0, dc0)
+
+
+def _peephole_cells(b, inp: _Inputs, t: dict, pre, g, reverse: bool):
+    """Cell states when the gates read them (P): i_t and f_t depend on c_{t-1}, so both are
+    formed inside the forward loop; afterwards all gates are recomputed at once from the
+    cell states, o_t from c_t. Returns c, c_prev, gates (i, o, f) and their derivatives."""
+    hidden = inp.cell.hidden
+    p_i, p_o, p_f = t["peep"]
+    pre_i, pre_o, pre_f = (_cols(b, pre, k * hidden, (k + 1) * hidden) for k in range(3))
+    c0 = t["init"][1]
+    scans = [pre_i, pre_f, g] + ([inp.mask] if inp.mask is not None else [])
+
+    def cell_step(bb, states, slices):
+        (c,), (a_i, a_f, g_t, *mask) = states, slices
+        i_t = bb.op("Sigmoid", [bb.op("Add", [a_i, bb.mul(p_i, c)])])
+        f_t = bb.op("Sigmoid", [bb.op("Add", [a_f, bb.mul(p_f, c)])])
+        ig_t = bb.mul(i_t, g_t)
+        if mask:  # masked steps keep the state: f = 1, no input (exact for a 0 / 1 mask)
+            f_t = bb.op("Add", [bb.mul(f_t, mask[0]), _sub_from_one(bb, mask[0])])
+            ig_t = bb.mul(ig_t, mask[0])
+        c_new = bb.op("Add", [bb.mul(f_t, c), ig_t])
+        return [c_new], [c_new]
+
+    _, c = _scan(b, [_seed(b, inp, c0)], scans, reverse, cell_step, 1)
+    c_prev = _previous(b, c, c0, reverse)
+    gates = [b.op("Sigmoid", [b.op("Add", [a, b.mul(p, state)])])
+             for a, p, state in ((pre_i, p_i, c_prev), (pre_o, p_o, c), (pre_f, p_f, c_prev))]
+    slopes = [b.mul(s, _sub_from_one(b, s)) for s in gates]
+    return c, c_prev, gates, slopes
 
 
 # ---- GRU ------------------------------------------------------------------------------------

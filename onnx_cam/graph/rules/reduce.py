@@ -39,9 +39,12 @@ def reduce_sum_mean(b, node, grads, wants):
     grad = _kept(b, node, grads[0], axes)
     if node.op == "ReduceMean" and axes:
         sizes = [static_shape(x)[a] for a in axes]
-        if not all(isinstance(s, int) for s in sizes):
-            raise ValueError("ReduceMean over a dynamic axis")
-        grad = b.mul(grad, np.float32(1.0 / np.prod(sizes)))
+        if all(isinstance(s, int) for s in sizes):
+            grad = b.mul(grad, np.float32(1.0 / np.prod(sizes)))
+        else:  # a dynamic axis: count the reduced entries at run time
+            picked = b.op("Gather", [b.shape_of(x), b.ints(axes)], dtype=np.int64)
+            count = b.op("ReduceProd", [picked], {"keepdims": 0}, dtype=np.int64)
+            grad = b.op("Div", [grad, b.op("Cast", [count], {"to": 1})])
     return [b.op("Expand", [grad, b.shape_of(x)])] + [None] * (len(node.inputs) - 1)
 
 

@@ -78,7 +78,9 @@ def _constant_ints(tensor, what):
 
 @register("Slice")
 def slice_(b, node, grads, wants):
-    x = node.inputs[0]
+    """Zeros around the slice: a Pad; a step other than 1 first spreads the gradient out
+    (reversed for a negative step, zeros interleaved for a stride)."""
+    x, grad = node.inputs[0], grads[0]
     shape = static_shape(x)
     starts = _constant_ints(node.inputs[1], "slice starts")
     ends = _constant_ints(node.inputs[2], "slice ends")
@@ -86,23 +88,64 @@ def slice_(b, node, grads, wants):
             and node.inputs[3].name else list(range(len(starts))))
     steps = (_constant_ints(node.inputs[4], "slice steps") if len(node.inputs) > 4
              and node.inputs[4].name else [1] * len(starts))
-    if any(s != 1 for s in steps):
-        raise ValueError("Slice with a step other than 1 is not supported")
     r = len(shape)
     pads: list = [0] * (2 * r)
-    for start, end, axis in zip(starts, ends, axes):
+    for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= r
         size = shape[axis]
-        if isinstance(size, int):
+        if step != 1:
+            if not isinstance(size, int):
+                raise ValueError("Slice with a step other than 1 along a dynamic axis")
+            taken = _slice_positions(start, end, step, size)
+            if not taken:
+                return [b.zeros_like(x)] + _rest(node)
+            grad = _spread(b, grad, axis, r, len(taken), step)
+            first = min(taken)
+            pads[axis], pads[r + axis] = first, size - 1 - max(taken)
+        elif isinstance(size, int):
             first, stop, _ = slice(start, end).indices(size)
             pads[axis], pads[r + axis] = first, size - max(stop, first)
         else:  # a dynamic axis (the batch, a Loop's steps): the pads are computed at run time
             pads[axis], pads[r + axis] = _dynamic_pads(b, x, axis, start, end)
     if all(isinstance(p, int) for p in pads):
-        return [b.op("Pad", [grads[0], b.ints(pads)])] + _rest(node)
+        return [b.op("Pad", [grad, b.ints(pads)])] + _rest(node)
     parts = [b.ints([p]) if isinstance(p, int) else p for p in pads]
     runtime = b.op("Concat", parts, {"axis": 0}, dtype=np.int64)
-    return [b.op("Pad", [grads[0], runtime])] + _rest(node)
+    return [b.op("Pad", [grad, runtime])] + _rest(node)
+
+
+def _slice_positions(start: int, end: int, step: int, size: int) -> range:
+    """The indices ONNX Slice takes along one axis (its clamping differs from Python's)."""
+    start, end = (v + size if v < 0 else v for v in (start, end))
+    if step > 0:
+        return range(min(max(start, 0), size), min(max(end, 0), size), step)
+    return range(min(max(start, 0), size - 1), min(max(end, -1), size - 1), step)
+
+
+def _spread(b, grad, axis: int, rank_: int, count: int, step: int):
+    """The gradient of `count` entries taken every `step` along `axis`, laid out in
+    ascending positions with |step| - 1 zeros between neighbours (none after the last)."""
+    if step < 0:
+        grad = _reversed(b, grad, axis)
+    stride = abs(step)
+    if stride == 1:
+        return grad
+    # (.., count, ..) -> (.., count, 1, ..) -> zeros after: (.., count, stride, ..) -> merged
+    gaps = [0] * (2 * (rank_ + 1))
+    gaps[rank_ + 1 + axis + 1] = stride - 1
+    spaced = b.op("Pad", [b.op("Unsqueeze", [grad, b.ints([axis + 1])]), b.ints(gaps)])
+    shape = b.op("Shape", [grad], dtype=np.int64)
+    merged = b.op("Concat", [b.op("Slice", [shape, b.ints([0]), b.ints([axis])], dtype=np.int64),
+                             b.ints([count * stride]),
+                             b.op("Slice", [shape, b.ints([axis + 1]), b.ints([rank_])],
+                                  dtype=np.int64)], {"axis": 0}, dtype=np.int64)
+    flat = b.op("Reshape", [spaced, merged])
+    return b.op("Slice", [flat, b.ints([0]), b.ints([(count - 1) * stride + 1]), b.ints([axis])])
+
+
+def _reversed(b, t, axis: int):
+    return b.op("Slice", [t, b.ints([-1]), b.ints([np.iinfo(np.int64).min]), b.ints([axis]),
+                          b.ints([-1])])
 
 
 def _dynamic_pads(b, x, axis: int, start: int, end: int):
@@ -123,18 +166,26 @@ def _dynamic_pads(b, x, axis: int, start: int, end: int):
 def pad(b, node, grads, wants):
     mode = node.attrs.get("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        raise ValueError(f"Pad in {mode!r} mode is not supported")
-    r = rank(node.inputs[0])
+    x = node.inputs[0]
+    r = rank(x)
     pads = _constant_ints(node.inputs[1], "pads")
     axes = (_constant_ints(node.inputs[3], "pad axes") if len(node.inputs) > 3
             and node.inputs[3].name else list(range(r)))
     n = len(axes)
+    if min(pads, default=0) < 0:
+        raise ValueError("Pad with negative pads is not supported")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise ValueError(f"Pad in {mode!r} mode is not supported")
+    if mode != "constant":
+        grad = grads[0]
+        for i, axis in enumerate(axes):
+            if pads[i] or pads[n + i]:
+                grad = _fold_border(b, grad, axis % r, r, static_shape(x)[axis % r],
+                                    pads[i], pads[n + i], mode)
+        return [grad] + _rest(node)
     starts, ends, sliced = [], [], []
     for i, axis in enumerate(axes):
         begin, end = pads[i], pads[n + i]
-        if begin < 0 or end < 0:
-            raise ValueError("Pad with negative pads is not supported")
         if begin or end:  # counting from the end needs no static size (batch axes are dynamic)
             starts.append(begin)
             ends.append(-end if end else np.iinfo(np.int64).max)
@@ -143,6 +194,76 @@ def pad(b, node, grads, wants):
         return [grads[0]] + _rest(node)
     cut = b.op("Slice", [grads[0], b.ints(starts), b.ints(ends), b.ints(sliced)])
     return [cut] + _rest(node)
+
+
+def _fold_border(b, grad, axis: int, rank_: int, size, before: int, after: int, mode: str):
+    """Add the gradient of the padded borders back onto the input entries they copy
+    (reflect: mirrored without the edge entry; edge: the edge entry; wrap: the far end)."""
+    if not isinstance(size, int):
+        raise ValueError(f"Pad in {mode!r} mode along a dynamic axis")
+    limit = size - 1 if mode == "reflect" else size if mode == "wrap" else None
+    if limit is not None and max(before, after) > limit:
+        raise ValueError(f"{mode} pads of {max(before, after)} exceed the axis size {size}")
+
+    def cut(lo, hi):
+        return b.op("Slice", [grad, b.ints([lo]), b.ints([hi]), b.ints([axis])])
+
+    def place(part, lo, hi):
+        gaps = [0] * (2 * rank_)
+        gaps[axis], gaps[rank_ + axis] = lo, hi
+        return b.op("Pad", [part, b.ints(gaps)])
+
+    parts = [cut(before, before + size)]
+    if before:
+        head = cut(0, before)
+        parts.append({"reflect": lambda: place(_reversed(b, head, axis), 1, size - 1 - before),
+                      "edge": lambda: place(b.reduce_sum(head, [axis]), 0, size - 1),
+                      "wrap": lambda: place(head, size - before, 0)}[mode]())
+    if after:
+        tail = cut(before + size, before + size + after)
+        parts.append({"reflect": lambda: place(_reversed(b, tail, axis), size - 1 - after, 1),
+                      "edge": lambda: place(b.reduce_sum(tail, [axis]), size - 1, 0),
+                      "wrap": lambda: place(tail, 0, size - after)}[mode]())
+    return b.add_all(parts)
+
+
+@register("DepthToSpace", "SpaceToDepth")
+def depth_space(b, node, grads, wants):
+    """Both ops only permute entries: the gradient is the inverse permutation."""
+    x, y = node.inputs[0], node.outputs[0]
+    block = node.attrs["blocksize"]
+    mode = node.attrs.get("mode", "DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if node.op == "SpaceToDepth":
+        return [b.op("DepthToSpace", [grads[0]], {"blocksize": block, "mode": "DCR"})]
+    if mode == "DCR":
+        return [b.op("SpaceToDepth", [grads[0]], {"blocksize": block})]
+    # CRD: y[n, c, h*k + i, w*k + j] = x[n, c*k*k + i*k + j, h, w]
+    channels, height, width = static_shape(y)[1:]
+    if not all(isinstance(d, int) for d in (channels, height, width)):
+        raise ValueError("DepthToSpace with dynamic channel or spatial axes")
+    h, w = height // block, width // block
+    split = b.op("Reshape", [grads[0], b.ints([-1, channels, h, block, w, block])])
+    moved = b.op("Transpose", [split], {"perm": [0, 1, 3, 5, 2, 4]})
+    return [b.reshape_like(moved, x)]
+
+
+@register("Tile")
+def tile(b, node, grads, wants):
+    """Each tiled axis of size n becomes (repeats, n); the copies are summed."""
+    x = node.inputs[0]
+    repeats = _constant_ints(node.inputs[1], "tile repeats")
+    shape = b.shape_of(x)
+    layout, summed = [], []
+    for axis, k in enumerate(repeats):
+        if k != 1:
+            summed.append(len(layout))
+            layout.append(b.ints([k]))
+        layout.append(b.op("Slice", [shape, b.ints([axis]), b.ints([axis + 1])], dtype=np.int64))
+    if not summed:
+        return [grads[0], None]
+    split = b.op("Reshape", [grads[0], b.op("Concat", layout, {"axis": 0}, dtype=np.int64)])
+    return [b.reduce_sum(split, summed, keepdims=False), None]
 
 
 @register("Gather")
