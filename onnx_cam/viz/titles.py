@@ -15,7 +15,15 @@ _METHOD_TITLES = {
     "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
     "gradcamelementwise": "Grad-CAM (element-wise)",
     "eigencam": "Eigen-CAM", "eigengradcam": "EigenGrad-CAM", "scorecam": "Score-CAM",
-    "ablationcam": "Ablation-CAM",
+    "ablationcam": "Ablation-CAM", "shapleycam": "ShapleyCAM", "kpcacam": "KPCA-CAM",
+    "fem": "FEM", "segeigencam": "Seg-Eigen-CAM", "randomcam": "RandomCAM", "sscam": "SS-CAM",
+    "iscam": "IS-CAM", "smoothgradcam++": "Smooth Grad-CAM++", "reciprocam": "ReciproCAM",
+    "sess": "SESS", "saliency": "Saliency", "input_x_gradient": "Input x Gradient",
+    "integrated_gradients": "Integrated Gradients", "smoothgrad": "SmoothGrad",
+    "smoothgrad_sq": "SmoothGrad-squared", "vargrad": "VarGrad",
+    "guided_backprop": "Guided Backprop", "deconvolution": "Deconvolution",
+    "guided_gradcam": "Guided Grad-CAM", "fullgrad": "FullGrad", "occlusion": "Occlusion",
+    "rise": "RISE", "lime": "LIME", "kernelshap": "KernelSHAP",
 }
 
 
