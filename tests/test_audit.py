@@ -163,19 +163,72 @@ def test_a_folder_that_is_not_a_store_is_never_replaced_silently(files, tmp_path
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(files, tmp_path):
-    url = tmp_path / "store.zarr"
-    url.mkdir()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+# A job, in its own process, that stops at the Zarr file writes numbered in argv[1] until
+# `flag` is removed (or it is killed): what a second job finds at such an instant is what it
+# would find while the first one runs.
+PAUSED_JOB = r"""
+import os, sys, time
+import zarr.storage._local as local
+from onnx_cam.cli import main
+real_put, writes = local._put, []
+pauses, flag = [int(k) for k in sys.argv[1].split(",")], sys.argv[2]
+def put(path, value, exclusive=False):
+    writes.append(path)
+    if len(writes) in pauses:
+        open(flag, "w").close()
+        while os.path.exists(flag):
+            time.sleep(0.01)
+    return real_put(path, value, exclusive)
+local._put = put
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _paused_job(files, url, pauses, flag):
+    return subprocess.Popen([sys.executable, "-c", PAUSED_JOB, ",".join(map(str, pauses)),
+                             str(flag), *_audit_command(files, url, "--chunk-items", "60")[3:]],
+                            stderr=subprocess.PIPE)
+
+
+def _wait_until_paused(job, flag):
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read()
+        time.sleep(0.01)
+
+
+def test_a_second_job_is_refused_from_the_first_write_on(files, tmp_path):
+    """The first job holds the lock before its first write (1: the root metadata) and while it
+    creates the arrays (12); a second job, with or without --overwrite, is refused and
+    deletes nothing."""
+    url, flag = tmp_path / "store.zarr", tmp_path / "paused"
+    job = _paused_job(files, url, [1, 12], flag)
     try:
-        (url / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": live.pid}))
-        with pytest.raises(StoreError, match=f"pid {live.pid}"):
-            audit(files, url)
+        for _ in range(2):
+            _wait_until_paused(job, flag)
+            before = sorted(p.name for p in url.iterdir())
+            assert ".lock" in before
+            for overwrite in (False, True):
+                with pytest.raises(StoreError, match=f"Another audit job \\(pid {job.pid} "):
+                    audit(files, url, overwrite=overwrite)
+                assert sorted(p.name for p in url.iterdir()) == before
+            flag.unlink()
     finally:
-        live.kill()
-        live.wait()
-    assert audit(files, url).complete  # the holder is gone: its lock is stale
-    assert not (url / ".lock").exists()
+        if job.poll() is None and flag.exists():
+            job.kill()
+    assert job.wait(timeout=300) == 0, job.stderr.read()
+    assert AuditStore(url).complete and not (url / ".lock").exists()
+
+
+def test_a_lock_left_by_a_killed_job_is_taken_over(files, tmp_path):
+    url, flag = tmp_path / "store.zarr", tmp_path / "paused"
+    job = _paused_job(files, url, [40], flag)
+    _wait_until_paused(job, flag)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert json.loads((url / ".lock").read_text())["pid"] == job.pid
+    assert audit(files, url, chunk_items=60, batch_size=8).complete  # the same job, resumed
+    assert len(AuditStore(url).manifest["sessions"]) == 2 and not (url / ".lock").exists()
 
 
 def test_target_label_explains_the_true_class(files, tmp_path):
