@@ -204,25 +204,24 @@ def clear_store(url: str) -> None:
             fs.rm(entry, recursive=True)
 
 
-def repair_group_metadata(url: str) -> list[str]:
+def repair_group_metadata(url: str) -> None:
     """Write the metadata of every group above an array that lacks it (zarr writes an array's
     parents concurrently with the array, so a failed write can leave the array without its
-    group). Returns the groups written."""
+    group)."""
     import zarr
     fs, path = _fs_path(url)
-    root, missing = path.rstrip("/"), []
+    root, missing = path.rstrip("/"), set()
     for folder, dirs, files in fs.walk(path):
         if ROOT in files and _node_type(fs, f"{folder}/{ROOT}") == "array":
             dirs.clear()  # its chunks
-            parent = folder.rstrip("/")
-            while parent != root:
-                parent = parent.rsplit("/", 1)[0]
+            parent = folder.rstrip("/").rsplit("/", 1)[0]
+            while len(parent) > len(root):
                 if not fs.exists(f"{parent}/{ROOT}"):
-                    missing.append(parent[len(root) + 1:])
+                    missing.add(parent[len(root) + 1:])
+                parent = parent.rsplit("/", 1)[0]
     group = zarr.open_group(url, mode="r+")
-    for name in sorted(set(missing), key=len):
+    for name in sorted(missing, key=len):
         group.require_group(name)
-    return sorted(set(missing))
 
 
 def _node_type(fs, path: str) -> str | None:
