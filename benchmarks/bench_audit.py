@@ -1,7 +1,7 @@
 """Audit throughput and peak memory: the 12-lead ECG ResNet over a memory-mapped dataset,
-one process vs a local Dask cluster of 2 worker processes; then, in this process, the audit's
+one process vs a local Dask cluster of 2 worker processes; first, in this process, the audit's
 items per second as a ratio of plain ONNX Runtime inference over the same file, chunks,
-batches and threads (reading, explaining and writing overlapped vs one after the other).
+batches and threads.
 
     python benchmarks/bench_audit.py                 # 20,000 items of 12 x 5000 (4.8 GB .npy)
     python benchmarks/bench_audit.py --items 2000    # a quicker look
@@ -72,6 +72,7 @@ def plain_inference(model: Path, data: Path, chunk_items: int, batch_size: int) 
     """Seconds of plain ONNX Runtime inference over the .npy, read chunk by chunk as the audit
     reads it, run batch by batch (ONNX Runtime's default threads, as the audit's)."""
     import onnxruntime as ort
+
     from onnx_cam.audit.datasets import NpyDataset
     start = time.perf_counter()
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -83,49 +84,31 @@ def plain_inference(model: Path, data: Path, chunk_items: int, batch_size: int) 
     return time.perf_counter() - start
 
 
-def audit_seconds(model: Path, data: Path, store: Path, chunk_items: int, batch_size: int,
-                  overlapped: bool) -> float:
+def audit_seconds(model: Path, data: Path, store: Path, chunk_items: int,
+                  batch_size: int) -> float:
     """Seconds of onnx_cam.audit.run (Grad-CAM at layer4), everything included (model loading,
-    store creation, statistics, summary); `overlapped=False` runs the chunks one by one."""
-    from onnx_cam.audit import job, run
-    one_by_one = job.run_overlapped
-    if not overlapped:
-        def one_by_one(spec, todo, done):
-            for chunk in todo:
-                done.add(job.process_chunk(spec, chunk))
-    saved, job.run_overlapped = job.run_overlapped, one_by_one
-    try:
-        start = time.perf_counter()
-        run(str(model), str(data), str(store), layers="layer4", chunk_items=chunk_items,
-            batch_size=batch_size, progress=False)
-        return time.perf_counter() - start
-    finally:
-        job.run_overlapped = saved
+    store creation, statistics, summary)."""
+    from onnx_cam.audit import run
+    start = time.perf_counter()
+    run(str(model), str(data), str(store), layers="layer4", chunk_items=chunk_items,
+        batch_size=batch_size, progress=False)
+    return time.perf_counter() - start
 
 
 def ratio_table(work: Path, args) -> None:
-    """Medians over rounds, the three runs alternating within a round (the machine may be
-    shared: compare the ratios, not the seconds)."""
-    times: dict[str, list[float]] = {"ONNX Runtime inference": [], "audit, overlapped": [],
-                                     "audit, one by one": []}
+    """Medians over rounds, the two runs alternating (the machine may be shared: compare the
+    ratios, not the seconds)."""
     model, data = work / "ecg.onnx", work / "ecg.npy"
+    inference, audit = [], []
     for r in range(args.rounds):
-        times["ONNX Runtime inference"].append(
-            plain_inference(model, data, args.chunk_items, args.batch_size))
-        for overlapped in (True, False):
-            name = "audit, overlapped" if overlapped else "audit, one by one"
-            times[name].append(audit_seconds(model, data, work / f"r{r}{overlapped}.zarr",
-                                             args.chunk_items, args.batch_size, overlapped))
-    a = AuditStore(work / f"r0{True}.zarr")
-    b = AuditStore(work / f"r0{False}.zarr")
-    same = all(np.array_equal(a.cams(*m)[:], b.cams(*m)[:]) for m in a.maps)
-    inference = float(np.median(times["ONNX Runtime inference"]))
+        inference.append(plain_inference(model, data, args.chunk_items, args.batch_size))
+        audit.append(audit_seconds(model, data, work / f"r{r}.zarr", args.chunk_items,
+                                   args.batch_size))
+    ratios = [i / a for i, a in zip(inference, audit)]
     print(f"\n{args.items} items, chunks of {args.chunk_items}, batches of {args.batch_size}, "
-          f"{psutil.cpu_count()} cores, median of {args.rounds} rounds")
-    print(f"{'run':<26}{'items/s vs inference':>22}")
-    for name, seconds in times.items():
-        print(f"{name:<26}{inference / float(np.median(seconds)):>21.2f}x")
-    print(f"overlapped and one-by-one maps identical: {same}")
+          f"{psutil.cpu_count()} cores, {args.rounds} rounds")
+    print(f"audit items/s vs plain ONNX Runtime inference: {np.median(ratios):.2f}x median "
+          f"(rounds: {' '.join(f'{r:.2f}' for r in ratios)})")
 
 
 def main(argv=None) -> None:

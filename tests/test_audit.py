@@ -140,19 +140,6 @@ def test_summary_table_has_a_row_per_item(files, reference):
                                reference.score_ranges(*reference.maps[0])[:][:, 1])
 
 
-def test_overlapped_reading_and_writing_give_the_sequential_store(files, reference, tmp_path,
-                                                                   monkeypatch):
-    from onnx_cam.audit import job
-
-    def one_by_one(spec, todo, done):
-        for chunk in todo:
-            done.add(job.process_chunk(spec, chunk))
-
-    monkeypatch.setattr(job, "run_overlapped", one_by_one)
-    audit(files, tmp_path / "sequential.zarr")
-    assert store_files(tmp_path / "sequential.zarr") == store_files(reference.url)
-
-
 def test_running_again_does_nothing_and_keeps_the_store(files, reference):
     before = store_files(reference.url)
     audit(files, reference.url)

@@ -10,7 +10,6 @@ import platform
 import sys
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
@@ -29,7 +28,7 @@ from ..progress import progress_bar
 from ..runtime import RuntimeOptions
 from ..targets import plan_targets
 from . import stats
-from .datasets import Chunk, Dataset, open_dataset, read_labels
+from .datasets import Dataset, open_dataset, read_labels
 from .store import (
     MANIFEST_KEY,
     STORE_FORMAT,
@@ -168,7 +167,8 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
                 if distributed:
                     _run_on_dask(spec, todo, done, scheduler, workers)
                 else:
-                    run_overlapped(spec, todo, done)
+                    for chunk in todo:
+                        done.add(process_chunk(spec, chunk))
         if group.attrs[MANIFEST_KEY].get("status") != "complete":
             with writing(url, "Writing the statistics and the summary"):
                 stats.write_statistics(group, spec, explainer.num_classes)
@@ -183,34 +183,9 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
 
 def process_chunk(spec: AuditSpec, chunk: int) -> int:
     """Explain one chunk and write it to the store, its done mark last. Returns its items."""
-    return write_chunk(spec, chunk, explain_chunk(spec, chunk, read_chunk(spec, chunk)))
-
-
-def run_overlapped(spec: AuditSpec, todo: list[int], done: Counter) -> None:
-    """The chunks of a local job in order, a reader thread reading the next chunk and a writer
-    thread storing the previous one while this thread explains: the same values as
-    process_chunk one by one (each stage is the same), written in the same order."""
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        next_read, last_write = reader.submit(read_chunk, spec, todo[0]), None
-        for i, chunk in enumerate(todo):
-            read = next_read.result()
-            if i + 1 < len(todo):
-                next_read = reader.submit(read_chunk, spec, todo[i + 1])
-            values = explain_chunk(spec, chunk, read)
-            if last_write is not None:
-                done.add(last_write.result())
-            last_write = writer.submit(write_chunk, spec, chunk, values)
-        done.add(last_write.result())
-
-
-def read_chunk(spec: AuditSpec, chunk: int) -> Chunk:
-    return spec.dataset.read(*spec.bounds(chunk))
-
-
-def explain_chunk(spec: AuditSpec, chunk: int, read: Chunk) -> dict[str, np.ndarray]:
-    """The arrays of one chunk, by store name (failed rows not yet blanked)."""
     explainer = _explainer(spec)
     start, stop = spec.bounds(chunk)
+    read = spec.dataset.read(start, stop)
     x, failures = read.x, dict(read.failures)
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
     for i in np.flatnonzero(~finite):
@@ -241,13 +216,7 @@ def explain_chunk(spec: AuditSpec, chunk: int, read: Chunk) -> dict[str, np.ndar
             scores = evaluate(explainer, x, res, spec.metrics, method=method, layer=layer)
             for name, value in scores.items():
                 values[map_path(f"metrics/{name}", method, layer)] = value.astype(np.float32)
-    return values
-
-
-def write_chunk(spec: AuditSpec, chunk: int, values: dict[str, np.ndarray]) -> int:
-    """Store one chunk's arrays, its done mark last. Returns its items."""
-    start, stop = spec.bounds(chunk)
-    arrays, failed = _arrays(spec), values["failed"]
+    arrays = _arrays(spec)
     with writing(spec.store, f"Writing chunk {chunk} (items {start}-{stop - 1})"):
         for name, value in values.items():
             if failed.any() and name not in ("failed", "error", "label", "flags"):
