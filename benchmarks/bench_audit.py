@@ -1,8 +1,11 @@
 """Audit throughput and peak memory: the 12-lead ECG ResNet over a memory-mapped dataset,
-one process vs a local Dask cluster of 2 worker processes.
+one process vs a local Dask cluster of 2 worker processes; first, in this process, the audit's
+items per second as a ratio of plain ONNX Runtime inference over the same file, chunks,
+batches and threads.
 
     python benchmarks/bench_audit.py                 # 20,000 items of 12 x 5000 (4.8 GB .npy)
     python benchmarks/bench_audit.py --items 2000    # a quicker look
+    python benchmarks/bench_audit.py --items 1000 --only-ratio --rounds 3
 
 Each audit runs as `onnx-cam audit` in a fresh process; the script samples the resident memory
 of that process and all its descendants (Dask's scheduler, nannies and workers included)
@@ -65,6 +68,49 @@ def measure(command: list[str]) -> tuple[float, float]:
     return seconds, peak
 
 
+def plain_inference(model: Path, data: Path, chunk_items: int, batch_size: int) -> float:
+    """Seconds of plain ONNX Runtime inference over the .npy, read chunk by chunk as the audit
+    reads it, run batch by batch (ONNX Runtime's default threads, as the audit's)."""
+    import onnxruntime as ort
+
+    from onnx_cam.audit.datasets import NpyDataset
+    start = time.perf_counter()
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name, dataset = session.get_inputs()[0].name, NpyDataset(str(data))
+    for first in range(0, len(dataset), chunk_items):
+        x = dataset.read(first, min(first + chunk_items, len(dataset))).x
+        for b in range(0, len(x), batch_size):
+            session.run(None, {name: x[b:b + batch_size]})
+    return time.perf_counter() - start
+
+
+def audit_seconds(model: Path, data: Path, store: Path, chunk_items: int,
+                  batch_size: int) -> float:
+    """Seconds of onnx_cam.audit.run (Grad-CAM at layer4), everything included (model loading,
+    store creation, statistics, summary)."""
+    from onnx_cam.audit import run
+    start = time.perf_counter()
+    run(str(model), str(data), str(store), layers="layer4", chunk_items=chunk_items,
+        batch_size=batch_size, progress=False)
+    return time.perf_counter() - start
+
+
+def ratio_table(work: Path, args) -> None:
+    """Medians over rounds, the two runs alternating (the machine may be shared: compare the
+    ratios, not the seconds)."""
+    model, data = work / "ecg.onnx", work / "ecg.npy"
+    inference, audit = [], []
+    for r in range(args.rounds):
+        inference.append(plain_inference(model, data, args.chunk_items, args.batch_size))
+        audit.append(audit_seconds(model, data, work / f"r{r}.zarr", args.chunk_items,
+                                   args.batch_size))
+    ratios = [i / a for i, a in zip(inference, audit)]
+    print(f"\n{args.items} items, chunks of {args.chunk_items}, batches of {args.batch_size}, "
+          f"{psutil.cpu_count()} cores, {args.rounds} rounds")
+    print(f"audit items/s vs plain ONNX Runtime inference: {np.median(ratios):.2f}x median "
+          f"(rounds: {' '.join(f'{r:.2f}' for r in ratios)})")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=20_000)
@@ -72,6 +118,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workdir", help="where the dataset and stores go (default: a temp "
                         "folder, removed at the end)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the ratio table")
+    parser.add_argument("--only-ratio", action="store_true",
+                        help="skip the 1 process / Dask commands")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -82,6 +131,9 @@ def main(argv=None) -> None:
         print(f"writing {args.items} x {LEADS} x {SAMPLES} float32 "
               f"({args.items * LEADS * SAMPLES * 4 / 1e9:.1f} GB) ...", flush=True)
         write_dataset(work / "ecg.npy", args.items)
+        ratio_table(work, args)
+        if args.only_ratio:
+            return
         base = [sys.executable, "-m", "onnx_cam.cli", "audit", str(work / "ecg.onnx"),
                 str(work / "ecg.npy"), "--layer", "layer4", "--quiet",
                 "--chunk-items", str(args.chunk_items), "--batch-size", str(args.batch_size)]

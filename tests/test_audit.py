@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import shutil
 import signal
@@ -163,19 +162,72 @@ def test_a_folder_that_is_not_a_store_is_never_replaced_silently(files, tmp_path
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(files, tmp_path):
-    url = tmp_path / "store.zarr"
-    url.mkdir()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+# A job, in its own process, that stops at the Zarr file writes numbered in argv[1] until
+# `flag` is removed (or it is killed): what a second job finds at such an instant is what it
+# would find while the first one runs.
+PAUSED_JOB = r"""
+import os, sys, time
+import zarr.storage._local as local
+from onnx_cam.cli import main
+real_put, writes = local._put, []
+pauses, flag = [int(k) for k in sys.argv[1].split(",")], sys.argv[2]
+def put(path, value, exclusive=False):
+    writes.append(path)
+    if len(writes) in pauses:
+        open(flag, "w").close()
+        while os.path.exists(flag):
+            time.sleep(0.01)
+    return real_put(path, value, exclusive)
+local._put = put
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _paused_job(files, url, pauses, flag):
+    return subprocess.Popen([sys.executable, "-c", PAUSED_JOB, ",".join(map(str, pauses)),
+                             str(flag), *_audit_command(files, url, "--chunk-items", "60")[3:]],
+                            stderr=subprocess.PIPE)
+
+
+def _wait_until_paused(job, flag):
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read()
+        time.sleep(0.01)
+
+
+def test_a_second_job_is_refused_from_the_first_write_on(files, tmp_path):
+    """The first job holds the lock before its first write (1: the root metadata) and while it
+    creates the arrays (12); a second job, with or without --overwrite, is refused and
+    deletes nothing."""
+    url, flag = tmp_path / "store.zarr", tmp_path / "paused"
+    job = _paused_job(files, url, [1, 12], flag)
     try:
-        (url / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": live.pid}))
-        with pytest.raises(StoreError, match=f"pid {live.pid}"):
-            audit(files, url)
+        for _ in range(2):
+            _wait_until_paused(job, flag)
+            assert (url / ".lock").is_file(), "the first job writes without its lock"
+            before = sorted(p.name for p in url.iterdir())
+            for overwrite in (False, True):
+                with pytest.raises(StoreError, match=f"Another audit job \\(pid {job.pid} "):
+                    audit(files, url, overwrite=overwrite)
+                assert sorted(p.name for p in url.iterdir()) == before
+            flag.unlink()
     finally:
-        live.kill()
-        live.wait()
-    assert audit(files, url).complete  # the holder is gone: its lock is stale
-    assert not (url / ".lock").exists()
+        if job.poll() is None and flag.exists():
+            job.kill()
+    assert job.wait(timeout=300) == 0, job.stderr.read()
+    assert AuditStore(url).complete and not (url / ".lock").exists()
+
+
+def test_a_lock_left_by_a_killed_job_is_taken_over(files, tmp_path):
+    url, flag = tmp_path / "store.zarr", tmp_path / "paused"
+    job = _paused_job(files, url, [40], flag)
+    _wait_until_paused(job, flag)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert json.loads((url / ".lock").read_text())["pid"] == job.pid
+    assert audit(files, url, chunk_items=60, batch_size=8).complete  # the same job, resumed
+    assert len(AuditStore(url).manifest["sessions"]) == 2 and not (url / ".lock").exists()
 
 
 def test_target_label_explains_the_true_class(files, tmp_path):
@@ -247,6 +299,94 @@ def test_killed_jobs_resume_to_an_identical_store(files, tmp_path):
     assert subprocess.run(_audit_command(files, uninterrupted)).returncode == 0
     assert store_files(url) == store_files(uninterrupted)
     assert len(AuditStore(url).manifest["sessions"]) == kills + 1
+
+
+# Audits run in forked children, each SIGKILLed at its k-th Zarr file write (at even k,
+# inside the write: zarr's temporary file is left behind), then the same audit again. The
+# parent never runs zarr, ONNX Runtime or a kernel, so every child starts clean and cheap.
+KILL_DRIVER = r"""
+import json, os, signal, sys, traceback
+from pathlib import Path
+import zarr.storage._local as local
+from onnx_cam.audit import run
+
+options = json.loads(sys.argv[1])
+root, real_put = Path(options["root"]), local._put
+
+
+def child(url, kill_at=None, log=None):
+    pid = os.fork()
+    if pid:
+        return os.waitpid(pid, 0)[1]
+    writes = []
+
+    def put(path, value, exclusive=False):
+        writes.append(str(path))
+        if len(writes) == kill_at:
+            if kill_at % 2 == 0:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.with_suffix(".0123456789abcdef0123456789abcdef.partial").write_bytes(b"x")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_put(path, value, exclusive)
+
+    local._put = put
+    try:
+        run(options["model"], options["data"], url, **options["kwargs"])
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    if log:
+        Path(log).write_text(json.dumps(writes))
+    os._exit(0)
+
+
+assert child(str(root / "whole.zarr"), log=str(root / "writes.json")) == 0
+total = len(json.loads((root / "writes.json").read_text()))
+points = sorted({k if k > 0 else total + 1 + k for k in options["points"]}
+                & set(range(1, total + 1)))
+failed = []
+for k in points:
+    url = str(root / f"k{k}.zarr")
+    status = child(url, kill_at=k)
+    if not os.WIFSIGNALED(status):
+        failed.append((k, "not killed"))
+    elif child(url) != 0:
+        failed.append((k, "the same audit then failed"))
+print(json.dumps({"writes": total, "points": points, "failed": failed}))
+"""
+
+
+def _kill_and_resume(files, root, points):
+    np.save(root / "data.npy", np.load(files / "data.npy")[:48])  # item 13 holds a NaN
+    np.save(root / "labels.npy", np.load(files / "labels.npy")[:48])
+    options = {"model": str(files / "model.onnx"), "data": str(root / "data.npy"),
+               "root": str(root), "points": points,
+               "kwargs": {"methods": ["gradcam", "hirescam"], "labels": str(root / "labels.npy"),
+                          "chunk_items": 16, "batch_size": 16, "progress": False}}
+    out = subprocess.run([sys.executable, "-c", KILL_DRIVER, json.dumps(options)],
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.splitlines()[-1])
+    assert not report["failed"], (report, out.stderr[-3000:])
+    whole = store_files(root / "whole.zarr")
+    for k in report["points"]:
+        assert store_files(root / f"k{k}.zarr") == whole, f"killed at write {k}"
+    return report
+
+
+def test_a_job_killed_at_any_write_resumes_to_an_identical_store(files, tmp_path):
+    """Kill points around the store's creation (its root metadata, the first arrays, the
+    parents of the first map array), one in a chunk, and the last two writes."""
+    report = _kill_and_resume(files, tmp_path, [1, 2, 3, 5, 20, 21, 60, -2, -1])
+    assert len(report["points"]) == 9
+
+
+@pytest.mark.slow
+def test_a_job_killed_at_every_write_resumes_to_an_identical_store(files, tmp_path):
+    """Every write of the store's creation, then every fifth, then the last ten."""
+    report = _kill_and_resume(files, tmp_path, [*range(1, 40), *range(40, 400, 5),
+                                                *range(-10, 0)])
+    assert len(report["points"]) > 60
 
 
 @pytest.mark.slow
@@ -333,6 +473,85 @@ def test_a_full_disk_keeps_the_done_chunks_and_the_job_resumes(files, reference,
     monkeypatch.setattr(local_store, "_put", real_put)
     audit(files, url)
     assert store_files(url) == store_files(reference.url)
+
+
+def test_a_full_disk_at_any_write_names_the_store_and_loses_nothing(files, tmp_path,
+                                                                     monkeypatch):
+    """The disk fills up at the first write, at the first write of each group's metadata of the
+    maps (zarr writes a group with its first array, concurrently), at the first statistics
+    write and at the last write; the same job then ends with a store identical to an
+    uninterrupted run's, every metadata file included."""
+    import zarr.storage._local as local_store
+    real_put, writes = local_store._put, []
+    np.save(tmp_path / "data.npy", np.load(files / "data.npy")[:48])
+    np.save(tmp_path / "labels.npy", np.load(files / "labels.npy")[:48])
+    explainer = onnx_cam.Explainer(files / "model.onnx")
+
+    def job(url):
+        return run(explainer, tmp_path / "data.npy", url, methods=["gradcam", "hirescam"],
+                   labels=tmp_path / "labels.npy", chunk_items=16, batch_size=16,
+                   progress=False)
+
+    def recording(path, value, exclusive=False):
+        writes.append(str(path.relative_to(tmp_path / "whole.zarr")))
+        return real_put(path, value, exclusive)
+
+    monkeypatch.setattr(local_store, "_put", recording)
+    job(tmp_path / "whole.zarr")
+    whole = store_files(tmp_path / "whole.zarr")
+    groups = [i for i, path in enumerate(writes, 1)
+              if path.startswith(("cams/", "score_range/")) and path.count("/") == 2
+              and writes.index(path) == i - 1]
+    points = [1, *groups, next(i for i, p in enumerate(writes, 1) if p.startswith("stats/")),
+              len(writes)]
+    assert len(groups) == 4
+    def full_from(k):
+        count = [0]
+
+        def put(path, value, exclusive=False):
+            count[0] += 1
+            if count[0] >= k:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return real_put(path, value, exclusive)
+        return put
+
+    for k in points:
+        url = tmp_path / f"full{k}.zarr"
+        monkeypatch.setattr(local_store, "_put", full_from(k))
+        with pytest.raises(StoreError) as refused:
+            job(url)
+        assert re.search(f"(?s){re.escape(repr(str(url)))}.*disk is full.*Free space.*run the "
+                         "same command again.*nothing done is lost", str(refused.value)), k
+        monkeypatch.setattr(local_store, "_put", real_put)
+        job(url)
+        assert store_files(url) == whole, f"the disk was full from write {k} ({writes[k - 1]})"
+
+
+def test_resume_refuses_class_names_that_change_what_a_target_means(files, tmp_path):
+    url, names = tmp_path / "s.zarr", ["cat", "dog", "fox"]
+    store = audit(files, url, methods=["gradcam"], class_names=names, target="dog")
+    assert set(store["target"][:][~store["failed"][:]]) == {1}
+    with pytest.raises(StoreError, match=r"(?s)target_class: store has 1, this job 0.*"
+                                         r"class_names.*--overwrite"):
+        audit(files, url, methods=["gradcam"], class_names=["dog", "cat", "fox"], target="dog")
+    assert audit(files, url, methods=["gradcam"], class_names=names, target="dog").complete
+
+
+def test_folder_members_holding_no_item_are_recorded_as_failed(files, reference, tmp_path):
+    x, folder = np.load(files / "data.npy")[:6], tmp_path / "items"
+    folder.mkdir()
+    for i in (0, 1, 3, 5):
+        np.save(folder / f"{i}.npy", x[i])
+    np.save(folder / "2.npy", np.zeros((0, CHANNELS, LENGTH), np.float32))
+    np.savez(folder / "4.npz", a=np.zeros((0, CHANNELS, LENGTH), np.float32))
+    store = run(files / "model.onnx", folder, tmp_path / "s.zarr", methods=["gradcam"],
+                progress=False)
+    assert store.complete and np.flatnonzero(store["failed"][:]).tolist() == [2, 4]
+    assert str(store["error"][2]).startswith("2.npy: ")
+    assert str(store["error"][4]).startswith("4.npz: ")
+    layer, ok = reference.maps[0][1], [0, 1, 3, 5]
+    np.testing.assert_allclose(store.cams("gradcam", layer)[:][ok],
+                               reference.cams("gradcam", layer)[:][ok], atol=1e-3)
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

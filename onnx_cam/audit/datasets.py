@@ -199,6 +199,9 @@ class FolderDataset(Dataset):
                 x[offset] = item[0]
             except InputError as exc:
                 failures[offset] = f"{name}: {exc}"
+            except Exception as exc:  # noqa: BLE001  a decoder's own failure on a bad file
+                # (e.g. numpy on an array of 0 items) is that item's, never the whole job's
+                failures[offset] = f"{name}: cannot be read ({type(exc).__name__}: {exc})"
         return Chunk(x, failures)
 
     def item_names(self, start, stop):

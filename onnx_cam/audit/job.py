@@ -27,6 +27,7 @@ from ..metrics import METRICS, evaluate
 from ..numerics import NumericsWarning, RowFlag, describe_flags
 from ..progress import progress_bar
 from ..runtime import RuntimeOptions
+from ..targets import plan_targets
 from . import stats
 from .datasets import Dataset, open_dataset, read_labels
 from .store import (
@@ -35,12 +36,15 @@ from .store import (
     AuditStore,
     StoreLock,
     cam_chunk_items,
+    clear_store,
+    discard_root,
     done_chunks,
     identity_differences,
     map_path,
     remove_partial_files,
-    remove_store,
+    repair_group_metadata,
     store_state,
+    writing,
 )
 
 CAM_DTYPES = ("float16", "float32")
@@ -63,8 +67,8 @@ class AuditSpec:
     run_id: str
     methods: tuple[str, ...]
     layers: tuple[str, ...]
-    target: str | int
-    foil: str | int | None
+    target: str | int  # "pred", "label" or a class index (names resolved by run)
+    foil: int | None
     score: str
     batch_size: int
     chunk_items: int
@@ -132,6 +136,8 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     explainer._check_input(np.nan_to_num(data.read(0, 1).x))  # shape errors before writing
     label_array = read_labels(labels, len(data), explainer.class_names)
     _check_targets(target, label_array, explainer.num_classes)
+    target_class = None if target in ("pred", "label") else _class_index(explainer, target=target)
+    foil_class = None if foil is None else _class_index(explainer, foil=foil)
     method_names = list(dict.fromkeys(
         get_method(m).name for m in ([methods] if isinstance(methods, str) else methods)))
     layer_names = list(dict.fromkeys(
@@ -149,11 +155,13 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
 
     url = os.fspath(store)
     spec = AuditSpec(model_ref, sha, data, url, "", tuple(method_names), tuple(layer_names),
-                     target, foil, score, batch_size, chunk_items, cam_dtype, label_array,
-                     explainer.runtime, metric_names)
-    identity = _identity(spec, explainer, data, label_array)
+                     target if target_class is None else target_class, foil_class, score,
+                     batch_size, chunk_items, cam_dtype, label_array, explainer.runtime,
+                     metric_names)
+    identity = _identity(spec, explainer, data, label_array, target, foil)
     with StoreLock(url):
-        run_id = _prepare_store(spec, identity, explainer, overwrite)
+        with writing(url, "Preparing the store"):
+            run_id = _prepare_store(spec, identity, explainer, overwrite)
         spec = replace(spec, run_id=run_id)
         _EXPLAINERS[(sha, spec.runtime)] = explainer
         group = AuditStore(url, mode="r+").group
@@ -168,11 +176,13 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
                     for chunk in todo:
                         done.add(process_chunk(spec, chunk))
         if group.attrs[MANIFEST_KEY].get("status") != "complete":
-            stats.write_statistics(group, spec, explainer.num_classes)
-            stats.write_summary(url, group, spec)
-            _update_manifest(group, status="complete", finished_at=_now(),
-                             failed_items=int(np.count_nonzero(group["failed"][:])),
-                             flagged_items=int(np.count_nonzero(group["flags"][:])))
+            with writing(url, "Writing the statistics and the summary"):
+                stats.write_statistics(group, spec, explainer.num_classes)
+                stats.write_summary(url, group, spec)
+                repair_group_metadata(url)
+                _update_manifest(group, status="complete", finished_at=_now(),
+                                 failed_items=int(np.count_nonzero(group["failed"][:])),
+                                 flagged_items=int(np.count_nonzero(group["flags"][:])))
         remove_partial_files(url)
     return AuditStore(url)
 
@@ -213,17 +223,12 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
             for name, value in scores.items():
                 values[map_path(f"metrics/{name}", method, layer)] = value.astype(np.float32)
     arrays = _arrays(spec)
-    try:
+    with writing(spec.store, f"Writing chunk {chunk} (items {start}-{stop - 1})"):
         for name, value in values.items():
             if failed.any() and name not in ("failed", "error", "label", "flags"):
                 value = _blank(name, value, failed)
             arrays[name][start:stop] = value
         arrays["chunk_done"][chunk] = 1
-    except OSError as exc:
-        raise StoreError(
-            f"Writing chunk {chunk} (items {start}-{stop - 1}) to {spec.store!r} failed: {exc}. "
-            "The chunks marked done are kept; fix the cause (disk space, permissions) and run "
-            "the same command again to finish the rest.") from exc
     return stop - start
 
 
@@ -351,16 +356,29 @@ def _sha256(model: str | bytes) -> str:
     return digest.hexdigest()
 
 
-def _identity(spec: AuditSpec, explainer: Explainer, data: Dataset, labels) -> dict:
-    """What must match for a store to be resumed by this job (as JSON gives it back)."""
+def _class_index(explainer: Explainer, *, target=None, foil=None) -> int:
+    """The class a target or foil (an index or a class name) means for this model."""
+    plan = plan_targets(0 if target is None else target, foil, 1, explainer.num_classes,
+                        explainer.class_names, predict=None)
+    return int(plan.targets[0] if foil is None else plan.foils[0])
+
+
+def _identity(spec: AuditSpec, explainer: Explainer, data: Dataset, labels, target,
+              foil) -> dict:
+    """What must match for a store to be resumed by this job (as JSON gives it back): the
+    classes' names and the classes the target and foil resolve to included, so one store never
+    holds two meanings of one name."""
     opsets = {imp.domain or "ai.onnx": imp.version for imp in explainer.model.proto.opset_import}
     identity = {
         "format": STORE_FORMAT,
         "model": {"sha256": spec.model_sha256, "opset": opsets.get("ai.onnx"),
-                  "source": spec.model if isinstance(spec.model, str) else "<bytes>"},
+                  "source": spec.model if isinstance(spec.model, str) else "<bytes>",
+                  "classes": explainer.num_classes, "class_names": explainer.class_names},
         "dataset": data.describe(),
-        "arguments": {"maps": [list(m) for m in spec.maps], "target": spec.target,
-                      "foil": spec.foil, "score": spec.score, "batch_size": spec.batch_size,
+        "arguments": {"maps": [list(m) for m in spec.maps], "target": target,
+                      "target_class": None if spec.target in ("pred", "label") else spec.target,
+                      "foil": foil, "foil_class": spec.foil, "score": spec.score,
+                      "batch_size": spec.batch_size,
                       "chunk_items": spec.chunk_items, "cam_dtype": spec.cam_dtype,
                       "metrics": list(spec.metrics),
                       "labels_sha256": None if labels is None
@@ -375,40 +393,48 @@ def _identity(spec: AuditSpec, explainer: Explainer, data: Dataset, labels) -> d
 
 def _prepare_store(spec: AuditSpec, identity: dict, explainer: Explainer,
                    overwrite: bool) -> str:
-    """Create the store, or check that an existing one belongs to this job. Returns its run id."""
+    """Create the store, or check that an existing one belongs to this job, and bring it to
+    "running" in the order store.py describes (every step safe to cut short by a kill).
+    Returns its run id."""
     import zarr
     state = store_state(spec.store)
-    if state in ("audit", "other") and overwrite:
-        remove_store(spec.store)
-        state = "missing"
-    if state == "other":
-        raise StoreError(f"{spec.store!r} exists and is not an audit store; choose another "
-                         "path, or pass overwrite=True (--overwrite) to replace it.")
+    manifest = None
     if state == "audit":
-        group = zarr.open_group(spec.store, mode="r+")
-        manifest = dict(group.attrs[MANIFEST_KEY])
+        manifest = AuditStore(spec.store).manifest
         diffs = identity_differences(manifest["identity"], identity)
-        if diffs:
+        if diffs and not overwrite:
             raise StoreError(
                 f"{spec.store!r} holds an audit of another model, dataset or arguments:\n  "
                 + "\n  ".join(diffs) + "\nUse the same command to resume it, another store "
                 "path, or overwrite=True (--overwrite) to replace it.")
-        remove_partial_files(spec.store)
+        manifest = None if diffs else manifest
+    elif state == "other" and not overwrite:
+        raise StoreError(f"{spec.store!r} exists and is not an audit store; choose another "
+                         "path, or pass overwrite=True (--overwrite) to replace it.")
+    if manifest is None:  # a new store: its manifest first, so the folder is this job's
+        discard_root(spec.store)
+        manifest = {
+            "identity": identity, "run_id": uuid.uuid4().hex, "status": "creating",
+            "maps": [{"method": m, "layer": layer, "cams": map_path("cams", m, layer),
+                      "score_range": map_path("score_range", m, layer)}
+                     for m, layer in spec.maps],
+            "classes": explainer.num_classes, "class_names": explainer.class_names,
+            "head": explainer.head, "items": len(spec.dataset), "chunks": spec.chunks,
+            "started_at": _now(), "finished_at": None, "sessions": [_session()],
+        }
+        group = zarr.create_group(spec.store, attributes={MANIFEST_KEY: manifest})
+    else:
+        group = zarr.open_group(spec.store, mode="r+")
         _update_manifest(group, sessions=[*manifest["sessions"], _session()])
-        _create_arrays(group, spec, explainer)  # any a killed first session did not create
-        return manifest["run_id"]
-    group = zarr.open_group(spec.store, mode="w")
-    run_id = uuid.uuid4().hex
-    group.attrs[MANIFEST_KEY] = {
-        "identity": identity, "run_id": run_id, "status": "running",
-        "maps": [{"method": m, "layer": layer, "cams": map_path("cams", m, layer),
-                  "score_range": map_path("score_range", m, layer)} for m, layer in spec.maps],
-        "classes": explainer.num_classes, "class_names": explainer.class_names,
-        "head": explainer.head, "items": len(spec.dataset), "chunks": spec.chunks,
-        "started_at": _now(), "finished_at": None, "sessions": [_session()],
-    }
-    _create_arrays(group, spec, explainer)
-    return run_id
+    if manifest["status"] == "creating":  # new, or its creation was cut short: (re)create
+        clear_store(spec.store)
+        _create_arrays(group, spec, explainer)
+        repair_group_metadata(spec.store)
+        _update_manifest(group, status="running")
+    else:
+        remove_partial_files(spec.store)
+        repair_group_metadata(spec.store)
+    return manifest["run_id"]
 
 
 def _create_arrays(group, spec: AuditSpec, explainer: Explainer) -> None:
@@ -425,24 +451,20 @@ def _create_arrays(group, spec: AuditSpec, explainer: Explainer) -> None:
     if spec.labels is not None:
         arrays["label"] = ((n,), "int64", -1)
     for name, (shape, dtype, fill) in arrays.items():
-        _require(group, name, shape, dtype, (step, *shape[1:]), fill)
+        group.create_array(name, shape=shape, dtype=dtype, chunks=(step, *shape[1:]),
+                           fill_value=fill)
     item_bytes = int(np.prod(spatial)) * np.dtype(spec.cam_dtype).itemsize
     cam_chunk = cam_chunk_items(step, item_bytes)
     for method, layer in spec.maps:
-        _require(group, map_path("cams", method, layer), (n, *spatial), spec.cam_dtype,
-                 (cam_chunk, *spatial), 0)
-        _require(group, map_path("score_range", method, layer), (n, 2), "float32", (step, 2),
-                 np.nan)
+        group.create_array(map_path("cams", method, layer), shape=(n, *spatial),
+                           dtype=spec.cam_dtype, chunks=(cam_chunk, *spatial), fill_value=0)
+        group.create_array(map_path("score_range", method, layer), shape=(n, 2),
+                           dtype="float32", chunks=(step, 2), fill_value=np.nan)
         for name in spec.metrics:
-            _require(group, map_path(f"metrics/{name}", method, layer), (n,), "float32",
-                     (step,), np.nan)
-    _require(group, "chunk_done", (spec.chunks,), "uint8", (1,), 0)
-
-
-def _require(group, name, shape, dtype, chunks, fill) -> None:
-    if name in group:
-        return
-    group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill)
+            group.create_array(map_path(f"metrics/{name}", method, layer), shape=(n,),
+                               dtype="float32", chunks=(step,), fill_value=np.nan)
+    group.create_array("chunk_done", shape=(spec.chunks,), dtype="uint8", chunks=(1,),
+                       fill_value=0)
 
 
 def _update_manifest(group, **fields) -> None:

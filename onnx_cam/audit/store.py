@@ -14,16 +14,29 @@ statistics and a Parquet summary.
       stats/...                      written when every chunk is done (see stats.py)
       summary.parquet                one row per item (see stats.py)
 
-A job chunk's arrays are written first and its done mark last, each Zarr chunk file appearing
-whole (zarr writes a temporary file and renames it); a job killed at any instant leaves chunks
-that are either marked done and complete, or unmarked and redone on resume.
+Every write is ordered so that a job killed at any instant leaves a store the same command
+recognises and finishes:
+  1. STORE/.lock is taken (an flock held for the job's life) before anything else is written;
+  2. the root zarr.json is written whole with the manifest (status "creating"): from then on the
+     folder is this job's; a folder holding nothing but the lock is still empty;
+  3. everything else left in the folder is removed and the arrays are created; the manifest
+     then says "running" (a job killed before that restarts from step 3);
+  4. a job chunk's arrays are written first and its done mark last, each Zarr file appearing
+     whole (zarr writes a temporary file and renames it): a chunk is either marked done and
+     complete, or unmarked and redone;
+  5. statistics and summary are (re)written, every group's metadata is checked, and the
+     manifest says "complete".
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import socket
+from contextlib import contextmanager
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -35,6 +48,9 @@ STORE_FORMAT = 1
 # Zarr chunks of the CAM arrays stay near this size (items per chunk divides the job chunk,
 # so two job chunks never write one Zarr chunk).
 CAM_CHUNK_BYTES = 8 << 20
+LOCK, ROOT = ".lock", "zarr.json"
+# The temporary file zarr writes the root metadata to (a job killed in that write leaves it).
+ROOT_PARTIAL = re.compile(r"zarr\.[0-9a-f]{32}\.partial$")
 
 
 def node_name(layer: str) -> str:
@@ -147,26 +163,72 @@ def remove_partial_files(url: str) -> None:
                 os.unlink(os.path.join(root, name))
 
 
-def remove_store(url: str) -> None:
-    fs, path = _fs_path(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
 def store_state(url: str) -> str:
-    """"missing", "empty" (an empty folder), "audit" or "other" (something else is there)."""
+    """"missing"; "empty" (a folder holding at most a lock and the temporary file of a root
+    write cut short); "audit" (a root zarr.json with a manifest, at any stage of the module
+    docstring's order); "other" (something that is not onnx-cam's)."""
     fs, path = _fs_path(url)
     if not fs.exists(path):
         return "missing"
     if not fs.isdir(path):
         return "other"
-    if all(entry.rstrip("/").endswith("/.lock") for entry in fs.ls(path, detail=False)):
-        return "empty"  # nothing but this job's own lock
+    if all(_name(entry) == LOCK or ROOT_PARTIAL.match(_name(entry))
+           for entry in fs.ls(path, detail=False)):
+        return "empty"
     try:
         AuditStore(url)
     except StoreError:
         return "other"
     return "audit"
+
+
+def _name(entry: str) -> str:
+    return entry.rstrip("/").rsplit("/", 1)[-1]
+
+
+def discard_root(url: str) -> None:
+    """Remove the root metadata (or the file at the store's path): the folder stops being the
+    previous audit's before a new manifest takes its place."""
+    fs, path = _fs_path(url)
+    if fs.isfile(path):
+        fs.rm(path)
+    elif fs.exists(f"{path}/{ROOT}"):
+        fs.rm(f"{path}/{ROOT}")
+
+
+def clear_store(url: str) -> None:
+    """Remove everything in the store's folder but its lock and root metadata."""
+    fs, path = _fs_path(url)
+    for entry in fs.ls(path, detail=False):
+        if _name(entry) not in (LOCK, ROOT):
+            fs.rm(entry, recursive=True)
+
+
+def repair_group_metadata(url: str) -> None:
+    """Write the metadata of every group above an array that lacks it (zarr writes an array's
+    parents concurrently with the array, so a failed write can leave the array without its
+    group)."""
+    import zarr
+    fs, path = _fs_path(url)
+    root, missing = path.rstrip("/"), set()
+    for folder, dirs, files in fs.walk(path):
+        if ROOT in files and _node_type(fs, f"{folder}/{ROOT}") == "array":
+            dirs.clear()  # its chunks
+            parent = folder.rstrip("/").rsplit("/", 1)[0]
+            while len(parent) > len(root):
+                if not fs.exists(f"{parent}/{ROOT}"):
+                    missing.add(parent[len(root) + 1:])
+                parent = parent.rsplit("/", 1)[0]
+    group = zarr.open_group(url, mode="r+")
+    for name in sorted(missing, key=len):
+        group.require_group(name)
+
+
+def _node_type(fs, path: str) -> str | None:
+    try:
+        return json.loads(fs.cat_file(path)).get("node_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_parquet_atomic(url: str, table) -> None:
@@ -180,60 +242,101 @@ def write_parquet_atomic(url: str, table) -> None:
 
 
 class StoreLock:
-    """STORE/.lock: one job at a time per (local) store. A lock left by a process that no
-    longer runs on this host is stale and taken over; one held by a live process refuses."""
+    """STORE/.lock, taken before anything else is written and held (flock) for the job's life:
+    one job at a time per local store. The kernel releases the flock when its process dies, so
+    a lock left by a killed job is taken over; the file names its holder for the message."""
 
     def __init__(self, url: str):
-        self.path = os.path.join(local_path(url), ".lock") if is_local(url) else None
+        self.path = os.path.join(local_path(url), LOCK) if is_local(url) else None
+        self._fd: int | None = None
 
     def __enter__(self):
         if self.path is None:
             return self
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and _alive(holder):
-                    raise StoreError(
-                        f"Another audit job (pid {holder['pid']} on {holder['host']}) is "
-                        f"writing {os.path.dirname(self.path)!r}; wait for it, or stop it and "
-                        "run again (a lock left by a dead job is taken over).") from None
-                os.unlink(self.path)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
-            return self
-        raise StoreError(f"Could not take the lock {self.path!r}; remove it if no job runs.")
+        folder = os.path.dirname(self.path)
+        with writing(folder, "Taking the lock"):
+            self._fd = self._take(folder)
+        return self
 
-    def _holder(self) -> dict | None:
+    def _take(self, folder: str) -> int:
         try:
-            with open(self.path) as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return None  # half-written by a job killed while taking it: stale
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(f"{folder!r} is a file, not an audit store; choose another path "
+                             "or remove the file.") from None
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise StoreError(f"Another audit job ({holder}) is writing {folder!r}; wait for "
+                                 "it to end, or stop it and run the same command again.") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # removed by a job that ended meanwhile: lock the new file instead
+        holder = _read_holder(fd)
+        if holder and holder.get("host") != socket.gethostname():
+            os.close(fd)
+            raise StoreError(
+                f"{self.path!r} names a job on {holder.get('host')} (pid {holder.get('pid')}), "
+                "whose lock this host cannot see; remove the file if no job runs there.")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+        except OSError:
+            os.unlink(self.path)
+            os.close(fd)
+            raise
+        return fd
 
     def __exit__(self, *exc):
-        if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        if self._fd is not None:
+            os.unlink(self.path)  # while still holding it, so no other job holds this file
+            os.close(self._fd)
+            self._fd = None
 
 
-def _alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # cannot tell for another host: assume it runs
+def _same_file(fd: int, path: str) -> bool:
     try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
         return False
-    except (PermissionError, ValueError, KeyError):
-        return True
-    return True
+
+
+def _read_holder(fd: int) -> dict | None:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _holder(fd: int) -> str:
+    holder = _read_holder(fd)
+    if holder is None:
+        return "starting"
+    return f"pid {holder.get('pid')} on {holder.get('host')}"
 
 
 def done_chunks(group) -> np.ndarray:
     return np.asarray(group["chunk_done"][:]).astype(bool)
+
+
+@contextmanager
+def writing(url: str, what: str):
+    """Turn a failed write (disk full, permissions) into a StoreError naming the store and what
+    to do: every write is ordered so that running the same command again loses nothing."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            cause = (f"the disk is full ({exc.strerror}). Free space there (or give another "
+                     "store) and run the same command again")
+        else:
+            cause = (f"{exc}. Fix the cause (permissions, a missing mount) and run the same "
+                     "command again")
+        raise StoreError(f"{what} in the audit store {url!r} failed: {cause}; nothing done is "
+                         "lost (the chunks marked done are kept, only the rest is redone).") \
+            from exc
