@@ -84,6 +84,30 @@ def load_proto(source) -> onnx.ModelProto:
     return proto
 
 
+_METADATA_SHAPES = {LAYER_MAP_KEY: (dict, "a JSON object of framework layer name -> ONNX "
+                                          "tensor name"),
+                    CLASS_NAMES_KEY: (list, "a JSON list of class names")}
+
+
+def _read_metadata(metadata: dict[str, str], key: str):
+    """The converters' JSON entry `key` (a dict or list of strings), None when absent; a
+    malformed one raises a ModelLoadError naming the key and the fix."""
+    if key not in metadata:
+        return None
+    kind, wanted = _METADATA_SHAPES[key]
+    try:
+        value = json.loads(metadata[key])
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
+        value = None
+    strings = value.values() if isinstance(value, dict) else value
+    if not isinstance(value, kind) or not all(isinstance(v, str) for v in strings):
+        raise ModelLoadError(
+            f"The model's metadata entry {key!r} holds {metadata[key][:80]!r}, which is not "
+            f"{wanted}. Re-export the model with onnx_cam.converters, or remove the entry "
+            "from model.metadata_props with onnx and save the model again.")
+    return value
+
+
 def _default_opset(proto: onnx.ModelProto) -> int:
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -106,6 +130,7 @@ class Model:
                 f"The ONNX checker rejects this model: {exc}. Re-export it with a current exporter."
             ) from None
         safety.check_ops(proto)
+        safety.check_attributes(proto)
         self.max_tensor_bytes = memory_budget(max_memory)
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
@@ -119,9 +144,8 @@ class Model:
         self.proto = proto
         self.opset = max(opset, 17) if opset < MIN_OPSET else opset
         metadata = {p.key: p.value for p in proto.metadata_props}
-        self.layer_map: dict[str, str] = json.loads(metadata.get(LAYER_MAP_KEY, "{}"))
-        names = metadata.get(CLASS_NAMES_KEY)
-        self.class_names: list[str] | None = json.loads(names) if names else None
+        self.layer_map: dict[str, str] = _read_metadata(metadata, LAYER_MAP_KEY) or {}
+        self.class_names: list[str] | None = _read_metadata(metadata, CLASS_NAMES_KEY)
         initializers = {i.name for i in proto.graph.initializer}
         inputs = [i for i in proto.graph.input if i.name not in initializers]
         if len(inputs) != 1:
@@ -230,6 +254,9 @@ class Model:
         for d, size in zip(spatial_dims, spatial_shape):
             d.Clear()
             d.dim_value = int(size)
+        what = f"for input spatial shape {spatial_shape}"
+        # before anything evaluates part of the graph (data propagation included)
+        safety.check_computed_sizes(proto, self.max_tensor_bytes, what)
         # not strict yet: a ceil_mode pool mis-sized by inference can clash further down
         graph = gs.import_onnx(_infer_shapes(proto, spatial_shape, strict=False))
         if self.channels_last:
@@ -237,7 +264,7 @@ class Model:
         ceil_pools_to_floor(graph)
         # constant folding runs parts of the graph in ONNX Runtime: check the shapes first
         safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
-                            f"for input spatial shape {spatial_shape}")
+                            what)
         graph.fold_constants(error_ok=True).cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed)
