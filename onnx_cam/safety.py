@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from onnx import TensorProto, external_data_helper, helper, numpy_helper, shape_inference
 
 from .errors import MemoryBudgetError, ModelLoadError, UnsupportedModelError
+from .memory import gib, without_weights
 
 #: protobuf cannot parse or serialise a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -259,8 +260,6 @@ def check_computed_sizes(proto: onnx.ModelProto, limit: int, what: str) -> None:
     onnx.reference) and inference runs again, until nothing more is learnt. Nothing is
     evaluated before its size is known.
     """
-    from .memory import without_weights
-
     light = without_weights(proto)
     for value in light.graph.input:  # one item
         dims = value.type.tensor_type.shape.dim
@@ -344,9 +343,9 @@ def _check_sizes(inferred: onnx.ModelProto, limit: int, what: str) -> None:
             size = _item_bytes(value.type.tensor_type)
             if size is not None and size > limit:
                 raise MemoryBudgetError(
-                    f"Tensor {value.name!r} {what} would take {size / 2**30:.1f} GiB for one "
-                    f"item, more than the memory budget of {limit / 2**30:.1f} GiB (max_memory="
-                    " or ONNX_CAM_MAX_MEMORY). Use a smaller input or a larger budget.")
+                    f"Tensor {value.name!r} {what} would take {gib(size)} for one item, more "
+                    f"than the memory budget of {gib(limit)} (max_memory= or "
+                    "ONNX_CAM_MAX_MEMORY). Use a smaller input or a larger budget.")
 
 
 def _item_bytes(tensor_type) -> int | None:
