@@ -156,8 +156,14 @@ class Model:
         self.input_name = inputs[0].name
         dims = inputs[0].type.tensor_type.shape.dim
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-        self.input_dtype = onnx.helper.tensor_dtype_to_np_dtype(
-            inputs[0].type.tensor_type.elem_type)
+        try:
+            self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+                inputs[0].type.tensor_type.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise UnsupportedModelError(
+                f"The model input {self.input_name!r} is a {inputs[0].type.WhichOneof('value')} "
+                f"of element type {inputs[0].type.tensor_type.elem_type}; onnx-cam explains "
+                "models fed one float or integer tensor. Re-export the model.") from None
         # (N, T) integer token ids feeding an embedding: one spatial axis, no channel axis
         self.tokens = self.input_dtype.kind in "iu" and len(self.input_shape) == 2
         if self.tokens:

@@ -522,3 +522,12 @@ def test_computed_tensors_are_refused_before_anything_allocates_them(kind, budge
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["message"] is not None and re.search(words, result["message"]), result
     assert result["added"] < 60 * 2**20, result
+
+
+def test_an_input_of_undefined_type_is_refused():
+    """Fuzz finding: element type 0 (UNDEFINED) passes the checker; reading the input's
+    dtype raised a raw KeyError."""
+    model = conv_model()
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+    with pytest.raises(UnsupportedModelError, match="'x' is a tensor_type of element type 0"):
+        onnx_cam.Explainer(model)
