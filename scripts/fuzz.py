@@ -50,6 +50,8 @@ def main() -> int:
                 if time.monotonic() >= deadline:
                     break
                 _round(campaign, target, tallies[target], deadline)
+    except KeyboardInterrupt:  # stopped early (Ctrl-C, SIGINT): report what was tried
+        pass
     finally:
         worker.close()
         shutil.rmtree(folder, ignore_errors=True)
