@@ -239,8 +239,11 @@ def check_shapes(proto: onnx.ModelProto, limit: int, what: str) -> None:
     _check_sizes(inferred, limit, what)
 
 
-#: shape arithmetic is evaluated (to size what it feeds) when its result holds at most this
-#: many values
+#: ops whose output can hold more values than their inputs, sized from their inputs' values
+GENERATORS = frozenset({"ConstantOfShape", "Range", "Expand", "Tile", "Pad", "OneHot",
+                        "Resize", "Upsample", "CenterCropPad"})
+#: shape arithmetic is evaluated (to size the generator it feeds) when its result holds at
+#: most this many values
 SMALL_VALUES = 4096
 #: ops never evaluated while sizing: random, or running subgraphs
 _NOT_EVALUATED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike",
@@ -254,11 +257,12 @@ def check_computed_sizes(proto: onnx.ModelProto, limit: int, what: str) -> None:
     fed by shape arithmetic).
 
     Runs before anything evaluates the graph: ONNX Runtime, constant folding, and ONNX's own
-    shape inference with data propagation, which holds a Range's values in memory. On a
-    copy with one item per batch and its weights left out, plain shape inference sizes what
-    it can; the small constant computations whose size it knows are then evaluated (numpy,
-    onnx.reference) and inference runs again, until nothing more is learnt. Nothing is
-    evaluated before its size is known.
+    shape inference with data propagation, whose consumers of a generator's output hold all
+    its values (150 bytes each). On a copy with one item per batch and its weights left out,
+    data propagation sizes the generators with their outputs cut from their consumers; a
+    generator it cannot size gets the small constant computations feeding it evaluated
+    (onnx.reference), and inference runs again. Nothing is evaluated before its size is
+    known.
     """
     light = without_weights(proto)
     for value in light.graph.input:  # one item
@@ -267,38 +271,81 @@ def check_computed_sizes(proto: onnx.ModelProto, limit: int, what: str) -> None:
             dims[0].Clear()
             dims[0].dim_value = 1
     while True:
-        try:
-            inferred = shape_inference.infer_shapes(light)
-        except Exception:
+        inferred = _infer_cut(light)
+        if inferred is None:
             return  # check_shapes reports it, strictly
         _check_sizes(inferred, limit, what)
-        if not _evaluate_small_constants(light, inferred):
+        types = {v.name: v.type.tensor_type for v in (*inferred.graph.input,
+                                                       *inferred.graph.value_info,
+                                                       *inferred.graph.output)}
+        unsized = [n for n in light.graph.node if n.op_type in GENERATORS
+                   and any(_count(types.get(o)) is None for o in n.output if o)]
+        if not unsized or not _evaluate_small_constants(light, types, _feeding(light, unsized)):
             return
 
 
-def _evaluate_small_constants(light: onnx.ModelProto, inferred: onnx.ModelProto) -> bool:
-    """Replace the nodes of `light`'s graph that compute small values from constants (and
-    Shape / Size of tensors of known shape) by initializers; False when there are none."""
+def _infer_cut(light: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Shape inference with data propagation on `light`, each generator's consumers reading
+    a graph input of unknown shape instead of its output (so that none holds its values)."""
+    try:
+        plain = shape_inference.infer_shapes(light)
+    except Exception:
+        return None
+    elem_types = {v.name: v.type.tensor_type.elem_type for v in plain.graph.value_info}
+    cut = onnx.ModelProto()
+    cut.CopyFrom(light)
+    outputs = {o: f"{o}/onnx_cam_cut" for n in cut.graph.node if n.op_type in GENERATORS
+               for o in n.output if o}
+    for node in cut.graph.node:
+        for i, name in enumerate(node.input):
+            if name in outputs:
+                node.input[i] = outputs[name]
+    for name, alias in outputs.items():
+        cut.graph.input.append(helper.make_tensor_value_info(
+            alias, elem_types.get(name) or TensorProto.FLOAT, None))
+    try:
+        return shape_inference.infer_shapes(cut, data_prop=True)
+    except Exception:
+        return None
+
+
+def _feeding(light: onnx.ModelProto, nodes: list) -> set[str]:
+    """Names of the tensors from which the inputs of `nodes` are computed."""
+    producers = {o: n for n in light.graph.node for o in n.output}
+    seen: set[str] = set()
+    stack = [name for node in nodes for name in node.input if name]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in producers:
+            stack.extend(i for i in producers[name].input if i)
+    return seen
+
+
+def _evaluate_small_constants(light: onnx.ModelProto, types: dict, needed: set[str]) -> bool:
+    """Replace the nodes of `light`'s graph making `needed` tensors that compute small values
+    from constants (and Shape / Size of tensors of known shape) by initializers; False when
+    there are none."""
     from onnx.reference import ReferenceEvaluator
 
     graph = light.graph
-    types = {v.name: v.type.tensor_type for v in (*inferred.graph.input,
-                                                   *inferred.graph.value_info,
-                                                   *inferred.graph.output)}
-    constants = {t.name for t in graph.initializer}
+    constants = {t.name: t for t in graph.initializer}
     kept, found = [], []
     for node in graph.node:
         values = None
         counts = [_count(types.get(name)) for name in node.output if name]
-        if (node.domain in ("", "ai.onnx") and node.op_type not in _NOT_EVALUATED
+        if (not needed.isdisjoint(node.output) and node.domain in ("", "ai.onnx")
+                and node.op_type not in _NOT_EVALUATED
                 and all(c is not None and c <= SMALL_VALUES for c in counts)):
             if node.op_type in ("Shape", "Size") and _count(types.get(node.input[0])) is not None:
                 values = [_shape_of(node, types[node.input[0]])]
             elif all(name in constants for name in node.input if name):
-                used = [t for t in graph.initializer if t.name in node.input]
                 single = helper.make_graph(
                     [node], "single", [],
-                    [helper.make_empty_tensor_value_info(name) for name in node.output], used)
+                    [helper.make_empty_tensor_value_info(name) for name in node.output],
+                    [constants[name] for name in set(node.input) if name])
                 try:
                     values = ReferenceEvaluator(helper.make_model(
                         single, opset_imports=light.opset_import)).run(None, {})
@@ -308,8 +355,8 @@ def _evaluate_small_constants(light: onnx.ModelProto, inferred: onnx.ModelProto)
             kept.append(node)
             continue
         for name, value in zip(node.output, values):
-            found.append(numpy_helper.from_array(np.asarray(value), name))
-            constants.add(name)
+            constants[name] = numpy_helper.from_array(np.asarray(value), name)
+            found.append(constants[name])
     if found:
         del graph.node[:]
         graph.node.extend(kept)
