@@ -181,6 +181,9 @@ class Model:
                 f"explains {layouts} inputs, and (N, T) integer token ids."
             )
         outputs = [o.name for o in proto.graph.output]
+        if not outputs:
+            raise UnsupportedModelError("The model's graph declares no output, so it has no "
+                                        "score to explain. Re-export the model.")
         self.output_name = output or outputs[0]
         if self.output_name not in outputs:
             raise UnsupportedModelError(

@@ -532,3 +532,12 @@ def test_an_input_of_undefined_type_is_refused():
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
     with pytest.raises(UnsupportedModelError, match="'x' is a tensor_type of element type 0"):
         onnx_cam.Explainer(model)
+
+
+def test_a_model_without_outputs_is_refused():
+    """Fuzz finding: a graph with no output passes the checker; picking the default output
+    raised a raw IndexError."""
+    model = conv_model()
+    del model.graph.output[:]
+    with pytest.raises(UnsupportedModelError, match="declares no output"):
+        onnx_cam.Explainer(model)
