@@ -21,20 +21,26 @@ Conventions
 from __future__ import annotations
 
 import csv
+import math
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, MemoryBudgetError, OnnxCamError
+from .memory import gib, memory_budget
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SIGNAL_SUFFIXES = (".csv", ".tsv")
 SUFFIXES = ARRAY_SUFFIXES + IMAGE_SUFFIXES + SIGNAL_SUFFIXES
 _MODES = {"RGB": 3, "L": 1}
+#: the Pillow decoders images are opened with, whatever their suffix says: none of them
+#: hands the file to another program (Pillow's EPS plugin runs Ghostscript)
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # single channel, more than 8 bits
 
 
@@ -110,11 +116,14 @@ def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def read_file(path: str | os.PathLike, preprocess: Preprocess | None = None, *,
-              item_shape: Sequence[int | None] | None = None) -> np.ndarray:
+              item_shape: Sequence[int | None] | None = None,
+              max_memory: int | str | None = None) -> np.ndarray:
     """The items of one file as a float32 array (N, ...); see the module's conventions.
 
     item_shape: the shape one item must have (None for a free axis), e.g. the model's input
     shape without its batch axis; a file that does not fit raises an InputError naming it.
+    max_memory: the memory budget (see onnx_cam.memory.memory_budget); an image or array
+    whose header says it needs more is refused before its data is read.
     """
     path = Path(path)
     preprocess = preprocess or Preprocess()
@@ -126,9 +135,9 @@ def read_file(path: str | os.PathLike, preprocess: Preprocess | None = None, *,
         what = "is a folder" if path.is_dir() else "does not exist"
         raise InputError(f"{path} {what}; give the path of an input file.")
     if suffix in ARRAY_SUFFIXES:
-        x = _read_array(path)
+        x = _read_array(path, memory_budget(max_memory))
     elif suffix in IMAGE_SUFFIXES:
-        x = _read_image(path, preprocess)[None]
+        x = _read_image(path, preprocess, memory_budget(max_memory))[None]
     else:
         x = _read_signal(path, preprocess)[None]
     bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
@@ -167,62 +176,125 @@ def concatenate_items(paths: Sequence[str | os.PathLike], arrays: Sequence[np.nd
 
 
 # ---- arrays ---------------------------------------------------------------------------------
-def _read_array(path: Path) -> np.ndarray:
+def _read_array(path: Path, budget: int) -> np.ndarray:
+    """An .npy / .npz file's arrays as one float32 batch. Every header is read and checked
+    (dtype, shape, the memory it takes against `budget`) before any array data."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                named = [(f"{path}[{k!r}]", loaded[k]) for k in sorted(loaded.files)]
-        else:
-            named = [(os.fspath(path), loaded)]
-    except ValueError as exc:
-        if "Object arrays" in str(exc):
-            raise InputError(f"{path} holds Python objects (an object array, stored pickled); "
-                             "onnx-cam never unpickles. Save a numeric array: np.save(path, "
-                             "np.asarray(x, dtype='float32')).") from None
-        if "pickled" in str(exc):
-            raise InputError(f"{path} is neither a .npy nor an .npz file (numpy would have to "
-                             "unpickle it, which onnx-cam never does). Save arrays with np.save "
-                             "or np.savez.") from None
-        raise InputError(f"{path} is not a readable {path.suffix} array ({exc}).") from None
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":  # as np.load tells an .npz from an .npy
+                handle.seek(0)
+                _check_headers(path, [(os.fspath(path), _npy_header(handle))], budget)
+                handle.seek(0)
+                arrays = [np.lib.format.read_array(handle, allow_pickle=False)]
+            else:
+                with zipfile.ZipFile(handle) as archive:
+                    members = sorted(archive.infolist(), key=lambda m: m.filename)
+                    headers = []
+                    for member in members:
+                        name = f"{path}[{member.filename.removesuffix('.npy')!r}]"
+                        with archive.open(member) as stream:
+                            headers.append((name, _npy_header(stream, name)))
+                    _check_headers(path, headers, budget)
+                    arrays = []
+                    for member in members:
+                        with archive.open(member) as stream:
+                            arrays.append(np.lib.format.read_array(stream, allow_pickle=False))
+    except OnnxCamError:
+        raise
     except Exception as exc:  # numpy's header and zip parsers fail in many ways on bad bytes
         raise InputError(f"{path} is not a readable {path.suffix} array "
                          f"({type(exc).__name__}: {exc}).") from None
-    if not named:
+    if len(arrays) == 1:
+        return arrays[0].astype(np.float32, copy=False)
+    return np.concatenate(arrays, dtype=np.float32)
+
+
+def _npy_header(stream, name: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an .npy header, leaving the data unread."""
+    if stream.read(6) != b"\x93NUMPY":
+        if name is None:  # what np.load would unpickle
+            raise InputError(f"{stream.name} is neither a .npy nor an .npz file (numpy would "
+                             "have to unpickle it, which onnx-cam never does). Save arrays "
+                             "with np.save or np.savez.")
+        raise InputError(f"{name} is not an .npy array; save arrays with np.savez.")
+    version = tuple(stream.read(2))
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(stream)
+    return shape, dtype
+
+
+def _check_headers(path: Path, headers: list, budget: int) -> None:
+    """Refuse arrays onnx-cam cannot take, from their headers: not real numbers, scalars, no
+    items at all, or more memory than the budget."""
+    if not headers:
         raise InputError(f"{path} holds no array; save at least one with np.savez.")
-    for name, array in named:
-        if not isinstance(array, np.ndarray):  # an .npz member numpy cannot parse: its bytes
-            raise InputError(f"{name} is not an .npy array; save arrays with np.savez.")
-        if array.dtype.kind not in "biuf":
-            raise InputError(f"{name} has dtype {array.dtype}; give real numbers "
+    for name, (shape, dtype) in headers:
+        if dtype.hasobject:
+            raise InputError(f"{name} holds Python objects (an object array, stored pickled); "
+                             "onnx-cam never unpickles. Save a numeric array: np.save(path, "
+                             "np.asarray(x, dtype='float32')).")
+        if dtype.kind not in "biuf":
+            raise InputError(f"{name} has dtype {dtype}; give real numbers "
                              "(float32 preferably).")
-        if array.ndim == 0:
+        if not shape:
             raise InputError(f"{name} is a scalar; give arrays shaped (N, ...), batch first.")
-    shapes = {array.shape[1:] for _, array in named}
-    if len(shapes) > 1:
-        raise InputError(f"{path}: its arrays have different item shapes {sorted(shapes)}; "
-                         "keep arrays of one item shape per file.")
-    return np.concatenate([array for _, array in named]).astype(np.float32, copy=False)
+        if min(shape) < 0:
+            raise InputError(f"{name} declares the shape {shape}: the file is damaged.")
+    shapes = [shape for _, (shape, _) in headers]
+    if len({shape[1:] for shape in shapes}) > 1:
+        raise InputError(f"{path}: its arrays have different item shapes "
+                         f"{sorted({shape[1:] for shape in shapes})}; keep arrays of one item "
+                         "shape per file.")
+    items, item = sum(shape[0] for shape in shapes), shapes[0][1:]
+    if items == 0 or 0 in item:
+        raise InputError(f"{path} holds no values (arrays shaped {[list(s) for s in shapes]}); "
+                         "give at least one item with at least one value, batch first.")
+    stored = sum(math.prod(shape) * dtype.itemsize for _, (shape, dtype) in headers)
+    as_float32 = items * math.prod(item) * 4
+    # np.load's array is the result when it is the only one and float32 already
+    needed = stored if len(headers) == 1 and headers[0][1][1] == np.float32 else (
+        stored + as_float32)
+    if needed > budget:
+        raise MemoryBudgetError(
+            f"{path} holds {items} items of shape {item}: reading them as float32 "
+            f"takes {gib(needed)}, more than the memory budget of {gib(budget)} (max_memory= "
+            "or ONNX_CAM_MAX_MEMORY). Split the file into smaller ones, or raise the budget.")
 
 
 # ---- images ---------------------------------------------------------------------------------
-def _read_image(path: Path, pre: Preprocess) -> np.ndarray:
-    """One image as (C, H, W) or (H, W, C) float32."""
-    from PIL import Image
+def _read_image(path: Path, pre: Preprocess, budget: int) -> np.ndarray:
+    """One image as (C, H, W) or (H, W, C) float32; its header is checked against `budget`
+    before its pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
             if getattr(image, "n_frames", 1) > 1:
                 raise InputError(f"{path} holds {image.n_frames} frames (an image stack); "
                                  "onnx-cam reads single images. Save volumes as .npy arrays.")
+            width, height = image.size
+            needed = width * height * _MODES[pre.mode] * 4
+            if needed > budget:
+                raise MemoryBudgetError(
+                    f"{path} is {width} x {height} pixels: as {_MODES[pre.mode]}-channel float32 "
+                    f"it takes {gib(needed)}, more than the memory budget of {gib(budget)} "
+                    "(max_memory= or ONNX_CAM_MAX_MEMORY). Downscale the image, or raise the "
+                    "budget.")
             image.load()
             image = _converted(path, image, pre.mode)
             if pre.size is not None and image.size != pre.size[::-1]:
                 image = image.resize(pre.size[::-1], Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.float32)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{path} is not a readable image ({exc}); check the file, or convert "
-                         "it to PNG.") from None
+    except (OnnxCamError, MemoryError):
+        raise
+    except Exception as exc:  # Pillow's decoders fail in many ways on bad bytes
+        if isinstance(exc, UnidentifiedImageError):
+            raise InputError(f"{path} is not a readable image: no {', '.join(IMAGE_FORMATS)} "
+                             "image is found in it (onnx-cam opens no other format); check "
+                             "the file, or convert it to PNG.") from None
+        raise InputError(f"{path} is not a readable image ({type(exc).__name__}: {exc}); "
+                         "check the file, or convert it to PNG.") from None
     pixels = pixels.reshape(*pixels.shape[:2], -1) * np.float32(pre.scale)  # (H, W, C)
     if pre.mean is not None:
         pixels -= np.asarray(pre.mean, np.float32)

@@ -110,7 +110,7 @@ def run_footprint(proto: onnx.ModelProto) -> Footprint:
     is reused (an upper bound of what its planner allocates), plus the outputs copied out
     to numpy. Shapes are inferred for batches of 1 and 2, so tensors whose shape is computed
     in the graph (flattened, ConstantOfShape) are sized too."""
-    light = _without_weights(proto)
+    light = without_weights(proto)
     shapes = _shapes(light, 1)
     one, two = _static_sizes(shapes), _static_sizes(_shapes(light, 2))
     sizes = {name: (2 * one[name] - two[name], two[name] - one[name])
@@ -157,7 +157,7 @@ def _static_sizes(shapes: dict[str, tuple[list, int]]) -> dict[str, float]:
             if None not in d}
 
 
-def _without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+def without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model with its large initializers turned into inputs of the same type and shape:
     what shape inference needs, without copying and serialising the weights."""
     light = onnx.ModelProto()

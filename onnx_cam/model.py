@@ -97,6 +97,30 @@ def load_proto(source) -> onnx.ModelProto:
     return proto
 
 
+_METADATA_SHAPES = {LAYER_MAP_KEY: (dict, "a JSON object of framework layer name -> ONNX "
+                                          "tensor name"),
+                    CLASS_NAMES_KEY: (list, "a JSON list of class names")}
+
+
+def _read_metadata(metadata: dict[str, str], key: str):
+    """The converters' JSON entry `key` (a dict or list of strings), None when absent; a
+    malformed one raises a ModelLoadError naming the key and the fix."""
+    if key not in metadata:
+        return None
+    kind, wanted = _METADATA_SHAPES[key]
+    try:
+        value = json.loads(metadata[key])
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
+        value = None
+    strings = value.values() if isinstance(value, dict) else value
+    if not isinstance(value, kind) or not all(isinstance(v, str) for v in strings):
+        raise ModelLoadError(
+            f"The model's metadata entry {key!r} holds {metadata[key][:80]!r}, which is not "
+            f"{wanted}. Re-export the model with onnx_cam.converters, or remove the entry "
+            "from model.metadata_props with onnx and save the model again.")
+    return value
+
+
 def _default_opset(proto: onnx.ModelProto) -> int:
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -120,6 +144,7 @@ class Model:
                 f"The ONNX checker rejects this model: {exc}. Re-export it with a current exporter."
             ) from None
         safety.check_ops(proto)
+        safety.check_attributes(proto)
         proto = qoperators.qdq_model(proto)
         proto = unfuse(proto)  # ONNX Runtime-optimised graphs: contrib ops as standard ops
         self.max_tensor_bytes = memory_budget(max_memory)
@@ -137,12 +162,11 @@ class Model:
         self.proto = proto
         self.opset = max(opset, 17) if opset < MIN_OPSET else opset
         metadata = {p.key: p.value for p in proto.metadata_props}
-        self.layer_map: dict[str, str] = json.loads(metadata.get(LAYER_MAP_KEY, "{}"))
+        self.layer_map: dict[str, str] = _read_metadata(metadata, LAYER_MAP_KEY) or {}
         self.unverified_layers = _unverified_layers(metadata.get(UNVERIFIED_KEY))
         if not self.layer_map:  # a bare dynamo export: module names from its node metadata
             self.layer_map = module_outputs(proto)
-        names = metadata.get(CLASS_NAMES_KEY)
-        self.class_names: list[str] | None = json.loads(names) if names else None
+        self.class_names: list[str] | None = _read_metadata(metadata, CLASS_NAMES_KEY)
         initializers = {i.name for i in proto.graph.initializer}
         inputs = [i for i in proto.graph.input if i.name not in initializers]
         if len(inputs) != 1:
@@ -153,8 +177,14 @@ class Model:
         self.input_name = inputs[0].name
         dims = inputs[0].type.tensor_type.shape.dim
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-        self.input_dtype = onnx.helper.tensor_dtype_to_np_dtype(
-            inputs[0].type.tensor_type.elem_type)
+        try:
+            self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+                inputs[0].type.tensor_type.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise UnsupportedModelError(
+                f"The model input {self.input_name!r} is a {inputs[0].type.WhichOneof('value')} "
+                f"of element type {inputs[0].type.tensor_type.elem_type}; onnx-cam explains "
+                "models fed one float or integer tensor. Re-export the model.") from None
         # (N, T) integer token ids feeding an embedding: one spatial axis, no channel axis
         self.tokens = self.input_dtype.kind in "iu" and len(self.input_shape) == 2
         # (N, T) float samples (a raw waveform): a one-channel signal, (N, 1, T) to onnx-cam
@@ -176,6 +206,9 @@ class Model:
                 f"explains {layouts} inputs, (N, T) integer token ids and (N, T) float samples."
             )
         outputs = [o.name for o in proto.graph.output]
+        if not outputs:
+            raise UnsupportedModelError("The model's graph declares no output, so it has no "
+                                        "score to explain. Re-export the model.")
         self.output_name = output or outputs[0]
         if self.output_name not in outputs:
             raise UnsupportedModelError(
@@ -255,6 +288,9 @@ class Model:
         for d, size in zip(spatial_dims, spatial_shape):
             d.Clear()
             d.dim_value = int(size)
+        what = f"for input spatial shape {spatial_shape}"
+        # before anything evaluates part of the graph (data propagation included)
+        safety.check_computed_sizes(proto, self.max_tensor_bytes, what)
         # not strict yet: a ceil_mode pool mis-sized by inference can clash further down
         graph = gs.import_onnx(_infer_shapes(proto, spatial_shape, strict=False))
         if self.channels_last:
@@ -265,7 +301,7 @@ class Model:
         ceil_pools_to_floor(graph)
         # constant folding runs parts of the graph in ONNX Runtime: check the shapes first
         safety.check_shapes(gs.export_onnx(graph, do_type_check=False), self.max_tensor_bytes,
-                            f"for input spatial shape {spatial_shape}")
+                            what)
         # a quantised model keeps its weights' DequantizeLinear nodes (ONNX Runtime fuses them
         # with the op that reads them into an integer kernel)
         graph.fold_constants(error_ok=True, should_exclude_node=_dequantizes).cleanup().toposort()

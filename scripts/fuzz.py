@@ -3,6 +3,7 @@ for a given time; every finding is kept and the run goes on.
 
     python scripts/fuzz.py --minutes 30                   # every target, round robin
     python scripts/fuzz.py --minutes 5 --targets model,explain --findings fuzz_findings/
+    nice -n 19 python scripts/fuzz.py --minutes 60 --case-seconds 300 &  # kill PID: report
 
 Prints, per target, the inputs tried and their outcomes (ok: a result; error: an
 OnnxCamError with a message; bug / crash / hang / partial: findings), and writes each
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fuzzing import TARGETS_FUZZED, Campaign, Tally, Worker, new_folder  # noqa: E402
+from fuzzing import (  # noqa: E402
+    CASE_SECONDS,
+    TARGETS_FUZZED,
+    Campaign,
+    Tally,
+    Worker,
+    new_folder,
+)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 ROUND = 40  # inputs per target before moving to the next one
@@ -34,13 +43,17 @@ def main() -> int:
     parser.add_argument("--targets", default=",".join(TARGETS_FUZZED),
                         help=f"comma-separated, of {', '.join(TARGETS_FUZZED)}")
     parser.add_argument("--findings", type=Path, default=Path("fuzz_findings"))
+    parser.add_argument("--case-seconds", type=float, default=CASE_SECONDS,
+                        help="a case without an outcome after this long is a hang (default: "
+                             f"{CASE_SECONDS:.0f}; raise it on a loaded machine)")
     args = parser.parse_args()
     targets = args.targets.split(",")
     unknown = set(targets) - set(TARGETS_FUZZED)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}")
     folder = new_folder()
-    worker = Worker(folder / "worker.log")
+    worker = Worker(folder / "worker.log", seconds=args.case_seconds)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the run with its report
     campaign = Campaign(folder, worker, findings=args.findings)
     tallies = {t: Tally() for t in targets}
     deadline = time.monotonic() + 60 * args.minutes
@@ -50,11 +63,17 @@ def main() -> int:
                 if time.monotonic() >= deadline:
                     break
                 _round(campaign, target, tallies[target], deadline)
+    except KeyboardInterrupt:  # stopped early (Ctrl-C, SIGINT): report what was tried
+        pass
     finally:
         worker.close()
         shutil.rmtree(folder, ignore_errors=True)
     _report(tallies, args.findings)
     return 0 if not any(t.findings for t in tallies.values()) else 1
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _round(campaign: Campaign, target: str, tally: Tally, deadline: float) -> None:

@@ -94,6 +94,26 @@ def seed_inputs() -> dict[str, bytes]:
             "jpeg": jpeg.getvalue(), "csv": csv.encode()}
 
 
+def image_contents() -> dict[str, bytes]:
+    """One small image in every format this Pillow writes (the allowed ones and others,
+    EPS among them), to be given a PNG / JPEG / BMP / TIFF name and mutated."""
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3),
+                                                              dtype=np.uint8))
+    found = {"EPS-text": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n"}
+    for fmt in ("PNG", "JPEG", "BMP", "TIFF", "GIF", "ICO", "PPM", "PCX", "TGA", "SGI", "WEBP",
+                "IM", "DDS", "EPS", "MSP", "XBM", "BLP", "QOI", "JPEG2000", "SPIDER"):
+        buffer = io.BytesIO()
+        try:
+            mode = {"MSP": "1", "XBM": "1", "SPIDER": "F"}.get(fmt, "RGB")
+            image.convert(mode).save(buffer, format=fmt)
+        except Exception:  # a format this Pillow cannot write
+            continue
+        found[fmt] = buffer.getvalue()
+    return found
+
+
 # ---- mutations ------------------------------------------------------------------------------
 def mutate_bytes(data: bytes, ops: list[tuple]) -> bytes:
     """Apply byte-level edits: ("flip", pos, xor), ("cut", pos), ("insert", pos, bytes),
@@ -299,7 +319,7 @@ def _check_explanation(res) -> None:
 def _run_model(case: dict, state: dict):
     import onnx_cam
 
-    exp = onnx_cam.Explainer(case["path"])
+    exp = onnx_cam.Explainer(case["path"], max_memory=case.get("max_memory"))
     spatial = [d if isinstance(d, int) and 0 < d <= 64 else 16
                for d in exp.model.input_shape[1:]]
     x = np.random.default_rng(0).standard_normal((2, *spatial)).astype(np.float32)
@@ -420,10 +440,12 @@ class Worker:
     def __init__(self, log: Path, seconds: float = CASE_SECONDS):
         self.seconds, self.log = seconds, log
         self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}  # more environment variables for the worker
 
     def _start(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), os.environ.get("PYTHONPATH", "")]), "PYTHONWARNINGS": "ignore"}
+            [str(ROOT), os.environ.get("PYTHONPATH", "")]), "PYTHONWARNINGS": "ignore",
+            **self.env}
         with open(self.log, "a") as log:  # native crashes print here
             self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], cwd=ROOT,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -468,6 +490,14 @@ class Campaign:
         self.models["2d"].write_bytes(seed_model(2, 3))
         self.inputs = seed_inputs()
         (folder / "secret.bin").write_bytes(b"\x00" * 64)
+        self.images = image_contents()
+        # a `gs` first on the worker's PATH: if any image made Pillow run Ghostscript, it
+        # leaves a marker
+        self.marker = folder / "gs_ran"
+        (folder / "bin").mkdir()
+        (folder / "bin" / "gs").write_text(f"#!/bin/sh\ntouch {self.marker}\n")
+        (folder / "bin" / "gs").chmod(0o755)
+        worker.env["PATH"] = f"{folder / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
         self.count = 0
 
     def _file(self, name: str, data: bytes) -> Path:
@@ -480,6 +510,9 @@ class Campaign:
 
     def run(self, target: str, case: dict, saved: Path | None) -> str:
         outcome, detail = self.worker.run({"target": target, **case})
+        if self.marker.exists():  # the case made something run the fake Ghostscript
+            self.marker.unlink()
+            outcome, detail = "bug", f"an external program (gs) ran; the outcome: {detail}"
         kept = None
         if outcome not in ALLOWED and self.findings is not None and saved is not None:
             self.findings.mkdir(parents=True, exist_ok=True)
@@ -501,6 +534,72 @@ class Campaign:
         model = self.models["2d" if kind in ("png", "jpeg") else "1d"]
         case = {"model": str(model), "inputs": [str(path)], "out": str(path.parent / "out")}
         return self.run("cli", case, path)
+
+    def image(self, fmt: str, suffix: str, ops: list) -> str:
+        """An image of any format Pillow writes, named .png / .jpg / .bmp / .tif, byte-mutated,
+        through `onnx-cam explain`; an external program run is a finding."""
+        data = mutate_bytes(self.images[fmt], ops) if ops else self.images[fmt]
+        path = self._file(f"input{suffix}", data)
+        case = {"model": str(self.models["2d"]), "inputs": [str(path)],
+                "out": str(path.parent / "out")}
+        return self.run("cli", case, path)
+
+    def metadata(self, entries: list[tuple[str, str]]) -> str:
+        """The 1D seed model with onnx-cam metadata entries of any text."""
+        model = onnx.load_from_string(self.models["1d"].read_bytes())
+        for key, value in entries:
+            model.metadata_props.add(key=key, value=value)
+        path = self._file("model.onnx", model.SerializeToString())
+        return self.run("model", {"path": str(path)}, path)
+
+    def attributes(self, opset: int, edits: list[tuple[int, str, list]]) -> str:
+        """The 1D seed model with its convolutions' and pool's spatial attributes set to any
+        list of integers (empty, negative, huge, of the wrong length), or an op swapped for
+        its transposed / other-pool twin, at opset 11 or 17."""
+        model = onnx.load_from_string(self.models["1d"].read_bytes())
+        model.opset_import[0].version = opset
+        nodes = [n for n in model.graph.node if n.op_type in ("Conv", "MaxPool")]
+        for which, name, values in edits:
+            node = nodes[which % len(nodes)]
+            if name == "op":
+                node.op_type = {"Conv": "ConvTranspose", "MaxPool": "AveragePool"}.get(
+                    node.op_type, node.op_type)
+                continue
+            kept = [a for a in node.attribute if a.name != name]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.append(helper.make_attribute(
+                name, values, attr_type=onnx.AttributeProto.INTS))
+        path = self._file("model.onnx", model.SerializeToString())
+        return self.run("model", {"path": str(path)}, path)
+
+    def computed(self, op: str, sizes: list[int], budget: str) -> str:
+        """The 1D seed model plus a tensor built by `op` (ConstantOfShape, Range, Expand,
+        Tile) from constant shape arithmetic, summed into its logits, under a memory budget."""
+        model = onnx.load_from_string(self.models["1d"].read_bytes())
+        graph = model.graph
+        factors = numpy_helper.from_array(np.array(sizes, np.int64), "factors")
+        product = helper.make_node("ReduceProd", ["factors"], ["count"], keepdims=1)
+        one = numpy_helper.from_array(np.ones(1, np.float32), "one")
+        zero, step = (numpy_helper.from_array(np.array(v, np.int64), n)
+                      for n, v in (("zero", 0), ("step", 1)))
+        build = {
+            "ConstantOfShape": [helper.make_node("ConstantOfShape", ["count"], ["big"])],
+            "Expand": [helper.make_node("Expand", ["one", "count"], ["big"])],
+            "Tile": [helper.make_node("Tile", ["one", "count"], ["big"])],
+            "Range": [helper.make_node("Squeeze", ["count"], ["limit"]),
+                      helper.make_node("Range", ["zero", "limit", "step"], ["ramp"]),
+                      helper.make_node("Cast", ["ramp"], ["big"], to=TensorProto.FLOAT)],
+        }[op]
+        at = next(i for i, n in enumerate(graph.node) if n.op_type == "Gemm")
+        graph.node[at].output[0] = "logits_before"
+        for node in reversed([product, *build,
+                              helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+                              helper.make_node("Add", ["logits_before", "total"], ["logits"])]):
+            graph.node.insert(at + 1, node)
+        graph.initializer.extend([factors, one, zero, step])
+        path = self._file("model.onnx", model.SerializeToString())
+        return self.run("model", {"path": str(path), "max_memory": budget}, path)
 
     def npz_member(self, ops: list) -> str:
         """An .npz whose zip is sound but whose member .npy is mutated (a flipped byte in
@@ -558,8 +657,47 @@ csv_texts = st.one_of(
                       min_size=1, max_size=3), max_size=40).map(
         lambda rows: "\n".join(",".join(r) for r in rows)))
 
+#: every format image_contents() may hold (those this Pillow cannot write are skipped)
+IMAGE_CONTENTS = ["PNG", "JPEG", "BMP", "TIFF", "GIF", "ICO", "PPM", "PCX", "TGA", "SGI", "WEBP",
+                  "IM", "DDS", "EPS", "MSP", "XBM", "BLP", "QOI", "JPEG2000", "SPIDER",
+                  "EPS-text"]
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=8)
+metadata_entries = st.lists(st.tuples(
+    st.sampled_from(["onnx_cam.class_names", "onnx_cam.layer_map", "onnx_cam.layout",
+                     "onnx_cam.source"]),
+    st.one_of(_JSON.map(json.dumps), st.text(max_size=40),
+              st.sampled_from(["[" * 5000, '["a", "b", "c"]', '{"conv1": "c1"}',
+                               '{"x": "missing"}', '["a"]', "channels_last"]))),
+    min_size=1, max_size=3)
+_INTS = st.sampled_from([0, 1, 2, 3, -1, -2**31, 10**6, 2**40])
+attribute_edits = st.tuples(st.sampled_from([11, 17]), st.lists(st.tuples(
+    st.integers(0, 3),
+    st.sampled_from(["pads", "strides", "dilations", "kernel_shape", "output_padding",
+                     "output_shape", "op"]),
+    st.lists(_INTS, max_size=5)), min_size=1, max_size=3))
+
+
+def _image_case(campaign, value):
+    fmt, suffix, ops = value
+    if fmt not in campaign.images:
+        fmt = "PNG"
+    return campaign.image(fmt, suffix, ops)
+
+
 #: name -> (what hypothesis draws, how a Campaign runs one drawn value)
 TARGETS_FUZZED = {
+    "image-format": (st.tuples(st.sampled_from(IMAGE_CONTENTS),
+                               st.sampled_from([".png", ".jpg", ".bmp", ".tif"]),
+                               st.one_of(st.just([]), byte_ops(head=512))), _image_case),
+    "metadata": (metadata_entries, lambda c, entries: c.metadata(entries)),
+    "attributes": (attribute_edits, lambda c, v: c.attributes(*v)),
+    "computed": (st.tuples(st.sampled_from(["ConstantOfShape", "Range", "Expand", "Tile"]),
+                           st.lists(st.sampled_from([1, 2, 10, 1000, 10**4, 10**5]),
+                                    min_size=1, max_size=3),
+                           st.sampled_from(["50MB", "200MB", "1GB"])),
+                 lambda c, v: c.computed(*v)),
     "model": (model_ops(), lambda c, ops: c.model(ops, structural=True)),
     "model-bytes": (byte_ops(), lambda c, ops: c.model(ops, structural=False)),
     "array-file": (st.tuples(st.sampled_from(["npy", "npz"]), byte_ops(head=128)),

@@ -222,6 +222,20 @@ def test_explain_plot_draws_one_figure_per_row(which, model_file, cnn1d, image_m
         Path(f).name for f in figures)  # and no temporary file left
 
 
+def test_explain_plot_prints_each_figure_path_on_its_own_line(model_file, cnn1d, tmp_path,
+                                                              capsys):
+    np.save(tmp_path / "x.npy", cnn1d[1][:2].numpy())
+    out = tmp_path / "out"
+    assert main(["explain", str(model_file), str(tmp_path / "x.npy"), "--out", str(out),
+                 "--plot"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("2 figures:")
+    figures = lines[start + 1:]
+    assert len(figures) == 2 and "[" not in "".join(lines)
+    for line in figures:
+        assert Path(line).parent == out / "figures" and Path(line).is_file()
+
+
 def test_explain_jpeg_resized_to_the_model(image_model, tmp_path, capsys):
     net, path = image_model
     ramp = np.linspace(0, 255, 20 * 24 * 3).reshape(20, 24, 3).astype(np.uint8)
@@ -305,6 +319,9 @@ def _write_bad(kind: str, folder):
     if kind == "ragged csv":
         (folder / "bad.csv").write_text("1,2\n3,4\n5\n6,7\n")
         return folder / "bad.csv"
+    if kind == "zero items":
+        np.save(folder / "bad.npy", np.zeros((0, 2, 40), np.float32))
+        return folder / "bad.npy"
     if kind == "pickle npy":
         np.save(folder / "bad.npy", np.array([object()], dtype=object), allow_pickle=True)
         return folder / "bad.npy"
@@ -316,6 +333,7 @@ def _write_bad(kind: str, folder):
     ("corrupt png", "is not a readable image"),
     ("ragged csv", "line 3: 1 cells"),
     ("pickle npy", "never unpickles"),
+    ("zero items", "holds no values (arrays shaped [[0, 2, 40]]); give at least one item"),
     ("wrong shape", "its items are shaped (5, 40), the model takes (2, 40)"),
 ])
 def test_bad_input_exits_2_naming_the_file(model_file, cnn1d, tmp_path, capsys, kind, words):

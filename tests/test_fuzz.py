@@ -34,7 +34,8 @@ FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 #: inputs per target in CI; scripts/fuzz.py runs the same targets for longer
 EXAMPLES = {"model": 40, "model-bytes": 20, "array-file": 25, "npz-member": 15, "image": 20,
-            "csv": 20, "explain": 40, "audit": 15}
+            "csv": 20, "explain": 40, "audit": 15, "image-format": 8, "metadata": 6,
+            "attributes": 8, "computed": 4}
 
 
 @pytest.fixture(scope="module")

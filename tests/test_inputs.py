@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zipfile
+import zlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +21,7 @@ from torch import nn
 
 import onnx_cam
 from onnx_cam.converters import export_torch
-from onnx_cam.errors import InputError
+from onnx_cam.errors import InputError, MemoryBudgetError
 from onnx_cam.inputs import (
     Preprocess,
     expand_paths,
@@ -20,6 +31,7 @@ from onnx_cam.inputs import (
 )
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def normalise(pixels_hwc: np.ndarray, scale=1 / 255, mean=MEAN, std=STD) -> np.ndarray:
@@ -101,6 +113,138 @@ def test_corrupt_image_names_the_file(tmp_path, payload):
     (tmp_path / "broken.png").write_bytes(payload)
     with pytest.raises(InputError, match="broken.png is not a readable image"):
         read_file(tmp_path / "broken.png")
+
+
+def test_an_image_never_runs_a_program(tmp_path):
+    """photo.png holding EPS content made Pillow run the `gs` found on PATH. Pillow is only
+    allowed its PNG, JPEG, BMP and TIFF decoders now; the fake gs would leave a marker."""
+    (tmp_path / "bin").mkdir()
+    marker = tmp_path / "gs_ran"
+    gs = tmp_path / "bin" / "gs"
+    gs.write_text(f"#!/bin/sh\ntouch {marker}\necho 10.0\n")
+    gs.chmod(0o755)
+    (tmp_path / "photo.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+                                         b"0 0 moveto 8 8 lineto stroke\nshowpage\n")
+    code = textwrap.dedent(f"""
+        from onnx_cam.inputs import read_file
+        from onnx_cam.errors import InputError
+        try:
+            read_file({str(tmp_path / "photo.png")!r})
+        except InputError as exc:
+            print(exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT,
+                          env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    assert "photo.png is not a readable image: no PNG, JPEG, BMP, TIFF image" in done.stdout, \
+        done.stderr[-2000:]
+    assert not marker.exists()
+
+
+def tiff_with_bad_strip_offsets() -> bytes:
+    """A TIFF whose StripOffsets tag is a RATIONAL: Pillow raised a TypeError."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    start = struct.unpack("<I", data[4:8])[0]
+    for entry in range(struct.unpack("<H", data[start:start + 2])[0]):
+        at = start + 2 + 12 * entry
+        if struct.unpack("<H", data[at:at + 2])[0] == 273:
+            data[at + 2:at + 4] = struct.pack("<H", 5)
+    return bytes(data)
+
+
+def test_decoder_failures_of_any_kind_name_the_file(tmp_path, monkeypatch):
+    (tmp_path / "bad.tif").write_bytes(tiff_with_bad_strip_offsets())
+    with pytest.raises(InputError, match="bad.tif is not a readable image.*TypeError"):
+        read_file(tmp_path / "bad.tif")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "ok.png")
+
+    def unsupported(self):  # as Pillow's DDS plugin does for pixel formats it lacks
+        raise NotImplementedError("Unimplemented pixel format")
+    monkeypatch.setattr(Image.Image, "load", unsupported)
+    with pytest.raises(InputError, match="ok.png is not a readable image.*NotImplementedError"):
+        read_file(tmp_path / "ok.png")
+
+
+def peak_of_reading(path: Path, preprocess: str, budget: str) -> dict:
+    """read_file in a fresh process under ONNX_CAM_MAX_MEMORY=`budget`: the error message
+    and the peak resident memory the call added (Linux VmHWM, reset just before)."""
+    code = textwrap.dedent(f"""
+        import json
+        from onnx_cam import OnnxCamError
+        from onnx_cam.inputs import Preprocess, read_file
+        def status(key):
+            return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                        if line.startswith(key))
+        open("/proc/self/clear_refs", "w").write("5")
+        before = status("VmRSS")
+        try:
+            read_file({str(path)!r}, {preprocess})
+            message = None
+        except OnnxCamError as exc:
+            message = f"{{type(exc).__name__}}: {{exc}}"
+        print(json.dumps({{"added": status("VmHWM") - before, "message": message}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "ONNX_CAM_MAX_MEMORY": budget})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A black 8-bit grayscale PNG, compressed row by row (a few hundred KiB)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    packer, row = zlib.compressobj(9), b"\x00" * (width + 1)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
+    """9000 x 9000 pixels (under Pillow's own bomb limit) in a 0.1 MB file: as RGB float32
+    0.9 GiB. Under a 100 MB budget it is refused from its header; before, decoding it
+    and converting it took over 1 GiB."""
+    (tmp_path / "bomb.png").write_bytes(blank_png(9000, 9000))
+    assert (tmp_path / "bomb.png").stat().st_size < 2**20
+    result = peak_of_reading(tmp_path / "bomb.png", "Preprocess(mode='RGB')", "100MB")
+    assert result["message"] == (
+        f"MemoryBudgetError: {tmp_path / 'bomb.png'} is 9000 x 9000 pixels: as 3-channel "
+        "float32 it takes 0.91 GiB, more than the memory budget of 0.09 GiB (max_memory= or "
+        "ONNX_CAM_MAX_MEMORY). Downscale the image, or raise the budget.")
+    assert result["added"] < 60 * 2**20, result
+
+
+def test_a_large_array_is_refused_from_its_header(tmp_path):
+    """An .npz member of 40,000 x 1,000 zeros (160 MB, 0.2 MB compressed) under a 100 MB
+    budget: refused before numpy allocates it."""
+    with zipfile.ZipFile(tmp_path / "big.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("a.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {
+                "descr": "<f4", "fortran_order": False, "shape": (40_000, 1000)})
+            zeros = bytes(4_000_000)
+            for _ in range(40):
+                member.write(zeros)
+    result = peak_of_reading(tmp_path / "big.npz", "", "100MB")
+    assert result["message"].startswith(
+        f"MemoryBudgetError: {tmp_path / 'big.npz'} holds 40000 items of shape (1000,): reading "
+        "them as float32 takes 0.15 GiB, more than the memory budget of 0.09 GiB")
+    assert result["added"] < 60 * 2**20, result
+    np.save(tmp_path / "small.npy", np.ones((3, 1000), np.float64))  # 24 + 12 kB: fits
+    np.testing.assert_array_equal(read_file(tmp_path / "small.npy", max_memory=36_000), 1)
+    with pytest.raises(MemoryBudgetError, match="small.npy holds 3 items"):
+        read_file(tmp_path / "small.npy", max_memory=35_999)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 2, 32), (3, 0, 5)])
+def test_arrays_without_values_are_refused(tmp_path, shape):
+    np.save(tmp_path / "empty.npy", np.zeros(shape, np.float32))
+    with pytest.raises(InputError, match="empty.npy holds no values.*at least one item"):
+        read_file(tmp_path / "empty.npy")
 
 
 def test_image_stack_is_refused(tmp_path, rng):

@@ -4,9 +4,11 @@ named, and refuses what ONNX Runtime should not see (onnx_cam.safety)."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -200,7 +202,7 @@ def test_contradicting_shapes_are_refused_before_the_runtime(runtime_calls):
 
 def test_huge_constant_is_refused_before_the_runtime(runtime_calls):
     """ConstantOfShape would make constant folding allocate 40 GB in ONNX Runtime."""
-    with pytest.raises(onnx_cam.MemoryBudgetError, match="'big'.*37.3 GiB.*memory budget"):
+    with pytest.raises(onnx_cam.MemoryBudgetError, match="'big'.*37.25 GiB.*memory budget"):
         onnx_cam.Explainer(constant_sum([100_000, 100_000]), max_memory="1GB")
     assert not runtime_calls
 
@@ -257,16 +259,17 @@ def _keyword(call: ast.Call, name: str):
 
 
 def test_every_loader_in_the_package_refuses_pickles():
-    """Static guard: np.load / torch.load calls say allow_pickle=False / weights_only=True,
+    """Static guard: np.load / np.lib.format.read_array / torch.load calls say
+    allow_pickle=False / weights_only=True,
     no Keras load_model turns safe_mode off, and nothing imports pickle, marshal, dill or
     joblib."""
     sources = [p for d in ("onnx_cam", "kernels", "converters") for p in (ROOT / d).rglob("*.py")]
     assert len(sources) > 20
     for path in sources:
         tree = ast.parse(path.read_text(), str(path))
-        for call in _calls(tree, "load"):
+        for call in [*_calls(tree, "load"), *_calls(tree, "read_array")]:
             owner = ast.unparse(call.func.value)
-            if owner in ("np", "numpy"):
+            if owner.split(".")[0] in ("np", "numpy"):
                 assert _keyword(call, "allow_pickle") is False, f"{path}:{call.lineno}"
             if owner == "torch":
                 assert _keyword(call, "weights_only") is True, f"{path}:{call.lineno}"
@@ -277,3 +280,264 @@ def test_every_loader_in_the_package_refuses_pickles():
         imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
                      if isinstance(n, ast.ImportFrom)}
         assert not imported & {"pickle", "marshal", "dill", "joblib", "shelve"}, path
+
+
+# ---- external data anywhere: function attribute defaults, training_info -------------------------
+def external_tensor(name: str, location: str, values: np.ndarray) -> TensorProto:
+    """A float tensor whose data lies in `location` (as written by np.ndarray.tofile)."""
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=values.shape)
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"),
+                       ("length", str(values.nbytes))):
+        tensor.external_data.add(key=key, value=value)
+    return tensor
+
+
+def shifted_model(secret: TensorProto):
+    """conv_model fed x + secret, where `secret` (shape (10,)) is the attribute default of a
+    local function: off the path a CAM differentiates, so the model explains."""
+    constant = helper.make_node("Constant", [], ["k"])
+    constant.attribute.add(name="value", ref_attr_name="secret", type=onnx.AttributeProto.TENSOR)
+    shift = helper.make_function(
+        "local", "Shift", ["x"], ["y"], [constant, helper.make_node("Add", ["x", "k"], ["y"])],
+        [helper.make_opsetid("", 17)], attribute_protos=[helper.make_attribute("secret", secret)])
+    model = conv_model()
+    model.graph.node[0].input[0] = "shifted"
+    model.graph.node.insert(0, helper.make_node("Shift", ["x"], ["shifted"], domain="local"))
+    model.functions.append(shift)
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    return model
+
+
+SECRET = np.arange(10, dtype=np.float32) * 100
+
+
+def test_a_function_default_with_external_data_is_refused_as_bytes(tmp_path, monkeypatch):
+    """The attack: ONNX Runtime resolved the default against the working directory, and the
+    file's bytes reached the logits."""
+    monkeypatch.chdir(tmp_path)
+    SECRET.tofile(tmp_path / "secret.bin")
+    model = shifted_model(external_tensor("secret", "secret.bin", SECRET))
+    for given in (model, model.SerializeToString()):
+        with pytest.raises(ModelLoadError, match="'secret'.*no folder to read it from.*path"):
+            onnx_cam.Explainer(given)
+
+
+def test_a_function_default_reads_only_inside_the_model_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    SECRET.tofile(tmp_path / "secret.bin")  # in the working directory, not the model's folder
+    for location, words in [("secret.bin", "does not exist"), ("../secret.bin", "outside")]:
+        path = folder / "shifted.onnx"
+        onnx.save(shifted_model(external_tensor("secret", location, SECRET)), path)
+        with pytest.raises(ModelLoadError, match=words):
+            onnx_cam.Explainer(path)
+    SECRET.tofile(folder / "secret.bin")  # beside the model: read, and used as the values
+    onnx.save(shifted_model(external_tensor("secret", "secret.bin", SECRET)), path)
+    x = np.random.default_rng(0).standard_normal((2, 2, 10)).astype(np.float32)
+    inline = onnx_cam.Explainer(shifted_model(numpy_helper.from_array(SECRET, "secret")))
+    np.testing.assert_array_equal(onnx_cam.Explainer(path).explain(x).logits,
+                                  inline.explain(x).logits)
+
+
+def with_training_info(model, initializer: TensorProto, where: str):
+    info = model.training_info.add()
+    graph = info.initialization if where == "initialization" else info.algorithm
+    graph.name = where
+    graph.initializer.append(initializer)
+    return model
+
+
+@pytest.mark.parametrize("where", ["initialization", "algorithm"])
+def test_training_info_external_data_is_checked_like_the_graph(where, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    SECRET.tofile(tmp_path / "secret.bin")
+    model = with_training_info(conv_model(), external_tensor("t", "secret.bin", SECRET), where)
+    with pytest.raises(ModelLoadError, match="'t'.*no folder to read it from"):
+        onnx_cam.Explainer(model.SerializeToString())
+    onnx.save(with_training_info(conv_model(), external_tensor("t", "../secret.bin", SECRET),
+                                 where), folder / "outside.onnx")
+    with pytest.raises(ModelLoadError, match="'t'.*outside the model's folder"):
+        onnx_cam.Explainer(folder / "outside.onnx")
+    SECRET.tofile(folder / "secret.bin")
+    onnx.save(model, folder / "inside.onnx")
+    loaded = onnx_cam.Explainer(folder / "inside.onnx").model.proto
+    tensor = next(t for t in safety.model_tensors(loaded) if t.name == "t")
+    np.testing.assert_array_equal(numpy_helper.to_array(tensor), SECRET)
+
+
+def test_the_walker_finds_a_tensor_wherever_onnx_lets_it_sit():
+    """One tensor in each place the ONNX format allows one; model_tensors must list all."""
+    def t(name):
+        return numpy_helper.from_array(np.zeros(2, np.float32), name)
+
+    def sparse(name):
+        return helper.make_sparse_tensor(t(f"{name}.values"), numpy_helper.from_array(
+            np.array([0, 1], np.int64), f"{name}.indices"), [4])
+
+    inner = helper.make_graph([helper.make_node("Constant", [], ["c"], value=t("in_if_attr"))],
+                              "then", [], [], [t("in_if_init")])
+    body = helper.make_graph([helper.make_node("If", ["cond"], [], then_branch=inner,
+                                               else_branch=inner)], "body", [], [],
+                             [t("in_loop_init")])
+    nodes = [helper.make_node("Loop", ["", ""], [], body=body),
+             helper.make_node("Op", [], [], tensors=[t("tensors_attr")],
+                              sparse=sparse("sparse_attr"))]
+    nodes[1].attribute.append(helper.make_attribute("sparses", [sparse("sparses_attr")]))
+    graph = helper.make_graph(nodes, "g", [], [], [t("init")], sparse_initializer=[sparse("si")])
+    function = helper.make_function(
+        "f", "F", [], [], [helper.make_node("Constant", [], ["k"], value=t("in_function"))], [],
+        attribute_protos=[helper.make_attribute("default", t("function_default")),
+                          helper.make_attribute("graph_default", helper.make_graph(
+                              [], "d", [], [], [t("in_default_graph")]))])
+    model = helper.make_model(graph, functions=[function])
+    info = model.training_info.add()
+    info.initialization.CopyFrom(helper.make_graph([], "i", [], [], [t("training_init")]))
+    info.algorithm.CopyFrom(helper.make_graph([], "a", [], [], [t("training_algorithm")]))
+    found = {tensor.name for tensor in safety.model_tensors(model)}
+    assert found == {
+        "init", "si.values", "si.indices", "in_loop_init", "in_if_init", "in_if_attr",
+        "tensors_attr", "sparse_attr.values", "sparse_attr.indices", "sparses_attr.values",
+        "sparses_attr.indices", "in_function", "function_default", "in_default_graph",
+        "training_init", "training_algorithm"}
+    assert {g.name for g in safety.model_graphs(model)} == {"g", "body", "then", "d", "i", "a"}
+
+
+# ---- hostile attributes and metadata ------------------------------------------------------------
+def layer_model(op: str, attribute: str, opset: int):
+    """conv_model with one more `op` node after its convolution, whose `attribute` is an empty
+    list (as a fuzzer or a hand-edited file leaves it)."""
+    inits, inputs = [], ["c"]
+    if op in ("Conv", "ConvTranspose"):
+        inits = [numpy_helper.from_array(np.ones((3, 3, 3), np.float32), "w2")]
+        inputs.append("w2")
+    node = helper.make_node(op, inputs, ["h"], name="hostile")
+    if op.endswith("Pool") and attribute != "kernel_shape":
+        node.attribute.append(helper.make_attribute("kernel_shape", [2]))
+    node.attribute.append(helper.make_attribute(attribute, [], attr_type=onnx.AttributeProto.INTS))
+    model = conv_model([node], inits, out="h")
+    model.opset_import[0].version = opset
+    return model
+
+
+@pytest.mark.parametrize("opset", [17, 11])
+@pytest.mark.parametrize("op, attribute", [
+    ("Conv", "pads"), ("Conv", "strides"), ("Conv", "dilations"), ("Conv", "kernel_shape"),
+    ("ConvTranspose", "pads"), ("ConvTranspose", "output_padding"),
+    ("ConvTranspose", "output_shape"), ("MaxPool", "strides"), ("AveragePool", "pads"),
+    ("MaxPool", "kernel_shape")])
+def test_empty_attribute_lists_are_refused_with_the_fix(op, attribute, opset, runtime_calls):
+    """They reached onnx-graphsurgeon, which raised a raw ValueError writing them back."""
+    with pytest.raises(ModelLoadError, match=f"'hostile' \\({op}\\).*empty list.*{attribute}"
+                                             ".*Re-export"):
+        onnx_cam.Explainer(layer_model(op, attribute, opset))
+    assert not runtime_calls
+
+
+def with_metadata(key: str, value: str):
+    model = conv_model()
+    model.metadata_props.add(key=key, value=value)
+    return model
+
+
+@pytest.mark.parametrize("key, value", [
+    ("onnx_cam.class_names", "not json"), ("onnx_cam.class_names", "3"),
+    ("onnx_cam.class_names", "null"), ("onnx_cam.class_names", '{"a": "b"}'),
+    ("onnx_cam.class_names", "[1, 2, 3]"), ("onnx_cam.class_names", ""),
+    ("onnx_cam.class_names", "[" * 100_000), ("onnx_cam.layer_map", "[]"),
+    ("onnx_cam.layer_map", "null"), ("onnx_cam.layer_map", '"conv"'),
+    ("onnx_cam.layer_map", '{"conv": 3}'), ("onnx_cam.layer_map", "{'conv': 'c'}")])
+def test_malformed_metadata_is_refused_naming_the_key(key, value):
+    with pytest.raises(ModelLoadError, match=f"metadata entry '{key}'.*Re-export.*remove the "
+                                             "entry"):
+        onnx_cam.Explainer(with_metadata(key, value))
+
+
+def test_wellformed_metadata_is_used():
+    model = with_metadata("onnx_cam.class_names", '["a", "b", "c"]')
+    model.metadata_props.add(key="onnx_cam.layer_map", value='{"features": "c"}')
+    exp = onnx_cam.Explainer(model)
+    assert exp.class_names == ["a", "b", "c"]
+    assert exp.model.resolve_layer("features").tensor == "c"
+
+
+# ---- computed tensors count against the budget --------------------------------------------
+def bomb(kind: str):
+    """conv_model plus a tensor whose shape the graph computes from constants (a 400 MB
+    ConstantOfShape) or from the input's own shape (a Range of 3 million int64, 24 MB):
+    shape inference alone does not know their size."""
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+            np.array(value, np.int64)))
+
+    def used(tensor):  # ReduceSum of it added to the convolution's output
+        return [helper.make_node("ReduceSum", [tensor], ["total"], keepdims=0),
+                helper.make_node("Add", ["c", "total"], ["s"])]
+
+    if kind == "ConstantOfShape":  # shape = ReduceProd([10_000, 10_000]), which inference skips
+        nodes = [const("factors", [10_000, 10_000]),
+                 helper.make_node("ReduceProd", ["factors"], ["n"], keepdims=1),
+                 helper.make_node("ConstantOfShape", ["n"], ["big"]), *used("big")]
+    else:  # Range(0, length * 300_000) where length = Shape(x)[2] = 10
+        nodes = [helper.make_node("Shape", ["x"], ["xs"], start=2),
+                 const("scale", [300_000]), helper.make_node("Mul", ["xs", "scale"], ["top"]),
+                 helper.make_node("Squeeze", ["top"], ["limit"]),
+                 const("zero", 0), const("one", 1),
+                 helper.make_node("Range", ["zero", "limit", "one"], ["ramp"]),
+                 helper.make_node("Cast", ["ramp"], ["big"], to=TensorProto.FLOAT), *used("big")]
+    return conv_model(nodes, out="s")
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("ConstantOfShape", "'big'.*0.37 GiB for one item.*budget of 0.09 GiB"),
+    ("Range", "'ramp'.*0.42 GiB \\(3000000 integers, which ONNX shape inference holds at "
+              "about 150 bytes each\\) for one item.*budget of 0.09 GiB")])
+def test_computed_tensors_are_refused_before_anything_allocates_them(kind, words, tmp_path):
+    """Under a 100 MB budget: refused with the tensor named, the peak memory staying low.
+    Before, the ConstantOfShape ran (ONNX Runtime allocated it), and ONNX's data propagation
+    held the Range's 3 million values (24 MB as int64) as protobuf messages (0.4 GB; 14 GB
+    for 100 million)."""
+    model = bomb(kind)
+    assert model.ByteSize() < 1000
+    onnx.save(model, tmp_path / "bomb.onnx")
+    code = textwrap.dedent(f"""
+        import json, onnx_cam
+        def status(key):
+            return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                        if line.startswith(key))
+        open("/proc/self/clear_refs", "w").write("5")
+        before = status("VmRSS")
+        try:
+            onnx_cam.Explainer({str(tmp_path / "bomb.onnx")!r})
+            message = None
+        except onnx_cam.MemoryBudgetError as exc:
+            message = str(exc)
+        print(json.dumps({{"added": status("VmHWM") - before, "message": message}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "ONNX_CAM_MAX_MEMORY": "100MB"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["message"] is not None and re.search(words, result["message"]), result
+    assert result["added"] < 60 * 2**20, result
+
+
+def test_an_input_of_undefined_type_is_refused():
+    """Fuzz finding: element type 0 (UNDEFINED) passes the checker; reading the input's
+    dtype raised a raw KeyError."""
+    model = conv_model()
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+    with pytest.raises(UnsupportedModelError, match="'x' is a tensor_type of element type 0"):
+        onnx_cam.Explainer(model)
+
+
+def test_a_model_without_outputs_is_refused():
+    """Fuzz finding: a graph with no output passes the checker; picking the default output
+    raised a raw IndexError."""
+    model = conv_model()
+    del model.graph.output[:]
+    with pytest.raises(UnsupportedModelError, match="declares no output"):
+        onnx_cam.Explainer(model)

@@ -206,8 +206,14 @@ def _print_table(summary: dict, out: str, shown: int = 20) -> None:
               f"{row['file']}")
     if len(rows) > shown:
         print(f"  ... {len(rows) - shown} more rows in summary.json")
-    files = ", ".join(f"{out}/{f}" for f in [*summary["files"].values(), "summary.json"][:4])
-    more = " ..." if len(summary["files"]) > 3 else ""
+    maps = [f for key, f in summary["files"].items() if key != "figures"]
+    files = ", ".join(os.path.join(out, f) for f in [*maps, "summary.json"][:4])
+    more = " ..." if len(maps) > 3 else ""
     items = f"{summary['items']} item" + "s" * (summary["items"] != 1)
     print(f"explained {items} ({summary['maps']} maps per method and layer; "
           f"{', '.join(summary['methods'])} on {', '.join(summary['layers'])}) -> {files}{more}")
+    figures = summary["files"].get("figures", [])
+    if figures:
+        print(f"{len(figures)} figure" + "s" * (len(figures) != 1) + ":")
+        for figure in figures:
+            print(os.path.join(out, figure))
