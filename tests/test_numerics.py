@@ -14,7 +14,9 @@ import onnx_cam
 from onnx_cam import NumericsWarning, RowFlag, ZeroGradientWarning, describe_flags
 from onnx_cam.methods import METHODS
 
-GRADIENT_METHODS = sorted({c.name for c in METHODS.values() if c.uses_gradients})
+# the CAMs whose maps come from the layer's gradient (input attributions have their own flags)
+GRADIENT_METHODS = sorted({c.name for c in METHODS.values()
+                           if c.uses_gradients and c.level == "layer"})
 
 
 class Net(nn.Module):
