@@ -16,8 +16,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..model import ancestors, differentiable_closure
-from .builder import GradBuilder, rank, spatial_dims
-from .rules.conv import explicit_pads
+from .builder import GradBuilder, rank
+from .rules.pool import pool_geometry
 from .rules.reduce import reduced_axes
 
 SIGN_OPS = frozenset({"Relu", "LeakyRelu", "PRelu"})
@@ -94,12 +94,8 @@ def _max_pool_ties(b: GradBuilder, node: gs.Node, tolerance: float):
     Each kernel tap is a strided slice of the padded input holding that tap's value for every
     window at once, so the count is exact for any kernel, stride, dilation and padding."""
     x, y = node.inputs[0], node.outputs[0]
-    in_dims, out_dims = spatial_dims(x), spatial_dims(y)
+    in_dims, out_dims, kernel, strides, dilations, pads = pool_geometry(node)
     n = len(in_dims)
-    kernel = list(node.attrs["kernel_shape"])
-    strides = list(node.attrs.get("strides", [1] * n))
-    dilations = list(node.attrs.get("dilations", [1] * n))
-    pads = explicit_pads(node, in_dims, out_dims, kernel, strides, dilations)
     padded = b.op("Pad", [x, b.ints([0, 0, *pads[:n], 0, 0, *pads[n:]]),
                           np.float32(-np.inf)], {"mode": "constant"})
     axes = list(range(2, 2 + n))

@@ -32,15 +32,23 @@ def _window_counts(size, out, k, s, d, pad_begin, pad_end, include_pad):
     return ((taps >= low) & (taps < high)).sum(axis=1)
 
 
-@register("AveragePool")
-def average_pool(b, node, grads, wants):
-    x, y, g = node.inputs[0], node.outputs[0], grads[0]
-    in_dims, out_dims = spatial_dims(x), spatial_dims(y)
+def pool_geometry(node):
+    """A pool's spatial input and output sizes, kernel, strides, dilations and explicit pads
+    ([begin..., end...], auto_pad resolved)."""
+    in_dims, out_dims = spatial_dims(node.inputs[0]), spatial_dims(node.outputs[0])
     n = len(in_dims)
     kernel = list(node.attrs["kernel_shape"])
     strides = list(node.attrs.get("strides", [1] * n))
     dilations = list(node.attrs.get("dilations", [1] * n))
     pads = explicit_pads(node, in_dims, out_dims, kernel, strides, dilations)
+    return in_dims, out_dims, kernel, strides, dilations, pads
+
+
+@register("AveragePool")
+def average_pool(b, node, grads, wants):
+    x, y, g = node.inputs[0], node.outputs[0], grads[0]
+    in_dims, out_dims, kernel, strides, dilations, pads = pool_geometry(node)
+    n = len(in_dims)
     include_pad = bool(node.attrs.get("count_include_pad", 0))
     divisor = np.ones((1, 1), dtype=np.float64)
     for i in range(n):
