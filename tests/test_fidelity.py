@@ -774,7 +774,10 @@ class TokensOfUnknownLength(nn.Module):
         return self.fc(tokens.mean(2))
 
 
-def test_layer_norm_and_mean_over_dynamic_axes():
+def test_layer_norm_and_mean_over_dynamic_axes(monkeypatch):
+    # onnx_cam.graph.batch_shapes makes this reshape static; the rules must not need it
+    import onnx_cam.model
+    monkeypatch.setattr(onnx_cam.model, "resolve_batch_shapes", lambda graph, batch: False)
     torch.manual_seed(11)
     net = randomize(Net(TokensOfUnknownLength()), 11)
     x = np.random.default_rng(11).standard_normal((3, 2, 5, 6)).astype(np.float32)
