@@ -211,6 +211,10 @@ def test_keras_exports_are_shared_and_renewed_when_weights_change(data, monkeypa
         assert_cams(cams["Grad-CAM_conv1_class1"], expected)
         assert_ranges(ranges["Grad-CAM_conv1_class1"], low, high, 1)
 
+    # the reference's first GradientTape run on `net` changes Keras state the key reads (the
+    # count was 2 without this line; which part of the key moves is not yet pinned down):
+    # run it once before counting conversions
+    tape_reference(net, "conv1", np.stack(data), 1, None, "Grad-CAM")
     builder = TfCamBuilder(net, time_axs=0)
     check(builder)
     check(TfCamBuilder(net, time_axs=0, class_names=["a", "b", "c"]))
