@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,3 +50,29 @@ def cnn1d():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def peak_in_subprocess(imports: str, call: str, error: str, budget: str) -> dict:
+    """Run `call` in a fresh process under ONNX_CAM_MAX_MEMORY=`budget`: {"added": the peak
+    resident memory it added (Linux VmHWM, reset just before), "message": "Type: text" of the
+    `error` it raised (an exception class `imports`, one line, brings in), or None}."""
+    code = textwrap.dedent(f"""
+        import json
+        {imports}
+        def status(key):
+            return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                        if line.startswith(key))
+        open("/proc/self/clear_refs", "w").write("5")
+        before = status("VmRSS")
+        try:
+            {call}
+            message = None
+        except {error} as exc:
+            message = f"{{type(exc).__name__}}: {{exc}}"
+        print(json.dumps({{"added": status("VmHWM") - before, "message": message}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "ONNX_CAM_MAX_MEMORY": budget})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

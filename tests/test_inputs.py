@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import struct
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import peak_in_subprocess
 from PIL import Image
 from torch import nn
 
@@ -169,27 +169,10 @@ def test_decoder_failures_of_any_kind_name_the_file(tmp_path, monkeypatch):
 
 def peak_of_reading(path: Path, preprocess: str, budget: str) -> dict:
     """read_file in a fresh process under ONNX_CAM_MAX_MEMORY=`budget`: the error message
-    and the peak resident memory the call added (Linux VmHWM, reset just before)."""
-    code = textwrap.dedent(f"""
-        import json
-        from onnx_cam import OnnxCamError
-        from onnx_cam.inputs import Preprocess, read_file
-        def status(key):
-            return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-                        if line.startswith(key))
-        open("/proc/self/clear_refs", "w").write("5")
-        before = status("VmRSS")
-        try:
-            read_file({str(path)!r}, {preprocess})
-            message = None
-        except OnnxCamError as exc:
-            message = f"{{type(exc).__name__}}: {{exc}}"
-        print(json.dumps({{"added": status("VmHWM") - before, "message": message}}))
-    """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, "ONNX_CAM_MAX_MEMORY": budget})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    and the peak resident memory the call added."""
+    return peak_in_subprocess("from onnx_cam import OnnxCamError; "
+                              "from onnx_cam.inputs import Preprocess, read_file",
+                              f"read_file({str(path)!r}, {preprocess})", "OnnxCamError", budget)
 
 
 def blank_png(width: int, height: int) -> bytes:

@@ -4,7 +4,6 @@ named, and refuses what ONNX Runtime should not see (onnx_cam.safety)."""
 from __future__ import annotations
 
 import ast
-import json
 import os
 import pathlib
 import pickle
@@ -17,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from conftest import peak_in_subprocess
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_cam
@@ -503,24 +503,9 @@ def test_computed_tensors_are_refused_before_anything_allocates_them(kind, words
     model = bomb(kind)
     assert model.ByteSize() < 1000
     onnx.save(model, tmp_path / "bomb.onnx")
-    code = textwrap.dedent(f"""
-        import json, onnx_cam
-        def status(key):
-            return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
-                        if line.startswith(key))
-        open("/proc/self/clear_refs", "w").write("5")
-        before = status("VmRSS")
-        try:
-            onnx_cam.Explainer({str(tmp_path / "bomb.onnx")!r})
-            message = None
-        except onnx_cam.MemoryBudgetError as exc:
-            message = str(exc)
-        print(json.dumps({{"added": status("VmHWM") - before, "message": message}}))
-    """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, "ONNX_CAM_MAX_MEMORY": "100MB"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = peak_in_subprocess("import onnx_cam",
+                                f"onnx_cam.Explainer({str(tmp_path / 'bomb.onnx')!r})",
+                                "onnx_cam.MemoryBudgetError", "100MB")
     assert result["message"] is not None and re.search(words, result["message"]), result
     assert result["added"] < 60 * 2**20, result
 
