@@ -39,7 +39,7 @@ class _Walker:
 
     def __init__(self, module_names: dict[int, str] | None = None):
         self.module_names = module_names or {}
-        self.digests: dict[int, tuple] = {}
+        self.digests: dict[int, tuple] = {}  # id -> (the value, its key)
         self.open_containers: set[int] = set()
 
     def key(self, value):
@@ -79,10 +79,13 @@ class _Walker:
         return (type(value).__name__, *(self.key(v) for v in value))
 
     def _digest(self, value, as_bytes, dtype: str, shape: tuple) -> tuple:
-        if id(value) not in self.digests:
+        # the memo holds the value too: a freed temporary's id can be reused by the next
+        # array (np.asarray of each Keras weight), which must not get its digest
+        held = self.digests.get(id(value))
+        if held is None or held[0] is not value:
             digest = hashlib.sha256(as_bytes()).hexdigest()
-            self.digests[id(value)] = ("tensor", dtype, shape, digest)
-        return self.digests[id(value)]
+            held = self.digests[id(value)] = (value, ("tensor", dtype, shape, digest))
+        return held[1]
 
 
 def _torch_bytes(tensor) -> np.ndarray:
