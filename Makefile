@@ -14,8 +14,9 @@ install: $(VENV)/.installed
 # tests/test_attributions.py, pytorch-grad-cam's FullGrad (with ttach, which its base class
 # imports) for tests/test_attributions.py, and onnxconverter-common's float16 converter for
 # tests/test_precision.py (each skips, saying why, when its package is absent). The next line
-# puts what pytorch-grad-cam's own package imports (torchvision, ttach, scikit-learn), and
-# TorchCAM 0.5.0, in .venv/refs, outside site-packages, where only tests/references.py looks
+# puts what pytorch-grad-cam's own package imports (torchvision, ttach, scikit-learn),
+# TorchCAM 0.5.0, timm 1.0.31 (models built with random weights) and Quantus 0.6.0 with what
+# it imports (scikit-image, pandas, cachetools), in .venv/refs, outside site-packages, where only tests/references.py looks
 # (see there why).
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 		"onnxconverter-common==1.16.0"
 	$(PY) -m pip install -q --no-deps --target $(VENV)/refs "torchvision==0.29.1" \
 		"ttach==0.0.3" "scikit-learn==1.9.1" "joblib==1.6.0" "threadpoolctl==3.8.0" \
-		"narwhals==2.29.0" "torchcam==0.5.0"
+		"narwhals==2.29.0" "torchcam==0.5.0" "timm==1.0.31" "quantus==0.6.0" \
+		"scikit-image==0.26.0" "lazy-loader==0.6" "tifffile==2026.3.3" "cachetools==8.0.2" \
+		"pandas==3.1.1" "pytz==2026.6" "tzdata==2026.6"
 	touch $@
 
 demo: install

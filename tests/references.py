@@ -21,8 +21,13 @@ _SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 
 def pytorch_grad_cam():
     """The pytorch_grad_cam package (grad-cam 1.5.7), or skip the calling test saying why."""
+    return _with_torchvision("pytorch_grad_cam")
+
+
+def _with_torchvision(package: str):
+    """Import `package` with .venv/refs on the path and torchvision's op schemas defined."""
     if not (REFS / "torchvision").is_dir():
-        pytest.skip(f"pytorch-grad-cam's dependencies are not in {REFS}: run `make install`")
+        pytest.skip(f"torchvision (for {package}) is not in {REFS}: run `make install`")
     import torch
 
     for op in ("nms", "qnms"):
@@ -32,7 +37,17 @@ def pytorch_grad_cam():
             pass  # defined by an earlier call in this process
     if str(REFS) not in sys.path:
         sys.path.append(str(REFS))
-    return pytest.importorskip("pytorch_grad_cam")
+    return pytest.importorskip(package)
+
+
+def timm():
+    """timm 1.0.31 (its models built with random weights; nothing is downloaded)."""
+    return _with_torchvision("timm")
+
+
+def quantus():
+    """Quantus 0.6.0, the metrics reference."""
+    return _with_torchvision("quantus")
 
 
 def torchcam():
