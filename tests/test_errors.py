@@ -121,6 +121,23 @@ def test_op_without_rule_names_op_node_and_supported_list():
         exp.explain(np.ones((1, 2, 10), np.float32), layers="c")
 
 
+def test_custom_domain_op_never_takes_the_standard_rule():
+    import onnx_graphsurgeon as gs
+
+    from onnx_cam.graph.autodiff import add_gradients
+    from onnx_cam.graph.builder import GradBuilder
+
+    x = gs.Variable("x", np.float32, [1, 4])
+    hidden, y = gs.Variable("h", np.float32, [1, 4]), gs.Variable("y", np.float32, [1, 4])
+    graph = gs.Graph(nodes=[gs.Node("Relu", "custom_relu", inputs=[x], outputs=[hidden],
+                                    domain="my.ops"),
+                            gs.Node("Relu", "relu", inputs=[hidden], outputs=[y])],
+                     inputs=[x], outputs=[y], opset=17)
+    seed = gs.Variable("seed", np.float32, [1, 4])
+    with pytest.raises(UnsupportedOpError, match="Op my.ops.Relu \\(node 'custom_relu'\\)"):
+        add_gradients(GradBuilder(graph, 17), y, seed, ["x"])
+
+
 def test_errors_share_one_base_class():
     for cls in (InputError, LayerError, MethodError, ModelLoadError, TargetError,
                 UnsupportedOpError):

@@ -13,6 +13,8 @@ from ..model import ancestors, differentiable_closure, node_inputs
 from .builder import GradBuilder
 from .rules import RULES, supported_ops
 
+STANDARD_DOMAINS = (None, "", "ai.onnx")  # graphsurgeon reads the default as None
+
 
 def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
                   targets: list[str],
@@ -46,10 +48,12 @@ def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
         implicit = any(t.name in needed for t in node_inputs(node)[len(node.inputs):])
         if all(g is None for g in out_grads) or not (any(wants) or implicit):
             continue
-        rule = rules.get(node.op)
+        # rules are the standard ops'; a custom domain's op of the same name means another thing
+        rule = rules.get(node.op) if node.domain in STANDARD_DOMAINS else None
         if rule is None or implicit:  # a rule differentiates a node's own inputs only
+            op = node.op if node.domain in STANDARD_DOMAINS else f"{node.domain}.{node.op}"
             raise UnsupportedOpError(
-                f"Op {node.op} (node {node.name!r}) lies between a target layer and the score, "
+                f"Op {op} (node {node.name!r}) lies between a target layer and the score, "
                 f"and onnx-cam has no gradient rule for it. Choose a layer above it, or ask "
                 f"for a rule. Supported ops: {', '.join(supported_ops())}."
             )
