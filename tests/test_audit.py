@@ -239,6 +239,15 @@ def test_target_label_explains_the_true_class(files, tmp_path):
         audit(files, tmp_path / "t.zarr", target="label", labels=None)
 
 
+def test_numpy_integer_target_and_foil_mean_their_classes(files, tmp_path):
+    store = audit(files, tmp_path / "np.zarr", methods=["gradcam"], target=np.int64(2),
+                  foil=np.int32(0))
+    ok = ~store["failed"][:]
+    assert (store["target"][:][ok] == 2).all() and (store["foil"][:][ok] == 0).all()
+    # the same job with Python ints resumes it (same identity): nothing is redone
+    assert audit(files, tmp_path / "np.zarr", methods=["gradcam"], target=2, foil=0).complete
+
+
 def test_zarr_hdf5_and_folder_datasets_give_the_same_maps(files, tmp_path, reference):
     x = np.load(files / "data.npy")[:64]
     zarr.save_array(str(tmp_path / "in.zarr"), x)

@@ -117,6 +117,8 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     """
     if cam_dtype not in CAM_DTYPES:
         raise InputError(f"cam_dtype={cam_dtype!r}; use one of {CAM_DTYPES}.")
+    # numpy scalars (a label read from an array) name the same class as Python's
+    target, foil = (v.item() if isinstance(v, np.generic) else v for v in (target, foil))
     if chunk_items < 1 or batch_size < 1:
         raise InputError("chunk_items and batch_size must be >= 1.")
     if scheduler is not None and workers is not None:
