@@ -62,7 +62,7 @@ from ..errors import InputError, MethodError, StoreError
 from ..explanation import INPUT
 from ..inputs import preprocess_for
 from ..methods import get_method
-from ..metrics import METRICS, MetricError, evaluate, spearman
+from ..metrics import METRICS, MetricError, Options, evaluate, spearman
 from ..numerics import NumericsWarning, describe_flags
 from ..progress import progress_bar
 from ..runtime import RuntimeOptions, counting_inputs
@@ -115,9 +115,10 @@ class CompareSpec:
 
 @dataclass(frozen=True)
 class Comparison:
-    """What a comparison job wrote: the store and the table, CSV and page paths."""
+    """What a comparison job wrote: the store's path (a Zarr group, see the module's docstring)
+    and the table, CSV and page paths."""
 
-    store: AuditStore
+    store: str
     table_path: Path
     csv_path: Path
     page_path: Path
@@ -163,6 +164,7 @@ def compare(models, dataset, out, *, methods=("gradcam",), metrics=("deletion",)
     if unknown:
         raise MetricError(f"Unknown metric(s) {unknown}; known: {', '.join(METRICS)}.")
     options = {"batch_size": batch_size, **(metric_options or {})}
+    Options.from_kwargs(options)  # an unknown option or value fails before anything runs
     try:
         json.dumps(options, allow_nan=False)
     except (TypeError, ValueError):
@@ -233,7 +235,7 @@ def compare(models, dataset, out, *, methods=("gradcam",), metrics=("deletion",)
                 audit_job._update_manifest(group, status="complete",
                                            finished_at=audit_job._now())
         remove_partial_files(url)
-    return Comparison(AuditStore(url), *paths)
+    return Comparison(url, *paths)
 
 
 def process_task(spec: CompareSpec, task: tuple[int, int]) -> int:
