@@ -181,6 +181,7 @@ def test_a_2d_job_through_the_command(tmp_path):
     x = np.random.default_rng(6).normal(size=(6, 2, 12, 12)).astype(np.float32)
     (tmp_path / "net2d.onnx").write_bytes(
         export_bytes(small_cnn(2, nn.Softmax(dim=1)), torch.from_numpy(x[:2])))
+    x[4, 1, 3, 3] = np.nan
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out"
     assert main(["compare", str(tmp_path / "net2d.onnx"), str(tmp_path / "x.npy"), "--out",
@@ -191,6 +192,9 @@ def test_a_2d_job_through_the_command(tmp_path):
     assert len(table["value"]) == 6 * 2 * 2 and "label" not in table
     inserted = table["metric"] == "insertion"
     assert set(table["metric_passes"][inserted]) == {1 / 0.25 + 1}
+    failed = table["item"] == 4  # the item holding NaN: recorded, no values
+    assert table["failed"][failed].all() and not table["failed"][~failed].any()
+    assert np.isnan(table["value"][failed]).all() and np.isfinite(table["value"][~failed]).all()
     assert "Per class" in (out / "comparison.html").read_text()
 
 
@@ -235,3 +239,12 @@ def test_a_store_of_another_job_is_refused_with_the_differences(files, reference
     bad = Path(out).parent / "bad"
     assert main(["compare", str(files / "alpha.onnx"), str(files / "x.npy"), "--out", str(bad),
                  "--metric", "delation", "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_gives_the_same_table(files, reference, tmp_path):
+    a = columns(run(files, tmp_path / "out", workers=2).table())
+    b = columns(reference.table())
+    for name in a:
+        if name not in TIMES:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
