@@ -248,3 +248,10 @@ def test_a_dask_cluster_gives_the_same_table(files, reference, tmp_path):
     for name in a:
         if name not in TIMES:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_help_teaches_with_examples(capsys):
+    from onnx_cam.cli import main
+    assert main(["compare", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and text.count("(default") >= 5

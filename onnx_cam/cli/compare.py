@@ -35,10 +35,11 @@ def add_parser(sub):
                     "page (radar per model, distributions, metric against cost, per class, "
                     "the items where the methods disagree most).",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="MODEL DATASET",
-                        help="an .onnx file then the dataset; or the dataset alone with "
-                             "--model. Datasets: a .npy file, a .zarr store or URL, an .h5 / "
-                             ".hdf5 file, or a folder with one input file per item")
+    parser.add_argument("model", metavar="MODEL", help="an .onnx file (with --model: the "
+                        "dataset, all models then come from --model)")
+    parser.add_argument("dataset", metavar="DATASET", nargs="?",
+                        help="a .npy file, a .zarr store or URL, an .h5 / .hdf5 file, or a "
+                             "folder with one input file per item")
     parser.add_argument("--model", action="append", dest="models", default=[],
                         help="one more model, repeatable; models are named by their file "
                              "stems (same dataset for all)")
@@ -82,10 +83,11 @@ def add_parser(sub):
 
 def run(args) -> None:
     from ..comparison import compare
-    if len(args.paths) > 2 or (len(args.paths) == 1 and not args.models):
+    if args.dataset is None and not args.models:
         raise InputError("Give MODEL DATASET, or DATASET with one --model per model.")
-    models = [*args.paths[:-1], *args.models]
-    result = compare(models, args.paths[-1], args.out, methods=args.methods or ["gradcam"],
+    paths = [args.model] if args.dataset is None else [args.model, args.dataset]
+    models = [*paths[:-1], *args.models]
+    result = compare(models, paths[-1], args.out, methods=args.methods or ["gradcam"],
                      metrics=args.metrics or ["deletion"], layer=_layers(args.layers, models),
                      target="pred" if args.target == "pred" else parse_class(args.target),
                      labels=args.labels, key=args.key,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from ..audit.report import _PAGE, _png, _table
 from ..audit.store import node_name
@@ -130,6 +131,7 @@ def _radar(means: dict, spec) -> str:
                 ax.fill(closed, np.append(values, values[0]), alpha=0.1)
             ax.set_xticks(angles, [f"{m}\n({BETTER[m]} better)" for m in axes], fontsize=8)
             ax.set_ylim(0, 1)
+            ax.set_rorigin(-0.15)  # a method worst on every axis stays a visible polygon
             ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "", "", ""])
             ax.set_title(model, pad=18)
             ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.25, -0.15))
@@ -188,6 +190,7 @@ def _cost(columns: dict, means: dict, spec) -> str:
                             (entry[3], entry[0]), fontsize=7, xytext=(4, 3),
                             textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="method seconds per item", ylabel=f"mean {metric}",
                title=f"{metric} ({BETTER.get(metric, 'no direction')}"
                      f"{' is better' if metric in BETTER else ''}) against cost")
