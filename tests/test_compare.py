@@ -187,9 +187,12 @@ def test_a_2d_job_through_the_command(tmp_path):
     assert main(["compare", str(tmp_path / "net2d.onnx"), str(tmp_path / "x.npy"), "--out",
                  str(out), "--method", "hirescam", "--method", "saliency", "--metric",
                  "avg_drop", "--metric", "insertion", "--metric-option", "step=0.25",
-                 "--chunk-items", "3", "--disagreements", "1", "--quiet"]) == 0
+                 "--chunk-items", "3", "--disagreements", "1", "--quiet",
+                 "--layer", "net2d=/1/Relu_output_0"]) == 0
     table = columns(pq.read_table(out / "comparison.parquet"))
     assert len(table["value"]) == 6 * 2 * 2 and "label" not in table
+    assert set(table["layer"][table["method"] == "hirescam"]) == {"/1/Relu_output_0"}
+    assert set(table["layer"][table["method"] == "saliency"]) == {"input"}
     inserted = table["metric"] == "insertion"
     assert set(table["metric_passes"][inserted]) == {1 / 0.25 + 1}
     failed = table["item"] == 4  # the item holding NaN: recorded, no values
@@ -255,3 +258,19 @@ def test_help_teaches_with_examples(capsys):
     assert main(["compare", "--help"]) == 0
     text = capsys.readouterr().out
     assert "examples:" in text and text.count("(default") >= 5
+
+
+def test_counting_inputs_counts_every_run_in_every_thread(cnn1d):
+    import threading
+
+    from onnx_cam.runtime import counting_inputs
+    exp = onnx_cam.Explainer(cnn1d[2])
+    x = np.random.default_rng(0).normal(size=(10, 2, 40)).astype(np.float32)
+    exp.explain(x[:1])  # sessions built
+    with counting_inputs() as outer:
+        exp.explain(x, batch_size=4)  # 10 items in runs of 4, 4, 2
+        with counting_inputs() as inner:
+            worker = threading.Thread(target=exp.explain, args=(x[:3],))
+            worker.start()
+            worker.join()
+    assert (outer[0], inner[0]) == (13, 3)
