@@ -239,6 +239,7 @@ def test_a_store_of_another_job_is_refused_with_the_differences(files, reference
     assert "arguments.metrics" in message and "arguments.chunk_items" in message
     assert "overwrite" in message and "resume" in message
     from onnx_cam.cli import main
+    assert main(["report", reference.store, "--out", str(Path(out).parent / "r.html")]) == 2
     bad = Path(out).parent / "bad"
     assert main(["compare", str(files / "alpha.onnx"), str(files / "x.npy"), "--out", str(bad),
                  "--metric", "delation", "--quiet"]) == 2
