@@ -20,9 +20,17 @@ from .targets import Finer
 
 __version__ = "0.1.0"
 
+
+def compare(*args, **kwargs):
+    """Every method x metric over a dataset, for one or several models: a table and an HTML
+    page. See onnx_cam.comparison.compare (imported on first use: it needs the audit extra)."""
+    from .comparison import compare as run
+    return run(*args, **kwargs)
+
+
 __all__ = [
     "Explainer", "Explanation", "Finer", "RuntimeOptions", "OnnxCamError", "ModelLoadError",
     "UnsupportedModelError", "UnsupportedOpError", "LayerError", "InputError", "TargetError",
     "MethodError", "StoreError", "MemoryBudgetError", "RowFlag", "describe_flags",
-    "NumericsWarning", "ZeroGradientWarning", "__version__",
+    "NumericsWarning", "ZeroGradientWarning", "compare", "__version__",
 ]

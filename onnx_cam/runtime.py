@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import onnx
@@ -65,8 +68,33 @@ def make_session(proto: onnx.ModelProto, options: RuntimeOptions) -> ort.Inferen
             f"ONNX Runtime cannot load this model: {str(exc)[:500]}. {_REPORT}") from None
 
 
+# Open counts of the inputs run (counting_inputs), added to from any thread.
+_COUNTS: list[list[int]] = []
+_COUNTS_LOCK = threading.Lock()
+
+
+@contextmanager
+def counting_inputs() -> Iterator[list[int]]:
+    """Yields a one-item list holding how many inputs (batch rows) every session run was given
+    while the block runs, in any thread: a forward run, a forward + gradient run and a run of
+    part of the model (a head) count one per row."""
+    count = [0]
+    with _COUNTS_LOCK:
+        _COUNTS.append(count)
+    try:
+        yield count
+    finally:
+        with _COUNTS_LOCK:
+            _COUNTS[:] = [c for c in _COUNTS if c is not count]  # by identity
+
+
 def run(session, outputs: list[str], feeds: dict):
     """session.run; an UnsupportedModelError when ONNX Runtime fails on the model."""
+    if _COUNTS:
+        rows = len(next(iter(feeds.values())))
+        with _COUNTS_LOCK:
+            for count in _COUNTS:
+                count[0] += rows
     try:
         return session.run(outputs, feeds)
     except RUNTIME_ERRORS as exc:

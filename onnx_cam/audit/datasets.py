@@ -42,6 +42,19 @@ class Dataset:
         x = np.asarray(self._slice(start, stop), dtype=np.float32)
         return Chunk(np.ascontiguousarray(x))
 
+    def read_finite(self, start: int, stop: int) -> tuple[np.ndarray, dict[int, str]]:
+        """Items [start, stop) with the unreadable ones and those holding NaN / Inf set to
+        zeros, and why each of those failed (by offset in the chunk)."""
+        read = self.read(start, stop)
+        x, failures = read.x, dict(read.failures)
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        for i in np.flatnonzero(~finite):
+            failures.setdefault(int(i), "the item contains NaN or Inf")
+        if failures:
+            x = x.copy()
+            x[sorted(failures)] = 0.0
+        return x, failures
+
     def _slice(self, start: int, stop: int):
         raise NotImplementedError
 

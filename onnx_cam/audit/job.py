@@ -193,14 +193,7 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
     """Explain one chunk and write it to the store, its done mark last. Returns its items."""
     explainer = _explainer(spec)
     start, stop = spec.bounds(chunk)
-    read = spec.dataset.read(start, stop)
-    x, failures = read.x, dict(read.failures)
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    for i in np.flatnonzero(~finite):
-        failures.setdefault(int(i), "the item contains NaN or Inf")
-    if failures:
-        x = x.copy()
-        x[sorted(failures)] = 0.0
+    x, failures = spec.dataset.read_finite(start, stop)
     with warnings.catch_warnings():  # the store keeps each row's flags instead
         warnings.simplefilter("ignore", NumericsWarning)
         res = explainer.explain(x, targets=_chunk_targets(spec, start, stop), foils=spec.foil,
@@ -316,7 +309,9 @@ class Counter:
         self.report(self.done, self.total)
 
 
-def _run_on_dask(spec: AuditSpec, todo: list[int], done: Counter, scheduler, workers) -> None:
+def _run_on_dask(spec, todo: list, done: Counter, scheduler, workers,
+                 task=process_chunk) -> None:
+    """Run task(spec, t) for every t of `todo` on a Dask cluster; each returns its items."""
     from distributed import Client, LocalCluster, as_completed
     if scheduler is not None:
         client, cluster = Client(scheduler), None
@@ -325,7 +320,7 @@ def _run_on_dask(spec: AuditSpec, todo: list[int], done: Counter, scheduler, wor
                                dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = client.map(process_chunk, [spec] * len(todo), todo, pure=False)
+        futures = client.map(task, [spec] * len(todo), todo, pure=False)
         for future in as_completed(futures):
             done.add(future.result())
     finally:

@@ -24,6 +24,9 @@ def write_report(store: str | os.PathLike | AuditStore, out: str | os.PathLike, 
                  outliers: int = 8) -> Path:
     """Write the report of the audit store `store` to `out` (whole or not at all)."""
     audit = store if isinstance(store, AuditStore) else AuditStore(store)
+    if audit.manifest["identity"].get("job") == "compare":
+        raise StoreError(f"{audit.url!r} is the store of an onnx-cam compare job, not an audit; "
+                         "its page is comparison.html in the folder above it.")
     if not audit.complete:
         raise StoreError(f"The audit in {audit.url!r} has not finished; run the same audit "
                          "command again to finish it, then make the report.")

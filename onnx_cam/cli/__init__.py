@@ -4,6 +4,7 @@
     onnx-cam explain MODEL.onnx INPUT... --out DIR
     onnx-cam evaluate MODEL.onnx INPUT... --out DIR   metrics of the maps (deletion, ROAD, ...)
     onnx-cam convert torch|keras ... --out MODEL.onnx
+    onnx-cam compare MODEL.onnx DATASET --method ... --metric ... --out DIR
 
 Exit codes: see EPILOG.
 """
@@ -17,10 +18,10 @@ import traceback
 
 from .. import __version__
 from ..errors import OnnxCamError
-from . import audit, convert, evaluate, explain, layers, report
+from . import audit, compare, convert, evaluate, explain, layers, report
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-SUBCOMMANDS = (layers, explain, convert, audit, report, evaluate)
+SUBCOMMANDS = (layers, explain, convert, audit, report, evaluate, compare)
 
 EPILOG = """\
 start here:
