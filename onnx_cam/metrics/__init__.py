@@ -16,7 +16,8 @@ from functools import cached_property
 
 import numpy as np
 
-from . import sanity
+from ..explanation import INPUT
+from . import localisation, robustness, sanity
 from .confidence import confidence
 from .curves import area, curves
 from .options import MetricError, Options, row_rng
@@ -35,12 +36,13 @@ class _Context:
     """What the metrics of one evaluate call share: rows, scorer, perturbation, options."""
 
     def __init__(self, explainer, x, explanation, method, layer, options: Options):
-        self.explainer, self.options = explainer, options
+        self.explainer, self.options, self.explanation = explainer, options, explanation
         rows = Rows.from_explanation(explainer, x, explanation, method, layer)
         self.finite = rows.finite   # rows with NaN / Inf in their input or map: NaN metrics
         self.rows = rows if self.finite.all() else rows.subset(self.finite)
         self.method = method if method is not None else explanation.methods[0]
-        self.layer = layer if layer is not None else explanation.layers[0]
+        self.layer = layer if layer is not None else (
+            explanation.layers[0] if explanation.layers else INPUT)
         self.map_score = explanation.score
         self.scorer = Scorer(explainer, self.rows.inputs.shape[2:],
                              score_kind(explainer, options.score), options.batch_size)
@@ -125,6 +127,10 @@ def _class_distance(ctx: _Context, rows: Rows) -> dict[str, np.ndarray]:
     return {"class_distance": reference.distance(rows.maps, rows.targets)}
 
 
+# robustness, localisation and randomisation: {name: family}, each module's own
+FAMILIES: dict[str, Callable] = {**robustness.FAMILIES, **localisation.FAMILIES}
+
+
 # metrics of a map's faithfulness; each also exists as "<name>_random", on random maps
 FAITHFULNESS: dict[str, Callable] = {
     "deletion": _curve(False), "insertion": _curve(True),
@@ -136,7 +142,7 @@ CHECKS: dict[str, Callable] = {
     "random_label_spearman": _random_label, "random_label_ssim": _random_label,
     "class_distance": _class_distance,
 }
-METRICS = (*FAITHFULNESS, *(f"{m}_random" for m in FAITHFULNESS), *CHECKS)
+METRICS = (*FAITHFULNESS, *(f"{m}_random" for m in FAITHFULNESS), *CHECKS, *FAMILIES)
 
 
 def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_METRICS, *,
@@ -172,7 +178,7 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
     for name in names:
         on_random = name.endswith("_random")
         base = name.removesuffix("_random")
-        family = FAITHFULNESS.get(base) or CHECKS[base]
+        family = FAITHFULNESS.get(base) or CHECKS.get(base) or FAMILIES[base]
         if (family, on_random) not in computed:
             rows = ctx.random_rows if on_random else ctx.rows
             computed[family, on_random] = family(ctx, rows)
