@@ -132,7 +132,7 @@ def family(ctx, rows) -> dict[str, np.ndarray]:
     """Every localisation metric of the rows of an evaluate call (masks=, top_k=)."""
     masks = row_masks(ctx.options.masks, rows.items, len(rows.inputs), rows.inputs.shape[2:])
     maps = relevance(ctx.explanation, ctx.method, ctx.layer)[rows.ids]
-    return localisation(maps, rows.maps, masks, ctx.options.top_k)
+    return localisation(maps, rows.maps.astype(np.float64), masks, ctx.options.top_k)
 
 
 FAMILIES = dict.fromkeys(("pointing_game", "attribution_localisation", "top_k_intersection",
