@@ -160,18 +160,25 @@ def planted(region: np.ndarray) -> nn.Sequential:
     return nn.Sequential(conv, nn.ReLU(), Gate(region), pool(1), nn.Flatten(), head).eval()
 
 
-@pytest.mark.parametrize("dims", [1, 2], ids=["1d", "2d"])
-def test_planted_gradcam_beats_randomcam_on_every_localisation_metric(dims):
+def planted_inputs(dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """The region the planted model reads (samples 100-200 of 1000; the top-right quadrant of
+    32 x 32) and 6 items: evidence inside it on channel 0, strong noise on channel 1."""
     rng = np.random.default_rng(0)
     if dims == 1:
         region = np.zeros(1000, bool)
         region[100:200] = True
     else:
         region = np.zeros((32, 32), bool)
-        region[:16, 16:] = True               # the top-right quadrant
+        region[:16, 16:] = True
     x = np.stack([rng.normal(0, 0.02, (6, *region.shape)),
                   rng.normal(0, 2.0, (6, *region.shape))], axis=1).astype(np.float32)
-    x[:, 0, region] += 1.0                    # the evidence, where the model reads
+    x[:, 0, region] += 1.0
+    return region, x
+
+
+@pytest.mark.parametrize("dims", [1, 2], ids=["1d", "2d"])
+def test_planted_gradcam_beats_randomcam_on_every_localisation_metric(dims):
+    region, x = planted_inputs(dims)
     masks = np.broadcast_to(region, (6, *region.shape))
     exp = onnx_cam.Explainer(planted(region), example_input=torch.from_numpy(x))
     res = exp.explain(x, targets=1, layers="1", methods=["gradcam", RandomCAM(seed=1)])

@@ -17,11 +17,12 @@ from functools import cached_property
 import numpy as np
 
 from ..explanation import INPUT
-from . import localisation, robustness, sanity
+from . import localisation, randomisation, robustness, sanity
 from .confidence import confidence
 from .curves import area, curves
 from .options import MetricError, Options, row_rng
 from .perturb import Perturbation, linear_impute, neighbour_stencil, ranked_masks
+from .relevance import relevance
 from .road import road
 from .sanity import Cascade, parameter_layers, randomize
 from .scoring import Rows, Scorer, score_kind
@@ -128,7 +129,8 @@ def _class_distance(ctx: _Context, rows: Rows) -> dict[str, np.ndarray]:
 
 
 # robustness, localisation and randomisation: {name: family}, each module's own
-FAMILIES: dict[str, Callable] = {**robustness.FAMILIES, **localisation.FAMILIES}
+FAMILIES: dict[str, Callable] = {**robustness.FAMILIES, **localisation.FAMILIES,
+                                 **randomisation.FAMILIES}
 
 
 # metrics of a map's faithfulness; each also exists as "<name>_random", on random maps
@@ -213,9 +215,26 @@ def cascading_randomization(explainer, x, explanation, *, method: str | None = N
                    ctx.expand(cascade.ssim, axis=1))
 
 
+def independent_randomization(explainer, x, explanation, *, method: str | None = None,
+                              layer: str | None = None, randomization: str = "normal",
+                              seed: int = 0, batch_size: int = 64) -> Cascade:
+    """MPRT's independent variant: each parameter layer of the ONNX model redrawn alone (from
+    the output down), the rows explained again each time; Cascade.spearman / .ssim are
+    (layers, rows) similarities of the absolute maps to the original ones."""
+    o = Options(randomization=randomization, seed=seed, batch_size=batch_size)
+    ctx = _Context(explainer, x, explanation, method, layer, o)
+    original = relevance(explanation, ctx.method, ctx.layer)[ctx.rows.ids]
+    cascade = randomisation.independent(
+        explainer, ctx.rows, ctx.method, ctx.layer, ctx.map_score,
+        randomisation.independent_models(explainer, randomization, seed), batch_size, original)
+    return Cascade(cascade.layers, ctx.expand(cascade.spearman, axis=1),
+                   ctx.expand(cascade.ssim, axis=1))
+
+
 __all__ = [
     "DEFAULT_METRICS", "METRICS", "Cascade", "ClassStatistics", "MetricError", "Options",
     "Perturbation", "Rows", "Scorer", "area", "cascading_randomization", "confidence",
     "curves", "deletion_curves", "evaluate", "linear_impute", "neighbour_stencil",
     "parameter_layers", "randomize", "ranked_masks", "road", "spearman", "ssim",
+    "independent_randomization",
 ]

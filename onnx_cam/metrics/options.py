@@ -50,6 +50,8 @@ class Options:
     stability_eps: what a zero counts as in the relative stabilities' divisions.
     representation_layer: RRS's layer (None: the explained one, or the deepest candidate).
     continuity_steps: Continuity's number of translations.
+    smooth_samples / smooth_noise: Smooth MPRT's copies per row and noise std, as a fraction
+        of each item's value range.
     """
 
     score: str | None = None
@@ -63,7 +65,7 @@ class Options:
     batch_size: int = 64
     seed: int = 0
     class_stats: object = None
-    # robustness / localisation (robustness.py, localisation.py)
+    # robustness / localisation / randomisation (their modules)
     masks: np.ndarray | None = None
     top_k: float = 0.02
     robustness_samples: int = 200
@@ -73,6 +75,8 @@ class Options:
     stability_eps: float = 1e-6
     representation_layer: str | None = None
     continuity_steps: int = 28
+    smooth_samples: int = 50
+    smooth_noise: float = 0.1
 
     @classmethod
     def from_kwargs(cls, options: dict) -> Options:
@@ -110,9 +114,15 @@ class Options:
         self._check_robustness()
 
     def _check_robustness(self):
-        if self.robustness_samples < 1 or self.continuity_steps < 1:
-            raise MetricError(f"robustness_samples={self.robustness_samples} and "
-                              f"continuity_steps={self.continuity_steps} must be >= 1.")
+        counts = {"robustness_samples": self.robustness_samples,
+                  "continuity_steps": self.continuity_steps,
+                  "smooth_samples": self.smooth_samples}
+        for name, count in counts.items():
+            if count < 1:
+                raise MetricError(f"{name}={count} must be >= 1.")
+        if self.smooth_noise < 0:
+            raise MetricError(f"smooth_noise={self.smooth_noise} must be >= 0 (a fraction of "
+                              "each item's value range).")
         if self.sensitivity_radius <= 0 or self.lipschitz_std <= 0:
             raise MetricError(f"sensitivity_radius={self.sensitivity_radius} and lipschitz_std="
                               f"{self.lipschitz_std} must be > 0 (in input units).")
