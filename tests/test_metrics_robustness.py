@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import onnx_cam
+from onnx_cam.methods import IntegratedGradients
 from onnx_cam.metrics import MetricError, evaluate
 from onnx_cam.metrics.options import row_rng
 from onnx_cam.metrics.relevance import relevance
@@ -140,12 +141,68 @@ def test_continuity_matches_quantus(case):
     q = quantus()
     model, exp, x, y = case
     if x.ndim == 3:
-        pytest.skip("Quantus' Continuity translates (N, C, H, W) images only")
+        pytest.skip("Quantus' Continuity translates (N, C, H, W) images only (1D, 3D: below)")
     res = exp.explain(x, targets=y.tolist(), layers="3", methods="gradcam")
     ours = evaluate(exp, x, res, "continuity", continuity_steps=7)
     metric = q.Continuity(nr_steps=7, normalise=False, disable_warnings=True)
     ref = quantus_call(metric, model, x, y, exp, "gradcam", "3")
     np.testing.assert_allclose(ours["continuity"], ref, rtol=1e-5)
+
+
+def shifted(item: np.ndarray, shift: int) -> np.ndarray:
+    """The item moved along its last axis, position by position, the gap at its minimum."""
+    out = np.full_like(item, item.min())
+    width = item.shape[-1]
+    for t in range(width):
+        if 0 <= t - shift < width:
+            out[..., t] = item[..., t - shift]
+    return out
+
+
+@pytest.mark.parametrize("dims", [1, 3], ids=["1d", "3d"])
+def test_robustness_follows_the_formulas_on_signals_and_volumes(dims):
+    conv = {1: nn.Conv1d, 3: nn.Conv3d}[dims]
+    pool = {1: nn.AdaptiveAvgPool1d, 3: nn.AdaptiveAvgPool3d}[dims]
+    torch.manual_seed(1)
+    model = nn.Sequential(conv(2, 4, 3, padding=1), nn.ReLU(), pool(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    x = np.random.default_rng(4).normal(0, 1, (3, 2, *((30,) if dims == 1 else (4, 5, 6))))
+    x = x.astype(np.float32)
+    exp = onnx_cam.Explainer(model, example_input=torch.from_numpy(x))
+    res = exp.explain(x, targets=[0, 1, 2], layers="1", methods="gradcam")
+    ours = evaluate(exp, x, res, ["continuity", "local_lipschitz_estimate"],
+                    continuity_steps=5, robustness_samples=SAMPLES)
+    width = x.shape[-1]
+    shifts = -width + (2 * width + 1) // 5 * np.arange(1, 6)
+    for r in range(len(x)):
+        e = res.cam()[r].astype(np.float64)
+        moved = np.stack([shifted(x[r], int(s)) for s in shifts])
+        maps = exp.explain(moved, targets=[r] * 5, layers="1", methods="gradcam").cam()
+        ratios = [np.abs(m - e).sum() / (np.linalg.norm(xs - x[r]) + 1e-9)
+                  for m, xs in zip(maps, moved)]
+        assert ours["continuity"][r] == pytest.approx(max(ratios), rel=1e-5)
+        noisy = x[r] + row_rng(0, r, LIPSCHITZ).normal(0, 0.1, (SAMPLES, *x.shape[1:]))
+        maps = exp.explain(noisy.astype(np.float32), targets=[r] * SAMPLES, layers="1",
+                           methods="gradcam").cam()
+        ratios = [np.linalg.norm(m - e) / (np.linalg.norm(xs - x[r]) + 1e-10)
+                  for m, xs in zip(maps, noisy)]
+        assert ours["local_lipschitz_estimate"][r] == pytest.approx(max(ratios), rel=1e-5)
+
+
+def test_a_configured_method_is_re_explained_with_its_configuration(case):
+    _, exp, x, y = case
+    method = IntegratedGradients(n_steps=4)
+    res = exp.explain(x, targets=y.tolist(), methods=method)
+    ours = evaluate(exp, x, res, "max_sensitivity", method=method, robustness_samples=2)
+    noise = np.stack([row_rng(0, r, SENSITIVITY).uniform(-0.2, 0.2, (2, *x.shape[1:]))
+                      for r in range(len(x))])
+    e = relevance(res, method, "input")
+    for r in range(len(x)):
+        again = exp.explain((x[r] + noise[r]).astype(np.float32), targets=[int(y[r])] * 2,
+                            methods=IntegratedGradients(n_steps=4))
+        e2 = relevance(again, "integrated_gradients", "input")
+        ref = max(np.linalg.norm(m - e[r]) / np.linalg.norm(e[r]) for m in e2)
+        assert ours["max_sensitivity"][r] == pytest.approx(ref, rel=1e-5)
 
 
 def test_noise_does_not_depend_on_batch_size(case):

@@ -167,6 +167,14 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
           model against the original ones (Adebayo et al.)
       random_label_spearman, random_label_ssim (lower)   maps of a random other class
       class_distance   RMS distance from the mean map of the rows of the same class
+      robustness (lower; re-explain perturbed copies; robustness.py): max_sensitivity,
+          avg_sensitivity, local_lipschitz_estimate, continuity, relative_input_stability,
+          relative_output_stability, relative_representation_stability
+      localisation (higher; masks=; localisation.py): pointing_game,
+          attribution_localisation, top_k_intersection, relevance_mass_accuracy,
+          relevance_rank_accuracy, auc, focus, energy_pointing_game
+      randomisation (randomisation.py): mprt_independent, smooth_mprt, random_logit (lower),
+          efficient_mprt (higher)
     """
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [n for n in names if n not in METRICS]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ..explanation import INPUT
+from .options import MetricError
 from .scoring import Rows
 
 
@@ -43,6 +44,10 @@ def explain_copies(explainer, rows: Rows, method, layer: str, score: str, batch_
     of consecutive rows share explain calls of at least `batch_size` copies. consume(row,
     relevance (k, *spatial), explanation, slice of the row's copies in it) is called per row.
     """
+    if explainer.model.tokens:
+        raise MetricError("Robustness and randomisation metrics re-explain modified copies of "
+                          "the input values; a token model's ids cannot be perturbed (use "
+                          "localisation or faithfulness metrics there).")
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush():
