@@ -1,7 +1,7 @@
 """Max-Sensitivity and Local Lipschitz Estimate: onnx-cam against Quantus 0.6.0, same CPU.
 
 Quantus re-explains each perturbation step of a batch through a torch model and an
-explain_func (here Captum's Saliency, as `quantus.explain(method="Saliency")` does); onnx-cam
+explain_func (Captum's Saliency, or LayerGradCam resized and min-max scaled); onnx-cam
 re-explains every perturbed copy of many items in `explain` calls of --batch-size copies
 through ONNX Runtime. Both run --samples perturbations per item of an ECG-sized 1D model
 (12 leads x 2000 samples, random weights); timed in one run, --repeats times, medians.
@@ -23,6 +23,7 @@ from torch import nn
 
 import onnx_cam
 from onnx_cam.metrics import evaluate
+from onnx_cam.metrics.relevance import relevance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from references import quantus  # noqa: E402
@@ -43,6 +44,17 @@ def captum_saliency(model, inputs, targets, **kwargs):
     return grads.sum(1, keepdim=True).detach().numpy()
 
 
+def captum_gradcam(model, inputs, targets, **kwargs):
+    """Captum's LayerGradCam at the last ReLU, linearly resized, min-max scaled per item."""
+    from captum.attr import LayerAttribution, LayerGradCam
+    x = torch.as_tensor(np.asarray(inputs, np.float32))
+    cam = LayerGradCam(model, model[8]).attribute(
+        x, target=torch.as_tensor(np.asarray(targets)), relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam, (x.shape[-1],), "linear").detach().numpy()
+    low, high = cam.min(-1, keepdims=True), cam.max(-1, keepdims=True)
+    return (cam - low) / np.where(high > low, high - low, 1)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=16)
@@ -56,29 +68,31 @@ def main():
     x = np.random.default_rng(0).normal(0, 1, (args.items, 12, 2000)).astype(np.float32)
     exp = onnx_cam.Explainer(model, example_input=torch.from_numpy(x[:2]),
                              runtime=onnx_cam.RuntimeOptions(intra_op_threads=1))
-    res = exp.explain(x, methods="saliency")
-    y = res.targets
-    a = res.attribution("saliency").sum(1, keepdims=True)
     metrics = {"max_sensitivity": q.MaxSensitivity, "local_lipschitz_estimate":
                q.LocalLipschitzEstimate}
-    print(f"{args.items} items x {args.samples} perturbations, saliency, 12 x 2000 signals, "
-          "1 thread each\n")
-    print("| metric | onnx-cam s | Quantus + Captum s | ratio |")
-    print("|---|---|---|---|")
-    for name, cls in metrics.items():
-        ours, theirs = [], []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            evaluate(exp, x, res, name, robustness_samples=args.samples,
-                     batch_size=args.batch_size)
-            ours.append(time.perf_counter() - start)
-            metric = cls(nr_samples=args.samples, disable_warnings=True)
-            start = time.perf_counter()
-            metric(model=model, x_batch=x, y_batch=y, a_batch=a, channel_first=True,
-                   explain_func=captum_saliency, device="cpu", batch_size=args.batch_size)
-            theirs.append(time.perf_counter() - start)
-        o, t = statistics.median(ours), statistics.median(theirs)
-        print(f"| {name} | {o:.2f} | {t:.2f} | {t / o:.1f}x |")
+    print(f"{args.items} items x {args.samples} perturbations, 12 x 2000 signals, 1 thread "
+          "each\n")
+    print("| metric | method | onnx-cam s | Quantus + Captum s | ratio |")
+    print("|---|---|---|---|---|")
+    for method, layer, reference in [("saliency", None, captum_saliency),
+                                     ("gradcam", "8", captum_gradcam)]:
+        res = exp.explain(x, methods=method, **({"layers": layer} if layer else {}))
+        a = relevance(res, method, layer or "input")[:, None]
+        for name, cls in metrics.items():
+            ours, theirs = [], []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                evaluate(exp, x, res, name, robustness_samples=args.samples,
+                         batch_size=args.batch_size)
+                ours.append(time.perf_counter() - start)
+                metric = cls(nr_samples=args.samples, normalise=False, disable_warnings=True)
+                start = time.perf_counter()
+                metric(model=model, x_batch=x, y_batch=res.targets, a_batch=a,
+                       channel_first=True, explain_func=reference, device="cpu",
+                       batch_size=args.batch_size)
+                theirs.append(time.perf_counter() - start)
+            o, t = statistics.median(ours), statistics.median(theirs)
+            print(f"| {name} | {method} | {o:.2f} | {t:.2f} | {t / o:.1f}x |")
 
 
 if __name__ == "__main__":
