@@ -16,11 +16,13 @@ from functools import cached_property
 
 import numpy as np
 
-from . import sanity
+from ..explanation import INPUT
+from . import localisation, randomisation, robustness, sanity
 from .confidence import confidence
 from .curves import area, curves
 from .options import MetricError, Options, row_rng
 from .perturb import Perturbation, linear_impute, neighbour_stencil, ranked_masks
+from .relevance import relevance
 from .road import road
 from .sanity import Cascade, parameter_layers, randomize
 from .scoring import Rows, Scorer, score_kind
@@ -35,12 +37,13 @@ class _Context:
     """What the metrics of one evaluate call share: rows, scorer, perturbation, options."""
 
     def __init__(self, explainer, x, explanation, method, layer, options: Options):
-        self.explainer, self.options = explainer, options
+        self.explainer, self.options, self.explanation = explainer, options, explanation
         rows = Rows.from_explanation(explainer, x, explanation, method, layer)
         self.finite = rows.finite   # rows with NaN / Inf in their input or map: NaN metrics
         self.rows = rows if self.finite.all() else rows.subset(self.finite)
         self.method = method if method is not None else explanation.methods[0]
-        self.layer = layer if layer is not None else explanation.layers[0]
+        self.layer = layer if layer is not None else (
+            explanation.layers[0] if explanation.layers else INPUT)
         self.map_score = explanation.score
         self.scorer = Scorer(explainer, self.rows.inputs.shape[2:],
                              score_kind(explainer, options.score), options.batch_size)
@@ -125,6 +128,11 @@ def _class_distance(ctx: _Context, rows: Rows) -> dict[str, np.ndarray]:
     return {"class_distance": reference.distance(rows.maps, rows.targets)}
 
 
+# robustness, localisation and randomisation: {name: family}, each module's own
+FAMILIES: dict[str, Callable] = {**robustness.FAMILIES, **localisation.FAMILIES,
+                                 **randomisation.FAMILIES}
+
+
 # metrics of a map's faithfulness; each also exists as "<name>_random", on random maps
 FAITHFULNESS: dict[str, Callable] = {
     "deletion": _curve(False), "insertion": _curve(True),
@@ -136,7 +144,7 @@ CHECKS: dict[str, Callable] = {
     "random_label_spearman": _random_label, "random_label_ssim": _random_label,
     "class_distance": _class_distance,
 }
-METRICS = (*FAITHFULNESS, *(f"{m}_random" for m in FAITHFULNESS), *CHECKS)
+METRICS = (*FAITHFULNESS, *(f"{m}_random" for m in FAITHFULNESS), *CHECKS, *FAMILIES)
 
 
 def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_METRICS, *,
@@ -159,6 +167,14 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
           model against the original ones (Adebayo et al.)
       random_label_spearman, random_label_ssim (lower)   maps of a random other class
       class_distance   RMS distance from the mean map of the rows of the same class
+      robustness (lower; re-explain perturbed copies; robustness.py): max_sensitivity,
+          avg_sensitivity, local_lipschitz_estimate, continuity, relative_input_stability,
+          relative_output_stability, relative_representation_stability
+      localisation (higher; masks=; localisation.py): pointing_game,
+          attribution_localisation, top_k_intersection, relevance_mass_accuracy,
+          relevance_rank_accuracy, auc, focus, energy_pointing_game
+      randomisation (randomisation.py): mprt_independent, smooth_mprt, random_logit (lower),
+          efficient_mprt (higher)
     """
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [n for n in names if n not in METRICS]
@@ -172,7 +188,7 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
     for name in names:
         on_random = name.endswith("_random")
         base = name.removesuffix("_random")
-        family = FAITHFULNESS.get(base) or CHECKS[base]
+        family = FAITHFULNESS.get(base) or CHECKS.get(base) or FAMILIES[base]
         if (family, on_random) not in computed:
             rows = ctx.random_rows if on_random else ctx.rows
             computed[family, on_random] = family(ctx, rows)
@@ -207,9 +223,26 @@ def cascading_randomization(explainer, x, explanation, *, method: str | None = N
                    ctx.expand(cascade.ssim, axis=1))
 
 
+def independent_randomization(explainer, x, explanation, *, method: str | None = None,
+                              layer: str | None = None, randomization: str = "normal",
+                              seed: int = 0, batch_size: int = 64) -> Cascade:
+    """MPRT's independent variant: each parameter layer of the ONNX model redrawn alone (from
+    the output down), the rows explained again each time; Cascade.spearman / .ssim are
+    (layers, rows) similarities of the absolute maps to the original ones."""
+    o = Options(randomization=randomization, seed=seed, batch_size=batch_size)
+    ctx = _Context(explainer, x, explanation, method, layer, o)
+    original = relevance(explanation, ctx.method, ctx.layer)[ctx.rows.ids]
+    cascade = randomisation.independent(
+        explainer, ctx.rows, ctx.method, ctx.layer, ctx.map_score,
+        randomisation.independent_models(explainer, randomization, seed), batch_size, original)
+    return Cascade(cascade.layers, ctx.expand(cascade.spearman, axis=1),
+                   ctx.expand(cascade.ssim, axis=1))
+
+
 __all__ = [
     "DEFAULT_METRICS", "METRICS", "Cascade", "ClassStatistics", "MetricError", "Options",
     "Perturbation", "Rows", "Scorer", "area", "cascading_randomization", "confidence",
     "curves", "deletion_curves", "evaluate", "linear_impute", "neighbour_stencil",
     "parameter_layers", "randomize", "ranked_masks", "road", "spearman", "ssim",
+    "independent_randomization",
 ]

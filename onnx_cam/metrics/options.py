@@ -41,6 +41,17 @@ class Options:
     batch_size: perturbed copies per ONNX Runtime run.
     seed: seeds the noise, the random maps and labels, and the randomised weights.
     class_stats: reference ClassStatistics for "class_distance" (None: the rows' own).
+    masks: ground truth for localisation metrics, (N, *input_spatial) bool per input item.
+    top_k: Top-K Intersection's k: a count of positions, or a fraction of them in (0, 1).
+    robustness_samples: perturbed copies per row for sensitivity, Lipschitz and stability.
+    sensitivity_radius: Max- / Avg-Sensitivity noise, uniform in [-radius, radius].
+    lipschitz_std: Local Lipschitz Estimate noise, Gaussian with this std.
+    stability_noise: (low, high) of the uniform noise of relative stability (RIS/ROS/RRS).
+    stability_eps: what a zero counts as in the relative stabilities' divisions.
+    representation_layer: RRS's layer (None: the explained one, or the deepest candidate).
+    continuity_steps: Continuity's number of translations.
+    smooth_samples / smooth_noise: Smooth MPRT's copies per row and noise std, as a fraction
+        of each item's value range.
     """
 
     score: str | None = None
@@ -54,6 +65,18 @@ class Options:
     batch_size: int = 64
     seed: int = 0
     class_stats: object = None
+    # robustness / localisation / randomisation (their modules)
+    masks: np.ndarray | None = None
+    top_k: float = 0.02
+    robustness_samples: int = 200
+    sensitivity_radius: float = 0.2
+    lipschitz_std: float = 0.1
+    stability_noise: tuple[float, float] = (0.02, 0.2)
+    stability_eps: float = 1e-6
+    representation_layer: str | None = None
+    continuity_steps: int = 28
+    smooth_samples: int = 50
+    smooth_noise: float = 0.1
 
     @classmethod
     def from_kwargs(cls, options: dict) -> Options:
@@ -88,6 +111,25 @@ class Options:
                               f"{RANDOMIZATIONS}.")
         if self.batch_size < 1:
             raise MetricError(f"batch_size must be >= 1, got {self.batch_size}.")
+        self._check_robustness()
+
+    def _check_robustness(self):
+        counts = {"robustness_samples": self.robustness_samples,
+                  "continuity_steps": self.continuity_steps,
+                  "smooth_samples": self.smooth_samples}
+        for name, count in counts.items():
+            if count < 1:
+                raise MetricError(f"{name}={count} must be >= 1.")
+        if self.smooth_noise < 0:
+            raise MetricError(f"smooth_noise={self.smooth_noise} must be >= 0 (a fraction of "
+                              "each item's value range).")
+        if self.sensitivity_radius <= 0 or self.lipschitz_std <= 0:
+            raise MetricError(f"sensitivity_radius={self.sensitivity_radius} and lipschitz_std="
+                              f"{self.lipschitz_std} must be > 0 (in input units).")
+        low, high = self.stability_noise
+        if not 0 <= low < high:
+            raise MetricError(f"stability_noise={self.stability_noise} must be (low, high) "
+                              "with 0 <= low < high, e.g. (0.02, 0.2).")
 
 
 def row_rng(seed: int, row: int, purpose: int) -> np.random.Generator:

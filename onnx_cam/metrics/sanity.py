@@ -131,10 +131,14 @@ def _randomized_maps(explainer: Explainer, rows: Rows, method: str, layer: str, 
                      batch_size: int) -> np.ndarray:
     """The rows' maps from a copy of the model with `layers` randomised."""
     proto = randomize(explainer.model.proto, layers, seed=seed, mode=mode)
-    randomized = Explainer(proto, class_names=explainer.class_names,
-                           output=explainer.model.output_name, runtime=explainer.runtime,
-                           channels_last=explainer.model.channels_last)
-    return explain_rows(randomized, rows, method, layer, score, batch_size)
+    return explain_rows(explainer_of(explainer, proto), rows, method, layer, score, batch_size)
+
+
+def explainer_of(explainer: Explainer, proto: onnx.ModelProto) -> Explainer:
+    """An Explainer of `proto` (a randomised copy of the model) set up as `explainer`."""
+    return Explainer(proto, class_names=explainer.class_names,
+                     output=explainer.model.output_name, runtime=explainer.runtime,
+                     channels_last=explainer.model.channels_last)
 
 
 @dataclass(frozen=True)
