@@ -375,3 +375,12 @@ def test_cli_evaluate_writes_the_function_api_values(cnn1d, tmp_path, capsys):
     assert (tmp_path / "n" / "cams.npz").exists() and "avg_drop" in capsys.readouterr().out
     assert main(["evaluate", str(path), str(tmp_path / "x.npy"), "--out", str(tmp_path / "b"),
                  "--step", "2"]) == 2
+
+
+def test_every_metric_but_the_baselines_says_which_way_is_better():
+    from onnx_cam.metrics import METRICS
+    from onnx_cam.metrics.directions import BETTER
+
+    undirected = {m for m in METRICS if m.endswith("_random")} | {"class_distance"}
+    assert set(METRICS) - undirected == set(BETTER)
+    assert set(BETTER.values()) == {"higher", "lower"}

@@ -14,4 +14,16 @@ BETTER: dict[str, str] = {
     "avg_drop": "lower", "avg_increase": "higher",
     "randomization_spearman": "lower", "randomization_ssim": "lower",
     "random_label_spearman": "lower", "random_label_ssim": "lower",
+    # robustness
+    "max_sensitivity": "lower", "avg_sensitivity": "lower", "local_lipschitz_estimate": "lower",
+    "continuity": "lower", "relative_input_stability": "lower",
+    "relative_output_stability": "lower", "relative_representation_stability": "lower",
+    # localisation
+    "pointing_game": "higher", "attribution_localisation": "higher",
+    "top_k_intersection": "higher", "relevance_mass_accuracy": "higher",
+    "relevance_rank_accuracy": "higher", "auc": "higher", "focus": "higher",
+    "energy_pointing_game": "higher",
+    # randomisation
+    "mprt_independent": "lower", "smooth_mprt": "lower", "efficient_mprt": "higher",
+    "random_logit": "lower",
 }
