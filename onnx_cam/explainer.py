@@ -14,6 +14,7 @@ from . import kernels, numerics
 from .attribution import attribute_inputs
 from .concepts import Concepts, factorize
 from .concurrency import OnceCache, kernel_guard
+from .dense import DenseOutput
 from .errors import (
     InputError,
     LayerError,
@@ -92,7 +93,8 @@ class Explainer:
                 "The model has no layer a CAM can be computed on: no tensor with channel and "
                 "spatial axes below a convolution lies on the path to the score."
             )
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
+        if (self.class_names is not None and not self.model.dense
+                and len(self.class_names) != self.num_classes):
             raise TargetError(f"class_names has {len(self.class_names)} names but the model "
                               f"scores {self.num_classes} classes.")
 
@@ -187,6 +189,7 @@ class Explainer:
             raise MethodError("Finer targets are a function of the logits that only gradient "
                               "methods differentiate exactly: use score='logits' and gradient "
                               f"methods (not {[m.name for m in every]}, score={score!r}).")
+        _check_dense(self.model, targets, score, every)
         if self.model.tokens and any(m.scales_input for m in every):
             raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
@@ -272,6 +275,9 @@ class Explainer:
                 cams[key], ranges[key], raws[key] = cam, rng, inputs.raws[name]
         numerics.warn_flagged(flags, zero_gradient_layers)
         predicted = logits.argmax(1)
+        if self.model.dense:  # the output as the model shapes it, classes per position / box
+            predicted = np.full(n, -1) if plan is None else plan.predicted(logits)
+            logits = logits.reshape(n, *self.model.score_shape_of(spatial))
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
         return Explanation(
             logits, self._probs(logits), predicted,
@@ -287,6 +293,7 @@ class Explainer:
         (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
         first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
         outputs = CamOutputs(score)
+        _check_dense(self.model, targets, score, [get_method("gradcam")])
         _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
                                                           outputs)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
@@ -403,10 +410,19 @@ class Explainer:
         return run.plus(fixed=results), run, results
 
     def _plan(self, x: np.ndarray, targets, foils, batch_size: int) -> TargetPlan | None:
+        spatial = self.model.spatial_of(x)
+        probe = self._probe(spatial, batch_size)
+        predicted = OnceCache()
+
         def predict() -> np.ndarray:
-            probe = self._probe(self.model.spatial_of(x), batch_size)
-            return probe.logits(x)
-        return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict)
+            return predicted.get("logits", lambda: probe.logits(x))
+
+        shape = self.model.score_shape_of(spatial)
+        dense = DenseOutput(shape, len(x), self.class_names, self.model.channels_last,
+                            lambda: predict().reshape(len(x), *shape),
+                            lambda name: probe.tensor(name, x), self.model.nms_boxes)
+        return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict,
+                            dense)
 
     def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer],
              outputs: CamOutputs, batch_size: int, consume):
@@ -415,7 +431,8 @@ class Explainer:
         seeded = plan is not None
         cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
                                            self.model.spatial_of(rows), seeded, outputs)
-        n, k = len(rows), self.num_classes
+        n = len(rows)
+        k = int(np.prod(self.model.score_shape_of(self.model.spatial_of(rows)), dtype=np.int64))
         logits = np.empty((n, k), np.float32)
         near_ties = None if cam_model.near_ties_name is None else np.empty(n, np.float32)
         names = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names,
@@ -610,11 +627,15 @@ class Explainer:
         return ""
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
+        """The model's head applied to the logits; a dense output without a head as it is."""
+        axis = self.model.head_axis if self.model.dense else 1
+        if self.model.dense and self.head is None:
+            return logits.copy()
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite rows are flagged
             if self.head == "Sigmoid":
                 return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+            shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+            return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
 def _normalize_within(cam: np.ndarray, rng: np.ndarray, valid: np.ndarray):
@@ -671,6 +692,33 @@ def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:
     if plan.foils is not None:
         seed[rows, plan.foils[start:start + count]] -= 1.0
     return seed
+
+
+def _check_dense(model: Model, targets, score: str, methods: list) -> None:
+    """Refuse what is not defined on a dense output (segmentation, detection) or on a score
+    that is not linear in it (objectness x class score)."""
+    if model.dense:
+        shape = f"(N, {', '.join(map(str, model.score_shape))})"
+        if score != "logits":
+            raise TargetError(f"The model's output {shape} is dense: its score is a sum of "
+                              f"output values, so score='logits' only (not {score!r}).")
+        if targets is None and any(m.uses_gradients or m.uses_target for m in methods):
+            raise TargetError(
+                f"The model's output {shape} is not (N, classes): say what is explained with "
+                "targets=onnx_cam.Segmentation(cls, mask=None) or onnx_cam.Detection(box=..., "
+                "cls=..., layout=...) (targets=None is for eigencam, kpcacam, fem, randomcam).")
+    nonlinear = [m.name for m in methods if m.uses_target and (
+        m.level != "layer" or not m.uses_gradients or m.scales_input)]
+    if nonlinear and _has_nonlinear(targets):
+        raise MethodError(f"Detection(objectness=True) scores objectness x class score, which "
+                          f"{nonlinear} would see linearised at the input as given; use "
+                          "layer gradient methods (gradcam, hirescam, ...) or eigencam.")
+
+
+def _has_nonlinear(targets) -> bool:
+    if isinstance(targets, (list, tuple)):
+        return any(_has_nonlinear(t) for t in targets)
+    return bool(getattr(targets, "nonlinear", False))
 
 
 def _one_hot(logits: np.ndarray) -> np.ndarray:
