@@ -22,7 +22,8 @@ from .targets import Finer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Explainer", "Explanation", "Finer", "Segmentation", "Detection", "RuntimeOptions", "OnnxCamError", "ModelLoadError",
+    "Explainer", "Explanation", "Finer", "Segmentation", "Detection", "RuntimeOptions",
+    "OnnxCamError", "ModelLoadError",
     "UnsupportedModelError", "UnsupportedOpError", "LayerError", "InputError", "TargetError",
     "MethodError", "StoreError", "MemoryBudgetError", "RowFlag", "describe_flags",
     "NumericsWarning", "ZeroGradientWarning", "__version__",

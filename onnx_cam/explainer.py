@@ -189,7 +189,7 @@ class Explainer:
             raise MethodError("Finer targets are a function of the logits that only gradient "
                               "methods differentiate exactly: use score='logits' and gradient "
                               f"methods (not {[m.name for m in every]}, score={score!r}).")
-        _check_dense(self.model, targets, score, every)
+        _check_dense(self.model, targets, score, every, aug_smooth)
         if self.model.tokens and any(m.scales_input for m in every):
             raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
@@ -362,7 +362,7 @@ class Explainer:
             return self._fit_batch(x, chosen, seeded, outputs, maps, rows, batch_size)
 
         batch_size = fit(len(x))
-        plan = self._plan(x, targets, foils, batch_size)
+        plan = self._plan(x, targets, foils, batch_size, outputs.score)
         rows = x if plan is None or plan.is_identity else x[plan.items]
         if len(rows) != len(x):  # several rows per item: more maps to keep
             batch_size = fit(len(rows))
@@ -409,7 +409,8 @@ class Explainer:
         run = footprint.scaled(RUNTIME_OVERHEAD).plus(per_item=workspace)
         return run.plus(fixed=results), run, results
 
-    def _plan(self, x: np.ndarray, targets, foils, batch_size: int) -> TargetPlan | None:
+    def _plan(self, x: np.ndarray, targets, foils, batch_size: int,
+              score: str = "logits") -> TargetPlan | None:
         spatial = self.model.spatial_of(x)
         probe = self._probe(spatial, batch_size)
         predicted = OnceCache()
@@ -418,8 +419,14 @@ class Explainer:
             return predicted.get("logits", lambda: probe.logits(x))
 
         shape = self.model.score_shape_of(spatial)
-        dense = DenseOutput(shape, len(x), self.class_names, self.model.channels_last,
-                            lambda: predict().reshape(len(x), *shape),
+
+        def values() -> np.ndarray:  # the explained score's values (under a Sigmoid head)
+            z = predict().reshape(len(x), *shape).astype(np.float64)
+            if score == "logits":
+                return z
+            return -np.logaddexp(0, -z) if score == "log_probs" else 1 / (1 + np.exp(-z))
+
+        dense = DenseOutput(shape, len(x), self.class_names, self.model.channels_last, values,
                             lambda name: probe.tensor(name, x), self.model.nms_boxes)
         return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict,
                             dense)
@@ -694,14 +701,20 @@ def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:
     return seed
 
 
-def _check_dense(model: Model, targets, score: str, methods: list) -> None:
+def _check_dense(model: Model, targets, score: str, methods: list,
+                 aug_smooth: bool = False) -> None:
     """Refuse what is not defined on a dense output (segmentation, detection) or on a score
     that is not linear in it (objectness x class score)."""
     if model.dense:
         shape = f"(N, {', '.join(map(str, model.score_shape))})"
-        if score != "logits":
+        if score != "logits" and (model.head != "Sigmoid" or score == "rest"):
             raise TargetError(f"The model's output {shape} is dense: its score is a sum of "
-                              f"output values, so score='logits' only (not {score!r}).")
+                              "output values, so score='logits' only (also 'probs' and "
+                              f"'log_probs' under a final Sigmoid), not {score!r}.")
+        if aug_smooth or any(m.level == "meta" for m in methods):
+            raise MethodError("aug_smooth and sess explain flipped, rescaled or cropped inputs, "
+                              "which a mask or box over the output does not follow; explain "
+                              f"the model's dense output {shape} without them.")
         if targets is None and any(m.uses_gradients or m.uses_target for m in methods):
             raise TargetError(
                 f"The model's output {shape} is not (N, classes): say what is explained with "

@@ -151,6 +151,23 @@ def test_several_maps_per_item_tuples_and_channels_last_outputs():
     assert by_tuple.targets.tolist() == [1, 2]
 
 
+def test_sigmoid_head_probabilities():
+    """Under a final Sigmoid (multi-label segmentation) score='probs' sums probabilities."""
+    torch.manual_seed(4)
+    net = nn.Sequential(randomize(UNet(2), 4), nn.Sigmoid()).eval()
+    x = torch.randn(2, 2, 16, 16)
+    exp = onnx_cam.Explainer(net, example_input=x)
+    mask = np.zeros((16, 16), np.float32)
+    mask[2:9, 5:14] = 1
+    for score, transform in (("probs", torch.sigmoid),
+                             ("log_probs", torch.nn.functional.logsigmoid)):
+        ref = autograd(net[0], x, ["dec2"],
+                       lambda out, f=transform: (f(out[:, 1]) * torch.from_numpy(mask)).sum((1, 2)))
+        res = exp.explain(x.numpy(), targets=Segmentation(1, mask), layers="0.dec2",
+                          score=score)
+        assert_close(res.raw(), np.maximum(ref_gradcam(*ref["dec2"])[0], 0), score)
+
+
 @pytest.mark.parametrize("dim", [2, 3])
 def test_segmentation_equals_pytorch_grad_cam(dim):
     from references import pytorch_grad_cam
@@ -383,6 +400,8 @@ def test_bad_dense_targets_are_refused():
         seg.explain(xs, targets=Segmentation(1), score="probs")
     with pytest.raises(onnx_cam.TargetError, match="foils"):
         seg.explain(xs, targets=Segmentation(1), foils=0)
+    with pytest.raises(onnx_cam.MethodError, match="aug_smooth and sess"):
+        seg.explain(xs, targets=Segmentation(1), aug_smooth=True)
     with pytest.raises(onnx_cam.TargetError, match="not all zero"):
         seg.explain(xs, targets=Segmentation(1, np.zeros((16, 16))))
     _, x, det = yolo()
