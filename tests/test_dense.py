@@ -426,3 +426,28 @@ def test_bad_dense_targets_are_refused():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no NMS: no warning
         onnx_cam.Explainer(export_bytes(classifier, x))
+
+
+# -------------------------------------------------------------------------------------- CLI
+def test_cli_explains_a_class_over_a_mask_file(tmp_path, capsys):
+    from onnx_cam.cli import EXIT_OK, EXIT_USAGE, main
+    from torch_zoo import ref_upsampled_minmax
+    net, x, exp = unet(2)
+    exp.save_model(tmp_path / "unet.onnx")
+    np.save(tmp_path / "x.npy", x.numpy())
+    mask = np.zeros((16, 16), bool)
+    mask[3:12, 6:15] = True
+    np.save(tmp_path / "mask.npy", mask)
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "unet.onnx"), str(tmp_path / "x.npy"), "--out",
+                 str(out), "--target", "1", "--mask", str(tmp_path / "mask.npy"),
+                 "--layer", "dec1"]) == EXIT_OK
+    assert "explained 2 items" in capsys.readouterr().out
+    ref = autograd(net, x, ["dec1"], lambda o: (o[:, 1] * torch.from_numpy(mask)).sum((1, 2)))
+    cams, _ = ref_upsampled_minmax(np.maximum(ref_gradcam(*ref["dec1"])[0], 0), (16, 16))
+    res = onnx_cam.Explanation.load(out / "cams.npz")
+    np.testing.assert_allclose(res.cam(), cams, atol=1e-3)
+    assert res.logits.shape == (2, 3, 16, 16)
+    assert main(["explain", str(tmp_path / "unet.onnx"), str(tmp_path / "x.npy"), "--out",
+                 str(out), "--mask", "pred", "--quiet"]) == EXIT_USAGE
+    assert "--mask needs --target" in capsys.readouterr().err
