@@ -430,8 +430,9 @@ def test_bad_dense_targets_are_refused():
 
 # -------------------------------------------------------------------------------------- CLI
 def test_cli_explains_a_class_over_a_mask_file(tmp_path, capsys):
-    from onnx_cam.cli import EXIT_OK, EXIT_USAGE, main
     from torch_zoo import ref_upsampled_minmax
+
+    from onnx_cam.cli import EXIT_OK, EXIT_USAGE, main
     net, x, exp = unet(2)
     exp.save_model(tmp_path / "unet.onnx")
     np.save(tmp_path / "x.npy", x.numpy())
