@@ -452,3 +452,18 @@ def test_cli_explains_a_class_over_a_mask_file(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "unet.onnx"), str(tmp_path / "x.npy"), "--out",
                  str(out), "--mask", "pred", "--quiet"]) == EXIT_USAGE
     assert "--mask needs --target" in capsys.readouterr().err
+
+
+def test_dynamic_length_output_follows_the_input():
+    from conftest import export_bytes
+    net, x, _ = unet(1)
+    exp = onnx_cam.Explainer(export_bytes(net, x, dynamic_axes={
+        "input": {0: "N", 2: "T"}, "output": {0: "N", 2: "T"}}))
+    longer = torch.randn(2, 2, 48)
+    mask = np.zeros(48, bool)
+    mask[10:30] = True
+    ref = autograd(net, longer, ["dec1"], lambda o: (o[:, 0] * torch.from_numpy(mask)).sum(1))
+    res = exp.explain(longer.numpy(), targets=Segmentation(0, mask),
+                      layers="/dec1/dec1.1/Relu_output_0")
+    assert res.logits.shape == (2, 3, 48)
+    assert_close(res.raw(), np.maximum(ref_gradcam(*ref["dec1"])[0], 0), "gradcam at T=48")
