@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import TargetError
+from .errors import MethodError, TargetError
 
 
 @dataclass(frozen=True)
@@ -246,6 +246,39 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     area = np.prod(np.abs(boxes[:, 2:] - boxes[:, :2]), axis=1)
     union = np.prod(box[2:] - box[:2]) + area - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def check_dense(model, targets, score: str, methods: list, aug_smooth: bool = False) -> None:
+    """Refuse what is not defined on a dense output (segmentation, detection) or on a score
+    that is not linear in it (objectness x class score)."""
+    if model.dense:
+        shape = f"(N, {', '.join(map(str, model.score_shape))})"
+        if score != "logits" and (model.head != "Sigmoid" or score == "rest"):
+            raise TargetError(f"The model's output {shape} is dense: its score is a sum of "
+                              "output values, so score='logits' only (also 'probs' and "
+                              f"'log_probs' under a final Sigmoid), not {score!r}.")
+        if aug_smooth or any(m.level == "meta" for m in methods):
+            raise MethodError("aug_smooth and sess explain flipped, rescaled or cropped inputs, "
+                              "which a mask or box over the output does not follow; explain "
+                              f"the model's dense output {shape} without them.")
+        if targets is None and any(m.uses_gradients or m.uses_target for m in methods):
+            raise TargetError(
+                f"The model's output {shape} is not (N, classes): say what is explained with "
+                "targets=onnx_cam.Segmentation(cls, mask=None) or onnx_cam.Detection(box=..., "
+                "cls=..., layout=...) (targets=None is for eigencam, kpcacam, fem, randomcam).")
+    nonlinear = [m.name for m in methods if m.uses_target and (
+        m.level != "layer" or not m.uses_gradients or m.scales_input or m.uses_hvp)]
+    if nonlinear and _has_nonlinear(targets):
+        raise MethodError(f"Detection(objectness=True) scores objectness x class score, which "
+                          f"{nonlinear} would see linearised at the input as given; use "
+                          "first-order layer gradient methods (gradcam, hirescam, ...) or "
+                          "eigencam.")
+
+
+def _has_nonlinear(targets) -> bool:
+    if isinstance(targets, (list, tuple)):
+        return any(_has_nonlinear(t) for t in targets)
+    return bool(getattr(targets, "nonlinear", False))
 
 
 DENSE_TARGETS = (Segmentation, Detection)

@@ -14,7 +14,7 @@ from . import kernels, numerics
 from .attribution import attribute_inputs
 from .concepts import Concepts, factorize
 from .concurrency import OnceCache, kernel_guard
-from .dense import DenseOutput
+from .dense import DenseOutput, check_dense
 from .errors import (
     InputError,
     LayerError,
@@ -189,7 +189,7 @@ class Explainer:
             raise MethodError("Finer targets are a function of the logits that only gradient "
                               "methods differentiate exactly: use score='logits' and gradient "
                               f"methods (not {[m.name for m in every]}, score={score!r}).")
-        _check_dense(self.model, targets, score, every, aug_smooth)
+        check_dense(self.model, targets, score, every, aug_smooth)
         if self.model.tokens and any(m.scales_input for m in every):
             raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
@@ -293,7 +293,7 @@ class Explainer:
         (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
         first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
         outputs = CamOutputs(score)
-        _check_dense(self.model, targets, score, [get_method("gradcam")])
+        check_dense(self.model, targets, score, [get_method("gradcam")])
         _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
                                                           outputs)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
@@ -699,39 +699,6 @@ def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:
     if plan.foils is not None:
         seed[rows, plan.foils[start:start + count]] -= 1.0
     return seed
-
-
-def _check_dense(model: Model, targets, score: str, methods: list,
-                 aug_smooth: bool = False) -> None:
-    """Refuse what is not defined on a dense output (segmentation, detection) or on a score
-    that is not linear in it (objectness x class score)."""
-    if model.dense:
-        shape = f"(N, {', '.join(map(str, model.score_shape))})"
-        if score != "logits" and (model.head != "Sigmoid" or score == "rest"):
-            raise TargetError(f"The model's output {shape} is dense: its score is a sum of "
-                              "output values, so score='logits' only (also 'probs' and "
-                              f"'log_probs' under a final Sigmoid), not {score!r}.")
-        if aug_smooth or any(m.level == "meta" for m in methods):
-            raise MethodError("aug_smooth and sess explain flipped, rescaled or cropped inputs, "
-                              "which a mask or box over the output does not follow; explain "
-                              f"the model's dense output {shape} without them.")
-        if targets is None and any(m.uses_gradients or m.uses_target for m in methods):
-            raise TargetError(
-                f"The model's output {shape} is not (N, classes): say what is explained with "
-                "targets=onnx_cam.Segmentation(cls, mask=None) or onnx_cam.Detection(box=..., "
-                "cls=..., layout=...) (targets=None is for eigencam, kpcacam, fem, randomcam).")
-    nonlinear = [m.name for m in methods if m.uses_target and (
-        m.level != "layer" or not m.uses_gradients or m.scales_input)]
-    if nonlinear and _has_nonlinear(targets):
-        raise MethodError(f"Detection(objectness=True) scores objectness x class score, which "
-                          f"{nonlinear} would see linearised at the input as given; use "
-                          "layer gradient methods (gradcam, hirescam, ...) or eigencam.")
-
-
-def _has_nonlinear(targets) -> bool:
-    if isinstance(targets, (list, tuple)):
-        return any(_has_nonlinear(t) for t in targets)
-    return bool(getattr(targets, "nonlinear", False))
 
 
 def _one_hot(logits: np.ndarray) -> np.ndarray:
