@@ -166,6 +166,23 @@ def test_sigmoid_head_probabilities():
         res = exp.explain(x.numpy(), targets=Segmentation(1, mask), layers="0.dec2",
                           score=score)
         assert_close(res.raw(), np.maximum(ref_gradcam(*ref["dec2"])[0], 0), score)
+    with torch.no_grad():
+        np.testing.assert_allclose(res.probs, net(x).numpy(), atol=1e-6)
+
+
+def test_softmax_head_explains_the_logits_before_it():
+    torch.manual_seed(6)
+    net = nn.Sequential(randomize(UNet(2), 6), nn.Softmax(dim=1)).eval()
+    x = torch.randn(2, 2, 16, 16)
+    exp = onnx_cam.Explainer(net, example_input=x)
+    mask = np.ones((16, 16), np.float32)
+    ref = autograd(net[0], x, ["dec2"],
+                   lambda out: (out[:, 0] * torch.from_numpy(mask)).sum((1, 2)))
+    res = exp.explain(x.numpy(), targets=Segmentation(0, mask), layers="0.dec2")
+    assert_close(res.raw(), np.maximum(ref_gradcam(*ref["dec2"])[0], 0), "logits below softmax")
+    with torch.no_grad():
+        np.testing.assert_allclose(res.probs, net(x).numpy(), atol=1e-6)
+        np.testing.assert_array_equal(res.predicted, net(x).argmax(1).numpy())
 
 
 @pytest.mark.parametrize("dim", [2, 3])
