@@ -135,6 +135,8 @@ def test_several_maps_per_item_tuples_and_channels_last_outputs():
                                           Segmentation(2, mask, class_axis=-1)],
                       layers="dec1")
     assert res.items.tolist() == [0, 0, 1] and res.targets.tolist() == [0, 1, 2]
+    from onnx_cam.viz.titles import row_title
+    assert row_title(res, 2) == "class 2"  # figures of dense rows name the class explained
     for row, (item, cls) in enumerate(((0, 0), (0, 1), (1, 2))):
         ref = autograd(net, x[item:item + 1], ["dec1"],
                           lambda out, c=cls: (out[..., c] * torch.from_numpy(mask)).sum(1))
