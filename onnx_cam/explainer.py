@@ -219,8 +219,11 @@ class Explainer:
 
         def consume(start, xb, seeds, acts, grads, hvps):
             done = slice(start, start + len(xb))
+            # each layer's own flags: a gradient that is zero at one layer (a branch the score
+            # does not read, as an FPN level) must not blank the maps of the others
+            row_flags = flags[done].copy()
             for layer, a, g, h in zip(chosen, acts, grads, hvps):
-                layer_flags = numerics.layer_flags(a, g) | flags[done]
+                layer_flags = numerics.layer_flags(a, g) | row_flags
                 if (layer_flags & numerics.RowFlag.ZERO_GRADIENT).any():
                     zero_gradient_layers.append(layer.name)
                 batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe, h,

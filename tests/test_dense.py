@@ -207,23 +207,39 @@ def test_segmentation_equals_pytorch_grad_cam(dim):
 
 # ------------------------------------------------------------------------------- detection
 class TinyYolo(nn.Module):
-    """A YOLO-style raw head: per cell one box (cx, cy, w, h in pixels, decoded from a grid),
-    [objectness,] class scores, all after sigmoid; (N, boxes, fields) or (N, fields, boxes)."""
+    """A YOLO-style raw head on a two-level FPN (stride 4: 8 x 8 cells, stride 8: 4 x 4; the
+    deep level upsampled and concatenated into the shallow one): per cell one box (cx, cy, w,
+    h in pixels, decoded from its grid), [objectness,] class scores after sigmoid; the levels'
+    80 boxes concatenated, (N, boxes, fields) or (N, fields, boxes)."""
 
     def __init__(self, classes: int = 3, objectness: bool = True, transposed: bool = False):
         super().__init__()
+        fields = 4 + objectness + classes
         self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(),
                                       nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
-        self.head = nn.Conv2d(16, 4 + objectness + classes, 1)
+        self.deep = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU())
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.lateral = nn.Sequential(nn.Conv2d(32, 16, 1), nn.ReLU())
+        self.head4, self.head8 = nn.Conv2d(16, fields, 1), nn.Conv2d(16, fields, 1)
         self.transposed = transposed
-        ys, xs = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
-        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()])[None])
+        for cells in (8, 4):
+            ys, xs = torch.meshgrid(torch.arange(cells * 1.0), torch.arange(cells * 1.0),
+                                    indexing="ij")
+            self.register_buffer(f"grid{cells}", torch.stack([xs.flatten(), ys.flatten()])[None])
+
+    @staticmethod
+    def decode(p, grid, stride: float):
+        p = p.flatten(2)                                       # (N, fields, cells)
+        xy = (torch.sigmoid(p[:, :2]) + grid) * stride
+        wh = torch.exp(p[:, 2:4]) * 2 * stride
+        return torch.cat([xy, wh, torch.sigmoid(p[:, 4:])], 1)
 
     def forward(self, x):
-        p = self.head(self.backbone(x)).flatten(2)             # (N, fields, 64)
-        xy = (torch.sigmoid(p[:, :2]) + self.grid) * 4.0
-        wh = torch.exp(p[:, 2:4]) * 8.0
-        out = torch.cat([xy, wh, torch.sigmoid(p[:, 4:])], 1)
+        shallow = self.backbone(x)
+        deep = self.deep(shallow)
+        fused = self.lateral(torch.cat([self.up(deep), shallow], 1))
+        out = torch.cat([self.decode(self.head4(fused), self.grid8, 4.0),
+                         self.decode(self.head8(deep), self.grid4, 8.0)], 2)
         return out if self.transposed else out.transpose(1, 2)
 
 
@@ -242,7 +258,7 @@ def corners(cxcywh: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(("objectness", "transposed"), [(True, False), (False, True)])
 def test_detection_box_index_matches_autograd(objectness, transposed):
     net, x, exp = yolo(objectness=objectness, transposed=transposed)
-    boxes, cls = [5, 41], [2, 0]
+    boxes, cls = [5, 70], [2, 0]  # a box of the shallow level, one of the deep level
     first = 4 + objectness
 
     def score(out):
@@ -251,12 +267,12 @@ def test_detection_box_index_matches_autograd(objectness, transposed):
         value = table[rows, boxes, first + torch.tensor(cls)]
         return value * table[rows, boxes, 4] if objectness else value
 
-    ref = autograd(net, x, ["backbone.3", "backbone.1"], score)
+    ref = autograd(net, x, ["lateral", "deep", "backbone.3", "backbone.1"], score)
     targets = [Detection(b, c, layout="yolo_t" if transposed else "yolo",
                          objectness=objectness) for b, c in zip(boxes, cls)]
     res = check_maps(exp, x, targets, ref)
     assert res.targets.tolist() == cls
-    assert res.predicted.shape == (2, 64)
+    assert res.predicted.shape == (2, 80)
 
 
 def test_detection_by_coordinates_and_best_class():
@@ -425,8 +441,8 @@ def test_bad_dense_targets_are_refused():
         seg.explain(xs, targets=Segmentation(1, np.zeros((16, 16))))
     _, x, det = yolo()
     xs = x.numpy()
-    with pytest.raises(onnx_cam.TargetError, match="out of range.*64 candidate"):
-        det.explain(xs, targets=Detection(64, 0))
+    with pytest.raises(onnx_cam.TargetError, match="out of range.*80 candidate"):
+        det.explain(xs, targets=Detection(80, 0))
     with pytest.raises(onnx_cam.TargetError, match="out of range"):
         det.explain(xs, targets=Detection(0, 4, objectness=True))
     with pytest.raises(onnx_cam.TargetError, match="IoU"):
