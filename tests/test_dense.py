@@ -197,8 +197,8 @@ def test_segmentation_equals_pytorch_grad_cam(dim):
     targets = [pgc.utils.model_targets.SemanticSegmentationTarget(1, m) for m in masks]
     ours = [Segmentation(1, m) for m in masks]
     methods = [("gradcam", pgc.GradCAM), ("hirescam", pgc.HiResCAM)]
-    if dim == 2:
-        methods.append(("scorecam", pgc.ScoreCAM))  # the masked sum is its score too
+    if dim == 2:  # the masked sum is their score too
+        methods += [("scorecam", pgc.ScoreCAM), ("ablationcam", pgc.AblationCAM)]
     for name, cam in methods:  # dec1 has the input's size: pytorch-grad-cam's resize is identity
         ref = cam(model=net, target_layers=[net.dec1])(input_tensor=x, targets=targets)
         res = exp.explain(x.numpy(), targets=ours, layers="dec1", methods=name)
