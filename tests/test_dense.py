@@ -502,3 +502,20 @@ def test_dynamic_length_output_follows_the_input():
                       layers="/dec1/dec1.1/Relu_output_0")
     assert res.logits.shape == (2, 3, 48)
     assert_close(res.raw(), np.maximum(ref_gradcam(*ref["dec1"])[0], 0), "gradcam at T=48")
+
+
+def test_cli_explains_a_box(tmp_path, capsys):
+    from torch_zoo import ref_upsampled_minmax
+
+    from onnx_cam.cli import EXIT_OK, main
+    net, x, exp = yolo()
+    exp.save_model(tmp_path / "yolo.onnx")
+    np.save(tmp_path / "x.npy", x.numpy())
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "yolo.onnx"), str(tmp_path / "x.npy"), "--out",
+                 str(out), "--box", "70", "--target", "1", "--objectness", "--layer",
+                 "backbone.3", "--quiet"]) == EXIT_OK
+    ref = autograd(net, x, ["backbone.3"], lambda o: o[:, 70, 6] * o[:, 70, 4])
+    cams, _ = ref_upsampled_minmax(np.maximum(ref_gradcam(*ref["backbone.3"])[0], 0), (32, 32))
+    np.testing.assert_allclose(onnx_cam.Explanation.load(out / "cams.npz").cam(), cams,
+                               atol=1e-3)

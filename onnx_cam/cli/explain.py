@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dense import Segmentation
+from ..dense import LAYOUTS, Detection, Segmentation
 from ..errors import InputError
 from ..explainer import Explainer
 from ..files import write_atomic, write_json
@@ -76,6 +76,16 @@ def add_parser(sub):
                            "--target CLASS summed over this mask of the output's spatial axes "
                            "(bool or weights; one mask, or one per item), or `pred`: where "
                            "CLASS is predicted (onnx_cam.Segmentation)")
+    what.add_argument("--box", metavar="INDEX|X1,Y1,X2,Y2",
+                      help="detectors (a raw output before NMS): explain one box, by its index "
+                           "among the candidates or by corners matched by IoU, for --target "
+                           "CLASS (pred: the box's best class) (onnx_cam.Detection)")
+    what.add_argument("--layout", choices=sorted(LAYOUTS), default="yolo",
+                      help="with --box: yolo (N, boxes, 4 [+ 1] + classes; the default), "
+                           "yolo_t (transposed), detr (N, boxes, classes), detr_t")
+    what.add_argument("--objectness", action="store_true",
+                      help="with --box: the yolo output has an objectness field after the 4 "
+                           "coordinates; the score is objectness x class score")
     what.add_argument("--foil", metavar="CLASS",
                       help="contrast each target with this class index or name (default: none)")
     what.add_argument("--score", choices=("logits", "log_probs", "probs"), default="logits",
@@ -136,8 +146,13 @@ def explain(args) -> dict:
 
 
 def _targets(args):
-    """--target, or with --mask the Segmentation target it names."""
+    """--target, or with --mask / --box the Segmentation / Detection target it names."""
     target = parse_class(args.target)
+    if args.box is not None:
+        if args.mask is not None:
+            raise InputError("Give --mask (segmentation) or --box (detection), not both.")
+        return Detection(_box(args.box), target, layout=args.layout,
+                         objectness=args.objectness)
     if args.mask is None:
         return target
     if target is None or args.target in ("all",) or str(args.target).startswith("top"):
@@ -145,6 +160,15 @@ def _targets(args):
                          "over it.")
     mask = None if args.mask == "pred" else _read_array(Path(args.mask), memory_budget(None))
     return Segmentation(target, mask)
+
+
+def _box(text: str):
+    """--box: a candidate's index, or four comma-separated corners."""
+    parts = text.split(",")
+    try:
+        return int(text) if len(parts) == 1 else tuple(float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--box {text!r} is not an index or X1,Y1,X2,Y2.") from None
 
 
 def _write_maps(res, out: Path, fmt: str) -> dict[str, str]:
