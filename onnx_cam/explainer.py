@@ -296,7 +296,7 @@ class Explainer:
         (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
         first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
         outputs = CamOutputs(score)
-        check_dense(self.model, targets, score, [get_method("gradcam")])
+        check_dense(self.model, targets, score, [get_method("gradcam")])  # as a gradient method
         _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
                                                           outputs)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
@@ -416,10 +416,10 @@ class Explainer:
               score: str = "logits") -> TargetPlan | None:
         spatial = self.model.spatial_of(x)
         probe = self._probe(spatial, batch_size)
-        predicted = OnceCache()
+        once = OnceCache()  # the targets' values and the default masks share one forward run
 
         def predict() -> np.ndarray:
-            return predicted.get("logits", lambda: probe.logits(x))
+            return once.get("logits", lambda: probe.logits(x))
 
         shape = self.model.score_shape_of(spatial)
 

@@ -25,7 +25,6 @@ class TargetPlan:
     seeds: np.ndarray | None = None
     # dense targets: each row's predicted classes (per position / box) from its logits (R, F)
     predicted: Callable[[np.ndarray], np.ndarray] | None = None
-    linear: bool = True           # False: the seeds linearise a score (objectness x class)
 
     @property
     def is_identity(self) -> bool:
@@ -77,8 +76,7 @@ def _plan_dense(targets, foils, dense: DenseOutput | None) -> TargetPlan:
         values = logits.reshape(len(logits), *dense.shape)
         return np.stack([t.predicted(dense, values[r:r + 1])[0] for r, t in enumerate(chosen)])
 
-    return TargetPlan(items, classes, None, seeds, predicted,
-                      not any(t.nonlinear for t in chosen))
+    return TargetPlan(items, classes, None, seeds, predicted)
 
 
 def _finer_gradient(z: np.ndarray, main: int, others: np.ndarray, alpha: float) -> np.ndarray:
