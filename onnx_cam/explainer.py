@@ -416,10 +416,10 @@ class Explainer:
               score: str = "logits") -> TargetPlan | None:
         spatial = self.model.spatial_of(x)
         probe = self._probe(spatial, batch_size)
-        once = OnceCache()  # the targets' values and the default masks share one forward run
+        once = OnceCache()  # forward runs the targets need, each once: logits (None), tensors
 
         def predict() -> np.ndarray:
-            return once.get("logits", lambda: probe.logits(x))
+            return once.get(None, lambda: probe.logits(x))
 
         shape = self.model.score_shape_of(spatial)
 
@@ -430,7 +430,8 @@ class Explainer:
             return -np.logaddexp(0, -z) if score == "log_probs" else 1 / (1 + np.exp(-z))
 
         dense = DenseOutput(shape, len(x), self.class_names, self.model.channels_last, values,
-                            lambda name: probe.tensor(name, x), self.model.nms_boxes)
+                            lambda name: once.get(name, lambda: probe.tensor(name, x)),
+                            self.model.nms_boxes)
         return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict,
                             dense)
 
