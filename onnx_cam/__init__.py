@@ -1,5 +1,6 @@
 """onnx-cam: class-activation maps for CNNs, computed on the model's ONNX graph."""
 
+from .dense import Detection, Segmentation
 from .errors import (
     InputError,
     LayerError,
@@ -29,7 +30,8 @@ def compare(*args, **kwargs):
 
 
 __all__ = [
-    "Explainer", "Explanation", "Finer", "RuntimeOptions", "OnnxCamError", "ModelLoadError",
+    "Explainer", "Explanation", "Finer", "Segmentation", "Detection", "RuntimeOptions",
+    "OnnxCamError", "ModelLoadError",
     "UnsupportedModelError", "UnsupportedOpError", "LayerError", "InputError", "TargetError",
     "MethodError", "StoreError", "MemoryBudgetError", "RowFlag", "describe_flags",
     "NumericsWarning", "ZeroGradientWarning", "compare", "__version__",

@@ -14,6 +14,7 @@ from . import kernels, numerics
 from .attribution import attribute_inputs
 from .concepts import Concepts, factorize
 from .concurrency import OnceCache, kernel_guard
+from .dense import DenseOutput, check_dense
 from .errors import (
     InputError,
     LayerError,
@@ -92,7 +93,8 @@ class Explainer:
                 "The model has no layer a CAM can be computed on: no tensor with channel and "
                 "spatial axes below a convolution lies on the path to the score."
             )
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
+        if (self.class_names is not None and not self.model.dense
+                and len(self.class_names) != self.num_classes):
             raise TargetError(f"class_names has {len(self.class_names)} names but the model "
                               f"scores {self.num_classes} classes.")
 
@@ -187,6 +189,7 @@ class Explainer:
             raise MethodError("Finer targets are a function of the logits that only gradient "
                               "methods differentiate exactly: use score='logits' and gradient "
                               f"methods (not {[m.name for m in every]}, score={score!r}).")
+        check_dense(self.model, targets, score, every, aug_smooth)
         if self.model.tokens and any(m.scales_input for m in every):
             raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
@@ -216,8 +219,11 @@ class Explainer:
 
         def consume(start, xb, seeds, acts, grads, hvps):
             done = slice(start, start + len(xb))
+            # each layer's own flags: a gradient that is zero at one layer (a branch the score
+            # does not read, as an FPN level) must not blank the maps of the others
+            row_flags = flags[done].copy()
             for layer, a, g, h in zip(chosen, acts, grads, hvps):
-                layer_flags = numerics.layer_flags(a, g) | flags[done]
+                layer_flags = numerics.layer_flags(a, g) | row_flags
                 if (layer_flags & numerics.RowFlag.ZERO_GRADIENT).any():
                     zero_gradient_layers.append(layer.name)
                 batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe, h,
@@ -272,6 +278,9 @@ class Explainer:
                 cams[key], ranges[key], raws[key] = cam, rng, inputs.raws[name]
         numerics.warn_flagged(flags, zero_gradient_layers)
         predicted = logits.argmax(1)
+        if self.model.dense:  # the output as the model shapes it, classes per position / box
+            predicted = np.full(n, -1) if plan is None else plan.predicted(logits)
+            logits = logits.reshape(n, *self.model.score_shape_of(spatial))
         aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
         return Explanation(
             logits, self._probs(logits), predicted,
@@ -287,6 +296,7 @@ class Explainer:
         (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
         first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
         outputs = CamOutputs(score)
+        check_dense(self.model, targets, score, [get_method("gradcam")])  # as a gradient method
         _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
                                                           outputs)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
@@ -355,7 +365,7 @@ class Explainer:
             return self._fit_batch(x, chosen, seeded, outputs, maps, rows, batch_size)
 
         batch_size = fit(len(x))
-        plan = self._plan(x, targets, foils, batch_size)
+        plan = self._plan(x, targets, foils, batch_size, outputs.score)
         rows = x if plan is None or plan.is_identity else x[plan.items]
         if len(rows) != len(x):  # several rows per item: more maps to keep
             batch_size = fit(len(rows))
@@ -402,11 +412,28 @@ class Explainer:
         run = footprint.scaled(RUNTIME_OVERHEAD).plus(per_item=workspace)
         return run.plus(fixed=results), run, results
 
-    def _plan(self, x: np.ndarray, targets, foils, batch_size: int) -> TargetPlan | None:
+    def _plan(self, x: np.ndarray, targets, foils, batch_size: int,
+              score: str = "logits") -> TargetPlan | None:
+        spatial = self.model.spatial_of(x)
+        probe = self._probe(spatial, batch_size)
+        once = OnceCache()  # forward runs the targets need, each once: logits (None), tensors
+
         def predict() -> np.ndarray:
-            probe = self._probe(self.model.spatial_of(x), batch_size)
-            return probe.logits(x)
-        return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict)
+            return once.get(None, lambda: probe.logits(x))
+
+        shape = self.model.score_shape_of(spatial)
+
+        def values() -> np.ndarray:  # the explained score's values (under a Sigmoid head)
+            z = predict().reshape(len(x), *shape).astype(np.float64)
+            if score == "logits":
+                return z
+            return -np.logaddexp(0, -z) if score == "log_probs" else 1 / (1 + np.exp(-z))
+
+        dense = DenseOutput(shape, len(x), self.class_names, self.model.channels_last, values,
+                            lambda name: once.get(name, lambda: probe.tensor(name, x)),
+                            self.model.nms_boxes)
+        return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict,
+                            dense)
 
     def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer],
              outputs: CamOutputs, batch_size: int, consume):
@@ -415,7 +442,8 @@ class Explainer:
         seeded = plan is not None
         cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
                                            self.model.spatial_of(rows), seeded, outputs)
-        n, k = len(rows), self.num_classes
+        n = len(rows)
+        k = int(np.prod(self.model.score_shape_of(self.model.spatial_of(rows)), dtype=np.int64))
         logits = np.empty((n, k), np.float32)
         near_ties = None if cam_model.near_ties_name is None else np.empty(n, np.float32)
         names = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names,
@@ -610,11 +638,15 @@ class Explainer:
         return ""
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
+        """The model's head applied to the logits; a dense output without a head as it is."""
+        axis = self.model.head_axis if self.model.dense else 1
+        if self.model.dense and self.head is None:
+            return logits.copy()
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite rows are flagged
             if self.head == "Sigmoid":
                 return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+            shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+            return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
 def _normalize_within(cam: np.ndarray, rng: np.ndarray, valid: np.ndarray):

@@ -23,6 +23,7 @@ from .converters.metadata import (
 from .errors import LayerError, ModelLoadError, OnnxCamError, UnsupportedModelError
 from .graph import qoperators, toposort
 from .graph.batch_shapes import resolve_batch_shapes
+from .graph.nms import before_nms
 from .graph.precision import float32_input, is_float, is_half
 from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
 from .memory import memory_budget
@@ -216,15 +217,22 @@ class Model:
             )
         self._graphs: OnceCache[gs.Graph] = OnceCache()
         graph = self.graph(self.default_spatial_shape())
-        self.head, self.score_name = _find_head(graph, self.output_name)
+        # a NonMaxSuppression selects boxes and has no gradient: its scores input is explained
+        scored, self.nms_boxes = before_nms(graph, self.output_name)
+        self.head, self.score_name = _find_head(graph, scored)
+        self.head_axis = _head_axis(graph, self.score_name, self.head)
         score_shape = graph.tensors()[self.score_name].shape
-        if score_shape is None or len(score_shape) not in (1, 2) or (
-                len(score_shape) == 2 and not isinstance(score_shape[1], int)):
+        if score_shape is None or len(score_shape) < 1 or not all(
+                isinstance(d, int) for d in score_shape[1:]):
             raise UnsupportedModelError(
                 f"The score tensor {self.score_name!r} has shape {score_shape}; onnx-cam needs "
-                "(N, classes) or (N,) scores. Choose the output that holds them with output=."
+                "(N, classes), (N,) or dense (N, ...) scores of known size. Choose the output "
+                "that holds them with output=."
             )
-        self.num_classes = score_shape[1] if len(score_shape) == 2 else 1
+        self.score_shape = tuple(score_shape[1:])  # nominal: dense outputs follow the input
+        # a dense output (segmentation, detection) is explained through a target object
+        self.dense = len(self.score_shape) > 1
+        self.num_classes = int(np.prod(self.score_shape)) if self.score_shape else 1
         self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map,
                                         self.channels_last, self.spatial_rank + 2)
         self.layer_axes = {layer.tensor: layer.axes for layer in self.layers
@@ -318,6 +326,13 @@ class Model:
             folded = gs.export_onnx(graph, do_type_check=False)
             del folded.graph.value_info[:]
         return gs.import_onnx(_infer_shapes(folded, spatial_shape)).toposort()
+
+    def score_shape_of(self, spatial_shape: tuple[int, ...]) -> tuple:
+        """The score's shape after the batch axis for inputs of `spatial_shape` (a dense
+        output of a model with dynamic spatial axes follows the input's size)."""
+        if tuple(spatial_shape) == self.default_spatial_shape():
+            return self.score_shape
+        return tuple(self.graph(spatial_shape).tensors()[self.score_name].shape[1:])
 
     # ---- layers -------------------------------------------------------------------------
     def resolve_layer(self, name: str) -> Layer:
@@ -521,6 +536,14 @@ def _find_head(graph: gs.Graph, output_name: str) -> tuple[str | None, str]:
     return None, tensor.name
 
 
+def _head_axis(graph: gs.Graph, score: str, head: str | None) -> int:
+    """The axis a final Softmax / LogSoftmax normalises (1 without one)."""
+    node = next((n for n in graph.tensors()[score].outputs if n.op == head), None)
+    if node is None or head == "Sigmoid":
+        return 1
+    return int(node.attrs.get("axis", -1))
+
+
 def node_inputs(node: gs.Node) -> list:
     """The node's inputs and the outer tensors its subgraphs (Loop, Scan, If bodies) read.
 
@@ -579,6 +602,8 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     reaches_score = ancestors(graph, score, differentiable_closure(graph, conv_outputs))
     aliases: dict[str, list[str]] = {}
     for framework_name, tensor in layer_map.items():
+        if not framework_name:  # the root module (a dense model's output): its tensor name shows
+            continue
         aliases.setdefault(tensor, []).append(framework_name)
     # a quantised model's layer is the dequantised tensor, also named after the float tensor
     # it quantises (which the int8 model does not compute)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .concurrency import OnceCache
-from .errors import UnsupportedModelError
+from .errors import TargetError, UnsupportedModelError
 from .graph.cut import SubModel, head_model, score_model
 from .model import Model
 from .runtime import RuntimeOptions, make_session, run
@@ -22,10 +22,14 @@ class Probe:
         self.batch_size = batch_size
         self._sessions = sessions if sessions is not None else OnceCache()
 
-    def _session(self, layer: str | None) -> tuple[SubModel, object]:
+    def _session(self, layer: str | tuple | None) -> tuple[SubModel, object]:
         def build():
-            sub = (score_model(self._model, self._spatial) if layer is None
-                   else head_model(self._model, layer, self._spatial))
+            if isinstance(layer, tuple):  # ("tensor", name): the model up to that tensor
+                sub = score_model(self._model, self._spatial, layer[1])
+            elif layer is None:
+                sub = score_model(self._model, self._spatial)
+            else:
+                sub = head_model(self._model, layer, self._spatial)
             return sub, make_session(sub.proto, self._runtime)
         return self._sessions.get(layer, build)
 
@@ -43,6 +47,16 @@ class Probe:
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """The model's logits (N, K) for `inputs`, forward only."""
         return self._logits(None, [inputs])
+
+    def tensor(self, name: str, inputs: np.ndarray) -> np.ndarray:
+        """The values of tensor `name` of the graph for `inputs`, forward only, (N, ...)."""
+        if name not in self._model.graph(self._spatial).tensors():
+            raise TargetError(f"The model has no tensor {name!r}; name one of its outputs.")
+        sub, session = self._session(("tensor", name))
+        parts = [run(session, [sub.score_name], {sub.input_names[0]: _as_feed(
+            inputs[start:start + self.batch_size])})[0]
+            for start in range(0, len(inputs), self.batch_size)]
+        return np.concatenate(parts)
 
     def input_scores(self, inputs: np.ndarray, seed: np.ndarray) -> np.ndarray:
         """seed . logits for each of `inputs` (m, C_in, *spatial) -> (m,)."""

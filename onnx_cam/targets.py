@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dense import DenseOutput, mentions_dense, plan_rows
 from .errors import TargetError
 
 _TOP_K = re.compile(r"top-?(\d+)$")
@@ -22,6 +23,8 @@ class TargetPlan:
     foils: np.ndarray | None      # (R,) class subtracted (contrastive), or None
     # (R, K): d score / d logits of each row when the score is not one logit (Finer)
     seeds: np.ndarray | None = None
+    # dense targets: each row's predicted classes (per position / box) from its logits (R, F)
+    predicted: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def is_identity(self) -> bool:
@@ -60,6 +63,22 @@ class Finer:
         return TargetPlan(np.arange(n), main.astype(np.int64), None, seeds.astype(np.float32))
 
 
+def _plan_dense(targets, foils, dense: DenseOutput | None) -> TargetPlan:
+    if dense is None:
+        raise TargetError("Segmentation / Detection targets are taken by Explainer.explain "
+                          "only.")
+    if foils is not None:
+        raise TargetError("foils= are for class scores; Segmentation / Detection targets "
+                          "take none (explain the other class as a second target).")
+    items, classes, seeds, chosen = plan_rows(targets, dense)
+
+    def predicted(logits: np.ndarray) -> np.ndarray:
+        values = logits.reshape(len(logits), *dense.shape)
+        return np.stack([t.predicted(dense, values[r:r + 1])[0] for r, t in enumerate(chosen)])
+
+    return TargetPlan(items, classes, None, seeds, predicted)
+
+
 def _finer_gradient(z: np.ndarray, main: int, others: np.ndarray, alpha: float) -> np.ndarray:
     """d/dz of sum_k p_k (z_main - alpha z_k) / (sum_k p_k + 1e-9) over k in `others`."""
     p = np.exp(z - z.max())
@@ -74,16 +93,21 @@ def _finer_gradient(z: np.ndarray, main: int, others: np.ndarray, alpha: float) 
 
 
 def plan_targets(targets, foils, n: int, classes: int, class_names: Sequence[str] | None,
-                 predict: Callable[[], np.ndarray]) -> TargetPlan | None:
+                 predict: Callable[[], np.ndarray],
+                 dense: DenseOutput | None = None) -> TargetPlan | None:
     """Resolve targets / foils for n items; None means "explain each predicted class".
 
     targets: None (predicted), "all", "top<k>", an index or name for every item, or one entry
     per item, each an index, a name, or a list of them (several maps for that item).
     foils: None, an index or name for every item, or one entry (or list) per item; each
     (target, foil) pair becomes one contrastive map.
+    dense: the model's output, for Segmentation / Detection targets (onnx_cam.dense); a
+    model with a dense output takes only those.
     """
     if targets is None and foils is None:
         return None
+    if (dense is not None and len(dense.shape) > 1) or mentions_dense(targets):
+        return _plan_dense(targets, foils, dense)
     if isinstance(targets, Finer):
         if foils is not None:
             raise TargetError("Finer targets compare with the nearest classes themselves; "

@@ -269,6 +269,31 @@ def resize_chain(dim: int):
     return nn.Sequential(OrderedDict(layers + [("head", GapHead(dim, 4, 3))]))
 
 
+class UNetBody(nn.Module):
+    """Encoder-decoder with skips: ConvTranspose (kernel 3, stride 2, output_padding 1; and a
+    grouped, dilated one), Resize, Concat; a classifier head over the decoder."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dim - 1]
+        self.enc1 = nn.Sequential(conv(dim, 2, 4, 3, padding=1), nn.ReLU())
+        self.enc2 = nn.Sequential(conv(dim, 4, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.enc3 = nn.Sequential(conv(dim, 6, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.up3 = transposed(6, 6, 3, stride=2, padding=1, output_padding=1)
+        self.dec2 = nn.Sequential(conv(dim, 12, 4, 3, padding=1), nn.ReLU())
+        self.up2 = Lambda(lambda x: F.interpolate(x, scale_factor=2, mode=INTERP[dim]))
+        self.dec1 = nn.Sequential(conv(dim, 8, 4, 3, padding=1), nn.ReLU())
+        self.refine = transposed(4, 4, 3, padding=2, dilation=2, groups=2)
+        self.head = GapHead(dim, 4, 3)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        d2 = self.dec2(torch.cat([self.up3(self.enc3(e2)), e2], 1))
+        d1 = self.dec1(torch.cat([self.up2(d2), e1], 1))
+        return self.head(self.refine(d1))
+
+
 def border_pads(dim: int):
     """Reflect and replicate padding, strided / reversed slicing, repeat (Tile)."""
     pads = {1: (2, 1), 2: (1, 2, 2, 1), 3: (1, 1, 0, 2, 2, 1)}[dim]
@@ -591,6 +616,10 @@ CASES: dict[str, Case] = {
     "resize2d": Case(lambda: resize_chain(2), (2, 2, 5, 6),
                      ("stem", "conv0", "conv1", "conv2", "conv3")),
     "resize3d": Case(lambda: resize_chain(3), (2, 2, 3, 4, 3), ("stem", "conv1", "conv2")),
+    "unet1d": Case(lambda: UNetBody(1), (2, 2, 16), ("enc3", "up3", "dec2", "dec1", "refine")),
+    "unet2d": Case(lambda: UNetBody(2), (2, 2, 8, 12), ("enc3", "up3", "dec2", "up2", "dec1"),
+                   (None, "Softmax")),
+    "unet3d": Case(lambda: UNetBody(3), (2, 2, 8, 4, 8), ("enc2", "up3", "dec1", "refine")),
     "pads1d": Case(lambda: border_pads(1), (2, 2, 13), ("stem", "conv1", "conv2", "conv3")),
     "pads2d": Case(lambda: border_pads(2), (2, 2, 9, 10), ("stem", "conv1", "conv2", "conv3")),
     "pads3d": Case(lambda: border_pads(3), (2, 2, 5, 6, 7), ("stem", "conv2", "conv3")),

@@ -129,6 +129,10 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     if unknown:
         raise InputError(f"Unknown metric(s) {unknown}; known: {list(METRICS)}.")
     explainer, model_ref, sha = _open_model(model, class_names, runtime)
+    if explainer.model.dense:
+        raise InputError("Audit jobs explain class scores of a (N, classes) output; this "
+                         "model's output is dense (segmentation / detection): use "
+                         "Explainer.explain with Segmentation / Detection targets.")
     if preprocess is None or isinstance(preprocess, dict):
         preprocess = replace(preprocess_for(explainer), **(preprocess or {}))
     data = open_dataset(dataset, key=key, item_shape=explainer.model.input_shape[1:],

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dense import LAYOUTS, Detection, Segmentation
+from ..errors import InputError
 from ..explainer import Explainer
 from ..files import write_atomic, write_json
-from ..inputs import concatenate_items, expand_paths, read_file
+from ..inputs import _read_array, concatenate_items, expand_paths, read_file
+from ..memory import memory_budget
 from ..methods import METHODS
 from ..progress import progress_bar, wanted
 from .options import add_preprocess_options, parse_class, preprocess_from_args
@@ -43,7 +46,8 @@ examples:
   onnx-cam explain model.onnx scans/ --out results --method gradcam --method hirescam \\
       --layer layer4 --target pred --size 224 224 --mean 0.485 0.456 0.406 \\
       --std 0.229 0.224 0.225
-  onnx-cam explain ecg.onnx record.csv --out results --target af --foil normal --json"""
+  onnx-cam explain ecg.onnx record.csv --out results --target af --foil normal --json
+  onnx-cam explain unet.onnx scans.npy --out results --target 2 --mask lesion.npy"""
 
 
 def add_parser(sub):
@@ -67,6 +71,21 @@ def add_parser(sub):
     what.add_argument("--target", default="pred",
                       help="pred (each item's predicted class; the default), a class index, a "
                            "class name, all (every class) or topK (e.g. top2)")
+    what.add_argument("--mask", metavar="FILE.npy",
+                      help="segmentation models (an output (N, classes, *spatial)): explain "
+                           "--target CLASS summed over this mask of the output's spatial axes "
+                           "(bool or weights; one mask, or one per item), or `pred`: where "
+                           "CLASS is predicted (onnx_cam.Segmentation)")
+    what.add_argument("--box", metavar="INDEX|X1,Y1,X2,Y2",
+                      help="detectors (a raw output before NMS): explain one box, by its index "
+                           "among the candidates or by corners matched by IoU, for --target "
+                           "CLASS (pred: the box's best class) (onnx_cam.Detection)")
+    what.add_argument("--layout", choices=sorted(LAYOUTS), default="yolo",
+                      help="with --box: yolo (N, boxes, 4 [+ 1] + classes; the default), "
+                           "yolo_t (transposed), detr (N, boxes, classes), detr_t")
+    what.add_argument("--objectness", action="store_true",
+                      help="with --box: the yolo output has an objectness field after the 4 "
+                           "coordinates; the score is objectness x class score")
     what.add_argument("--foil", metavar="CLASS",
                       help="contrast each target with this class index or name (default: none)")
     what.add_argument("--score", choices=("logits", "log_probs", "probs"), default="logits",
@@ -113,7 +132,7 @@ def explain(args) -> dict:
     arrays = [read_file(p, pre, item_shape=exp.model.input_shape[1:]) for p in files]
     x = concatenate_items(files, arrays)
     with progress_bar("explaining", enabled=wanted(args.quiet)) as progress:
-        res = exp.explain(x, targets=parse_class(args.target), foils=parse_class(args.foil),
+        res = exp.explain(x, targets=_targets(args), foils=parse_class(args.foil),
                           layers=args.layers or "auto", methods=args.methods or "gradcam",
                           score=args.score, batch_size=args.batch_size, progress=progress)
     out = Path(args.out)
@@ -124,6 +143,32 @@ def explain(args) -> dict:
     summary = _summary(args.model, res, files, [len(a) for a in arrays], pre, written)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _targets(args):
+    """--target, or with --mask / --box the Segmentation / Detection target it names."""
+    target = parse_class(args.target)
+    if args.box is not None:
+        if args.mask is not None:
+            raise InputError("Give --mask (segmentation) or --box (detection), not both.")
+        return Detection(_box(args.box), target, layout=args.layout,
+                         objectness=args.objectness)
+    if args.mask is None:
+        return target
+    if target is None or args.target in ("all",) or str(args.target).startswith("top"):
+        raise InputError("--mask needs --target CLASS (a class index or name) to explain "
+                         "over it.")
+    mask = None if args.mask == "pred" else _read_array(Path(args.mask), memory_budget(None))
+    return Segmentation(target, mask)
+
+
+def _box(text: str):
+    """--box: a candidate's index, or four comma-separated corners."""
+    parts = text.split(",")
+    try:
+        return int(text) if len(parts) == 1 else tuple(float(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--box {text!r} is not an index or X1,Y1,X2,Y2.") from None
 
 
 def _write_maps(res, out: Path, fmt: str) -> dict[str, str]:
@@ -163,14 +208,15 @@ def _summary(model, res, files: list[Path], counts: list[int], pre, written: dic
     for r in range(len(res)):
         item, target = int(res.items[r]), int(res.targets[r])
         foil = None if res.foils is None else int(res.foils[r])
-        predicted = int(res.predicted[r])
+        dense = res.logits.ndim > 2  # segmentation / detection: no one class per row
+        predicted = None if dense else int(res.predicted[r])
         rows.append({
             "item": item, "file": os.fspath(files[file_of_item[item]]),
             "target": target, "target_name": name(target), "foil": foil, "foil_name": name(foil),
             "predicted": predicted, "predicted_name": name(predicted),
-            "probability": float(res.probs[r, target]),
+            "probability": None if dense else float(res.probs[r, target]),
             "flags": res.flag_reasons(r),
-            "probabilities": res.probs[r].tolist(),
+            "probabilities": None if dense else res.probs[r].tolist(),
             "score_ranges": {f"{m}/{layer}": res.score_range(m, layer)[r].tolist()
                              for m, layer in keys},
             # per-row extras of input attributions, e.g. integrated gradients' completeness gap
@@ -202,8 +248,8 @@ def _print_table(summary: dict, out: str, shown: int = 20) -> None:
         if row["foil"] is not None:
             target = f"{target} vs {row['foil_name'] or row['foil']}"
         predicted = row["predicted_name"] or row["predicted"]
-        print(f"{row['item']:>5}  {target!s:<16} {predicted!s:<16} {row['probability']:>9.3f}  "
-              f"{row['file']}")
+        p = "-" if row["probability"] is None else f"{row['probability']:.3f}"
+        print(f"{row['item']:>5}  {target!s:<16} {predicted!s:<16} {p:>9}  {row['file']}")
     if len(rows) > shown:
         print(f"  ... {len(rows) - shown} more rows in summary.json")
     maps = [f for key, f in summary["files"].items() if key != "figures"]

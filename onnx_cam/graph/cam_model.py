@@ -69,7 +69,7 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     if seed_from == "input":
         seed = gs.Variable(SEED, dtype=np.float32, shape=list(logits.shape))
         graph.inputs.append(seed)
-    else:
+    elif outputs.gradients:  # a dense output's one-hot table would be (F, F): built only if used
         seed = seed_from_prediction(builder, logits)
     grads = add_gradients(builder, differentiated, seed, list(layers)) if outputs.gradients else {}
     hvps = {}
@@ -102,9 +102,14 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
 
 
 def _as_matrix(builder: GradBuilder, logits) -> gs.Variable:
-    """Scores as (N, K): a single regression output (N,) becomes (N, 1)."""
+    """Scores as (N, K): a single regression output (N,) becomes (N, 1), a dense output
+    (N, *dims) (N, prod(dims)) (its targets' seeds are flattened alike)."""
     if len(logits.shape) == 2:
         return logits
+    if len(logits.shape) > 2:
+        flat = builder.op("Reshape", [logits, builder.ints([0, -1])])
+        flat.shape = [logits.shape[0], int(np.prod(logits.shape[1:]))]
+        return flat
     column = builder.op("Unsqueeze", [logits, builder.ints([1])])
     column.shape = [logits.shape[0], 1]
     return column

@@ -26,11 +26,14 @@ def _finish(model: Model, graph: gs.Graph, inputs: list, score) -> SubModel:
     return SubModel(export(model, graph), tuple(t.name for t in inputs), out.name)
 
 
-def score_model(model: Model, spatial_shape: tuple[int, ...]) -> SubModel:
-    """The model from its input to the score (the logits before any final softmax)."""
+def score_model(model: Model, spatial_shape: tuple[int, ...],
+                tensor: str | None = None) -> SubModel:
+    """The model from its input to the score (the logits before any final softmax), or to
+    another float `tensor` of its graph."""
     graph = model.graph(spatial_shape)
     tensors = graph.tensors()
-    return _finish(model, graph, [tensors[model.input_name]], tensors[model.score_name])
+    return _finish(model, graph, [tensors[model.input_name]],
+                   tensors[tensor or model.score_name])
 
 
 def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubModel:

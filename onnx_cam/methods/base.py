@@ -86,6 +86,7 @@ class CamMethod:
     aliases: ClassVar[tuple[str, ...]] = ()
     level: ClassVar[str] = "layer"     # "input": attributes to the model input (InputMethod)
     uses_gradients: ClassVar[bool] = True
+    uses_target: ClassVar[bool] = True  # False: the map does not depend on what is explained
     uses_hvp: ClassVar[bool] = False   # needs LayerBatch.hvp (a second-order graph)
     # multiplies the input by masks: meaningless for integer token ids
     scales_input: ClassVar[bool] = False

@@ -21,6 +21,7 @@ class EigenCAM(CamMethod):
     name = "eigencam"
     aliases = ("eigen-cam",)
     uses_gradients = False
+    uses_target = False
 
     def raw(self, batch: LayerBatch, eigen_smooth: bool = False) -> np.ndarray:
         return np.maximum(first_component(batch.activations), 0)
@@ -51,6 +52,7 @@ class KPCACAM(CamMethod):
     name = "kpcacam"
     aliases = ("kpca-cam",)
     uses_gradients = False
+    uses_target = False
     kernel: str = "sigmoid"          # one of _KERNELS
     gamma: float | None = None
     coef0: float = 1.0

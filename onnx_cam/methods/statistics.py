@@ -18,6 +18,7 @@ class FEM(WeightedChannels):
 
     name = "fem"
     uses_gradients = False
+    uses_target = False
     k: float = 2.0
 
     def weights(self, batch: LayerBatch) -> np.ndarray:
@@ -34,6 +35,7 @@ class RandomCAM(WeightedChannels):
     name = "randomcam"
     aliases = ("random-cam", "random")
     uses_gradients = False
+    uses_target = False
     seed: int = 0
     _rng: np.random.Generator = field(init=False, repr=False)
 

@@ -134,6 +134,10 @@ class Scorer:
 def score_kind(explainer, requested: str | None) -> str:
     """The score to read: as requested, else probabilities (logits for a single-output model
     without a head, which is a regression, whose only sensible score is its output)."""
+    if explainer.model.dense:  # its rows' scores are masked sums / box scores, not classes
+        raise MetricError("The faithfulness metrics score classes of a (N, classes) output; "
+                          "this model's output is dense (segmentation / detection), which "
+                          "they do not score yet.")
     regression = explainer.head is None and explainer.num_classes == 1
     if requested is None:
         return "logits" if regression else "probs"

@@ -47,6 +47,8 @@ def row_title(explanation: Explanation, row: int, *, true_label: int | str | Non
     names = class_names if class_names is not None else explanation.class_names
     target = int(explanation.targets[row])
     probs, logits = explanation.probs[row], explanation.logits[row]
+    if logits.ndim > 1:  # a segmentation / detection row: a class over a mask or of a box
+        return class_label(target, names)
     if logits.shape[0] == 1 and names is None:  # one output: a regression
         return f"output {target} = {float(logits[target]):.3g}"
     foil = None if explanation.foils is None else int(explanation.foils[row])
