@@ -269,10 +269,11 @@ def check_dense(model, targets, score: str, methods: list, aug_smooth: bool = Fa
     nonlinear = [m.name for m in methods if m.uses_target and (
         m.level != "layer" or not m.uses_gradients or m.scales_input or m.uses_hvp)]
     if nonlinear and _has_nonlinear(targets):
-        raise MethodError(f"Detection(objectness=True) scores objectness x class score, which "
-                          f"{nonlinear} would see linearised at the input as given; use "
-                          "first-order layer gradient methods (gradcam, hirescam, ...) or "
-                          "eigencam.")
+        raise MethodError(f"Finer targets and Detection(objectness=True) score a function of "
+                          f"the logits that is not linear in them (softmax weights; objectness "
+                          f"x class score), which {nonlinear} would see linearised at the input "
+                          "as given; use first-order layer gradient methods (gradcam, "
+                          "hirescam, ...) or eigencam.")
 
 
 def _has_nonlinear(targets) -> bool:

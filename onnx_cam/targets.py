@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -44,6 +45,9 @@ class Finer:
     alpha: float = 1.0
     comparisons: tuple[int, ...] = (1, 2, 3)
     target: int | str | None = None
+    # not linear in the logits: a method differentiating away from the input as given (IG,
+    # SmoothGrad) or to second order would see its seed's linearisation (dense.check_dense)
+    nonlinear: ClassVar[bool] = True
 
     def plan(self, logits: np.ndarray, class_names: Sequence[str] | None) -> TargetPlan:
         n, classes = logits.shape

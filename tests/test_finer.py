@@ -52,6 +52,9 @@ def test_finer_refuses_what_it_cannot_do_exactly(setup):
         exp.explain(x.numpy(), targets=Finer(), methods="scorecam")
     with pytest.raises(onnx_cam.MethodError, match="score='logits'"):
         exp.explain(x.numpy(), targets=Finer(), score="probs")
+    for method in ("integrated_gradients", "smoothgrad", "shapleycam"):
+        with pytest.raises(onnx_cam.MethodError, match="linearised"):
+            exp.explain(x.numpy(), targets=Finer(), methods=method)
     with pytest.raises(onnx_cam.TargetError, match="no foils"):
         exp.explain(x.numpy(), targets=Finer(), foils=1)
     with pytest.raises(onnx_cam.TargetError, match="ranks 1..5"):
