@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .concurrency import OnceCache
@@ -9,6 +11,7 @@ from .errors import UnsupportedModelError
 from .graph.cut import SubModel, head_model, score_model
 from .model import Model
 from .runtime import RuntimeOptions, make_session, run
+from .side_inputs import SideInputs, side_feeds
 
 
 class Probe:
@@ -21,6 +24,14 @@ class Probe:
         self._model, self._runtime, self._spatial = model, runtime, spatial_shape
         self.batch_size = batch_size
         self._sessions = sessions if sessions is not None else OnceCache()
+        self.side: SideInputs | None = None  # the items' inputs fed as given (several inputs)
+
+    def bound(self, side: SideInputs | None) -> Probe:
+        """This probe feeding `side` (one item's, or one per input scored) beside the inputs
+        it scores; the same sessions."""
+        probe = copy.copy(self)
+        probe.side = side
+        return probe
 
     def _session(self, layer: str | None) -> tuple[SubModel, object]:
         def build():
@@ -37,6 +48,8 @@ class Probe:
         for start in range(0, count, self.batch_size):
             chunk = {name: _as_feed(f[start:start + self.batch_size])
                      for name, f in zip(sub.input_names, feeds)}
+            chunk.update(side_feeds(self._model, self.side, count, start,
+                                    min(count, start + self.batch_size)))
             parts.append(run(session, [sub.score_name], chunk)[0])
         return np.concatenate(parts).reshape(count, -1)
 
@@ -63,7 +76,7 @@ class Probe:
         """
         sub, _ = self._session(layer)
         feeds = [activations]
-        if len(sub.input_names) > 1:
+        if self._model.input_name in sub.input_names:
             if item_input is None:
                 raise UnsupportedModelError(
                     f"The head above layer {layer!r} also reads the model input (a skip "
