@@ -566,13 +566,13 @@ class Explainer:
             return x, self
         if len(self.model.input_names) == 1:
             return split_inputs(self.model, x)[0], self
-        target = self.for_input(self._explained_input(input, layers))
+        target = self.for_input(self.explained_input(input, layers))
         explained, side = split_inputs(target.model, x)
         routed = copy.copy(target)
         routed._side = side
         return explained, routed
 
-    def _explained_input(self, input: str | None, layers) -> str:
+    def explained_input(self, input: str | None = None, layers="auto") -> str:
         """The input the maps cover: input= if given, else the Explainer's, else the only
         spatial input the named layers are computed from."""
         if input is not None:
