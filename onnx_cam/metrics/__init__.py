@@ -35,6 +35,10 @@ class _Context:
     """What the metrics of one evaluate call share: rows, scorer, perturbation, options."""
 
     def __init__(self, explainer, x, explanation, method, layer, options: Options):
+        if len(explainer.model.input_names) > 1:
+            raise MetricError(f"Metrics take models with one input; this one has several inputs "
+                              f"{list(explainer.model.input_names)}, and the perturbed copies "
+                              "of an item would need its other inputs fed beside them.")
         self.explainer, self.options = explainer, options
         rows = Rows.from_explanation(explainer, x, explanation, method, layer)
         self.finite = rows.finite   # rows with NaN / Inf in their input or map: NaN metrics
