@@ -120,7 +120,7 @@ def _layer_grads(net, module: nn.Module, x: dict, items, targets):
     acts, grads = [], []
     for item, target in zip(items, targets):
         saved = {}
-        handle = module.register_forward_hook(lambda m, i, o: saved.setdefault("a", o))
+        handle = module.register_forward_hook(lambda m, i, o, s=saved: s.setdefault("a", o))
         logit = _logits(net, {k: v[item:item + 1] for k, v in x.items()})[0, target]
         handle.remove()
         grads.append(torch.autograd.grad(logit, saved["a"])[0][0])
@@ -306,6 +306,29 @@ def test_side_input_nan_is_refused(ecg):
         exp.explain(given)
 
 
+def test_deletion_perturbs_the_explained_input_only(views):
+    """The deletion curve's scores written out in torch: the top-ranked positions of the side
+    view set to 0, the front view fed as given, the target's softmax probability."""
+    net, exp, x = views
+    res = exp.explain(_numpy(x), targets=[0, [1, 2], 2], layers="b.2")
+    fractions, scores = onnx_cam.metrics.deletion_curves(exp, _numpy(x), res, baseline=0.0,
+                                                         step=0.25, batch_size=4)
+    positions = 12 * 12
+    for row, (item, target) in enumerate(zip(*_rows(res))):
+        order = np.argsort(-res.cam()[row].ravel(), kind="stable")
+        for k, fraction in enumerate(fractions):
+            side = x["side"][item].clone().reshape(2, -1)
+            side[:, order[:int(round(fraction * positions))]] = 0.0
+            logits = _logits(net, {"front": x["front"][item:item + 1],
+                                   "side": side.reshape(1, 2, 12, 12)})
+            want = torch.softmax(logits, 1)[0, target].item()
+            assert abs(scores[row, k] - want) < 1e-5
+    values = onnx_cam.metrics.evaluate(exp, _numpy(x), res, ["deletion", "avg_drop"],
+                                       baseline=0.0, step=0.25)
+    np.testing.assert_allclose(values["deletion"], np.trapezoid(scores, fractions, axis=1),
+                               rtol=1e-6)
+
+
 def test_what_is_refused(ecg):
     _, exp, x = ecg
     with pytest.raises(OnnxCamError, match="sess and aug_smooth"):
@@ -313,8 +336,8 @@ def test_what_is_refused(ecg):
     with pytest.raises(OnnxCamError, match="models with one input"):
         exp.factorize(_numpy(x), "features.3")
     res = exp.explain(_numpy(x))
-    with pytest.raises(OnnxCamError, match="several inputs"):
-        onnx_cam.metrics.evaluate(exp, _numpy(x), res, "deletion")
+    with pytest.raises(OnnxCamError, match="Sanity checks .* models with one input"):
+        onnx_cam.metrics.evaluate(exp, _numpy(x), res, "random_label_spearman")
 
 
 def test_one_input_model_takes_a_dict_too():
