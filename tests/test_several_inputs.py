@@ -375,6 +375,48 @@ def test_cli_explain_reads_one_array_per_input(ecg, tmp_path, capsys):
     assert "holds the arrays ['ecg', 'sex']; the model's inputs are ['ecg', 'age']" in err
 
 
+def test_cli_layers_lists_each_inputs_layers(views, tmp_path, capsys):
+    _, exp, _ = views
+    model = tmp_path / "views.onnx"
+    exp.save_model(model)
+    capsys.readouterr()
+    assert main(["layers", str(model), "--input", "side", "--json"]) == EXIT_OK
+    info = json.loads(capsys.readouterr().out)
+    assert info["input"]["name"] == "side" and info["other_inputs"] == {"front": [None, 1, 16, 16]}
+    assert {"b", "b.2"} <= {layer["name"] for layer in info["layers"]}
+    assert not any(layer["name"].startswith("a") for layer in info["layers"])
+
+
+class TextMeta(nn.Module):
+    """Token ids through an embedding and a convolution, a metadata vector beside them."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.conv = nn.Conv1d(6, 5, 3, padding=1)
+        self.meta = nn.Linear(2, 5)
+        self.head = nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3))
+
+    def forward(self, ids, meta):
+        pooled = torch.relu(self.conv(self.emb(ids).transpose(1, 2))).mean(-1)
+        return self.head(torch.cat([pooled, self.meta(meta)], 1))
+
+
+def test_token_ids_and_metadata_saliency_equals_torch():
+    net = _model(TextMeta)
+    g = torch.Generator().manual_seed(4)
+    ids, meta = torch.randint(1, 20, (3, 12), generator=g), torch.randn(3, 2, generator=g)
+    exp = onnx_cam.Explainer(net, example_input=(ids, meta))
+    assert exp.model.tokens and list(exp.model.side_inputs) == ["meta"]
+    res = exp.explain({"ids": ids.numpy(), "meta": meta.numpy()}, targets=[0, 1, 2],
+                      methods=[Saliency(absolute=False)], batch_size=2)
+    embedded = net.emb(ids).detach().requires_grad_()
+    pooled = torch.relu(net.conv(embedded.transpose(1, 2))).mean(-1)
+    logits = net.head(torch.cat([pooled, net.meta(meta)], 1))
+    grad = torch.autograd.grad(logits[torch.arange(3), [0, 1, 2]].sum(), embedded)[0]
+    np.testing.assert_allclose(res.attribution("saliency"), grad.sum(-1).numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["npz", "zarr"])
 def test_audit_reads_one_array_per_input(views, tmp_path, kind):
     net, exp, x = views
