@@ -433,10 +433,18 @@ def test_audit_reads_one_array_per_input(views, tmp_path, kind):
     store = tmp_path / "audit.zarr"
     assert main(["audit", str(model), str(dataset), "--store", str(store), "--input", "side",
                  "--layer", "b.2", "--target", "1", "--chunk-items", "2", "--cam-dtype",
-                 "float32", "--quiet"]) == EXIT_OK
-    cams = onnx_cam.audit.AuditStore(store).cams("gradcam", "b.2")[:]
-    np.testing.assert_allclose(cams, _gradcam(net, net.b[2], x, range(3), [1] * 3, (12, 12)),
+                 "float32", "--metric", "avg_drop", "--quiet"]) == EXIT_OK
+    audit = onnx_cam.audit.AuditStore(store)
+    np.testing.assert_allclose(audit.cams("gradcam", "b.2")[:],
+                               _gradcam(net, net.b[2], x, range(3), [1] * 3, (12, 12)),
                                atol=1e-4)
+    # avg_drop written out: the target's probability with the side view times its map
+    maps = torch.from_numpy(audit.cams("gradcam", "b.2")[:])
+    masked = {"front": x["front"], "side": x["side"] * maps[:, None]}
+    original, kept = (torch.softmax(_logits(net, v), 1)[:, 1] for v in (x, masked))
+    drop = (torch.relu(original - kept) / original).detach().numpy()
+    np.testing.assert_allclose(audit.group["metrics/avg_drop/gradcam/b.2"][:], drop,
+                               atol=1e-5)
     with pytest.raises(InputError, match=r"holds the arrays \['front'\]; the model's inputs "
                                          r"are \['front', 'side'\]"):
         only = tmp_path / "front.npz"

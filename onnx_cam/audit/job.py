@@ -133,9 +133,10 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     explainer, model_ref, sha = _open_model(model, class_names, runtime)
     several = len(explainer.inputs) > 1
     if several:
-        if metric_names:
-            raise InputError("Metrics perturb one input and re-run the model; they take models "
-                             "with one input. Audit this model without --metric.")
+        if key is not None:
+            raise InputError(f"key= names one array; the model takes the inputs "
+                             f"{explainer.inputs}, read from one array each (named after "
+                             "them) in a .npz or a Zarr group. Drop key= (--key).")
         input = explainer.explained_input(input, layers)
         data = open_inputs(dataset, explainer.inputs, input)
         explainer_of_input = explainer.for_input(input)
@@ -163,7 +164,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     for layer in layer_names:
         explainer_of_input.model.resolve_layer(layer)  # unknown layers fail here
     distributed = scheduler is not None or workers is not None
-    if distributed and data.kind == "array":
+    if distributed and (data.kind == "array" or data.source == "<memory>"):
         raise InputError("An in-memory array cannot be sent to a Dask cluster chunk by chunk; "
                          "save it as a .npy file or a Zarr array first.")
     if distributed and isinstance(model_ref, bytes):
@@ -224,8 +225,8 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
             side[name][sorted(failures)] = 0
     with warnings.catch_warnings():  # the store keeps each row's flags instead
         warnings.simplefilter("ignore", NumericsWarning)
-        res = explainer.explain({spec.input: x, **side} if spec.input else x,
-                                targets=_chunk_targets(spec, start, stop), foils=spec.foil,
+        given = {spec.input: x, **side} if spec.input else x
+        res = explainer.explain(given, targets=_chunk_targets(spec, start, stop), foils=spec.foil,
                                 layers=list(spec.layers), methods=list(spec.methods),
                                 score=spec.score, batch_size=spec.batch_size, input=spec.input)
     for i in np.flatnonzero(res.flags & NAN_MAPS):
@@ -243,7 +244,8 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
         values[map_path("cams", method, layer)] = res.cam(method, layer).astype(spec.cam_dtype)
         values[map_path("score_range", method, layer)] = res.score_range(method, layer)
         if spec.metrics:
-            scores = evaluate(explainer, x, res, spec.metrics, method=method, layer=layer)
+            scores = evaluate(explainer, given, res, spec.metrics, method=method, layer=layer,
+                              input=spec.input)
             for name, value in scores.items():
                 values[map_path(f"metrics/{name}", method, layer)] = value.astype(np.float32)
     arrays = _arrays(spec)
