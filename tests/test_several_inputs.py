@@ -258,6 +258,16 @@ def test_dict_outputs_by_name(views):
     assert embedding.num_classes == 10
 
 
+def test_torch_export_names_inputs_after_forward(views):
+    net, _, x = views
+    reordered = onnx_cam.Explainer(net, example_input={"side": x["side"], "front": x["front"]},
+                                   output="logits")
+    assert reordered.inputs == ["front", "side"]
+    with pytest.raises(onnx_cam.ModelLoadError, match=r"keys \['front', 'view'\] must be the "
+                                                      r"first parameters"):
+        onnx_cam.Explainer(net, example_input={"front": x["front"], "view": x["side"]})
+
+
 def test_image_and_mask(image_mask):
     net, exp, x = image_mask
     with pytest.raises(InputError, match=r"several spatial inputs \['image', 'mask'\]"):
