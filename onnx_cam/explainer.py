@@ -575,12 +575,19 @@ class Explainer:
     def explained_input(self, input: str | None = None, layers="auto") -> str:
         """The input the maps cover: input= if given, else the Explainer's, else the only
         spatial input the named layers are computed from."""
-        if input is not None:
-            return self.for_input(input).model.input_name
-        if self.model.input_chosen:
-            return self.model.input_name
         spatial = list(self.model.spatial_inputs)
         names = [layers] if isinstance(layers, str) else list(layers or ["auto"])
+        if input is not None or self.model.input_chosen:
+            chosen = self.for_input(input or self.model.input_name)
+            for name in names:
+                if name != "auto" and not chosen._has_layer(name):
+                    found = [i for i in spatial if self.for_input(i)._has_layer(name)]
+                    if found:
+                        raise InputError(
+                            f"Layer {name!r} is computed from the input(s) {found}, not from "
+                            f"{chosen.model.input_name!r} whose spatial axes the maps cover; "
+                            f"pass input={found[0]!r} or name a layer of that input.")
+            return chosen.model.input_name
         owners: set[str] = set()
         for name in names:
             if name == "auto":

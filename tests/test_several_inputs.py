@@ -247,6 +247,9 @@ def test_two_views_refuse_what_is_ambiguous(views):
         exp.explain(_numpy(x))
     with pytest.raises(InputError, match="different inputs"):
         exp.explain(_numpy(x), layers=["a.2", "b.2"])
+    with pytest.raises(InputError, match=r"'b.2' is computed from the input\(s\) \['side'\], "
+                                         r"not from 'front'"):
+        exp.explain(_numpy(x), layers="b.2", input="front")
 
 
 def test_dict_outputs_by_name(views):
