@@ -464,3 +464,8 @@ def test_audit_reads_one_array_per_input(views, tmp_path, kind):
         np.savez(only, front=x["front"].numpy())
         onnx_cam.audit.run(str(model), str(only), str(tmp_path / "other.zarr"),
                            input="side", progress=False)
+    uneven = tmp_path / "uneven.npz"
+    np.savez(uneven, front=x["front"].numpy(), side=x["side"][:2].numpy())
+    with pytest.raises(InputError, match=r"different item counts \{'front': 3, 'side': 2\}"):
+        onnx_cam.audit.run(str(model), str(uneven), str(tmp_path / "other.zarr"),
+                           input="side", progress=False)
