@@ -446,7 +446,8 @@ class Explainer:
         cam_model, _ = self._session(*key)
         footprint = self._footprints.get(key, lambda: run_footprint(cam_model.proto))
         acts = [footprint.outputs.get(name, 0.0) for name in cam_model.activation_names]
-        item = float(x[:1].nbytes)
+        item = float(x[:1].nbytes) + (0.0 if self._side is None else float(sum(
+            a[:1].nbytes for a in self._side.arrays.values())))  # the other inputs fed too
         cam = 4.0 * np.prod(spatial)
         if maps:  # a raw map is the activations over the channels (all of them if unknown)
             channels = [c if isinstance(c, int) and c > 0 else 1
