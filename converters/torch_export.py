@@ -69,11 +69,14 @@ def export_torch(
 
     Args:
         module: a ``torch.nn.Module``; exported in eval mode, training flags restored afterwards.
-        example_input: one batch-first input, a ``torch.Tensor`` or a numpy array.
+        example_input: one batch-first input, a ``torch.Tensor`` or a numpy array; for a
+            model with several inputs, a tuple of them in ``forward``'s order (graph inputs
+            named after ``forward``'s parameters) or a dict keyed by those parameter names.
         path: if given, the model is also saved there (single file).
         opset: ONNX opset, at least 17.
-        input_name: name of the graph input.
-        output_name: name of the first graph output; further outputs get ``_1``, ``_2``...
+        input_name: name of the graph input (one input).
+        output_name: name of the first graph output; further outputs get ``_1``, ``_2``...;
+            a model returning a dict of tensors names its outputs by the dict's keys.
         class_names: if given, stored with the model so explainers name its classes.
 
     Returns:
@@ -88,13 +91,14 @@ def export_torch(
         )
     if opset < 17:
         raise ValueError(f"opset {opset} is too old; use opset=17 or newer.")
-    x = _as_tensor(example_input, module)
+    xs = _as_inputs(example_input, module, input_name)
 
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
-        events, values, n_outputs = _eager_calls(module, x)
-        model = _export(module, x, opset, input_name, output_name, n_outputs)
+        events, values, n_outputs, keys = _eager_calls(module, xs)
+        outputs = keys or [output_name] + [f"{output_name}_{i}" for i in range(1, n_outputs)]
+        model = _export(module, xs, opset, outputs)
     finally:
         for m, training in flags:
             m.training = training
@@ -108,14 +112,39 @@ def export_torch(
         q: idx for q, idx in owned.items()
         if not any(q == a or q.startswith(a + ".") for a in ambiguous)
     }
-    layer_map = _call_outputs(model, owned, events, input_name)
-    layer_map, unverified = _checked_by_value(model, layer_map, values, x, input_name, events)
+    layer_map = _call_outputs(model, owned, events, list(xs))
+    layer_map, unverified = _checked_by_value(model, layer_map, values, xs, events)
     layer_map[""] = model.graph.output[0].name
 
     return annotate(model, source="torch", layout=CHANNELS_FIRST, layer_map=layer_map,
                     class_names=class_names, path=path,
                     extra={"onnx_cam.torch_version": str(torch.__version__),
                            UNVERIFIED_KEY: json.dumps(unverified, sort_keys=True)})
+
+
+def _as_inputs(example_input: Any, module: Any, input_name: str) -> dict[str, Any]:
+    """The example input(s) as torch tensors by graph input name: one tensor is named
+    ``input_name``; a tuple / list or dict gives one input per ``forward`` parameter."""
+    import inspect
+
+    if not isinstance(example_input, (tuple, list, dict)):
+        return {input_name: _as_tensor(example_input, module)}
+    params = [p.name for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(example_input, dict):
+        if list(example_input) != params[:len(example_input)]:
+            order = [k for k in params if k in example_input]
+            if sorted(order) != sorted(example_input) or order != params[:len(order)]:
+                raise ValueError(
+                    f"example_input's keys {list(example_input)} must be the first parameters "
+                    f"of {type(module).__name__}.forward {params}; or pass a tuple in that "
+                    "order.")
+            example_input = {k: example_input[k] for k in order}
+        return {k: _as_tensor(v, module) for k, v in example_input.items()}
+    if len(params) < len(example_input):
+        raise ValueError(f"example_input holds {len(example_input)} inputs but "
+                         f"{type(module).__name__}.forward takes {params}.")
+    return {name: _as_tensor(v, module) for name, v in zip(params, example_input)}
 
 
 def _as_tensor(example_input: Any, module: Any) -> Any:
@@ -157,10 +186,11 @@ def _tensors(obj: Any) -> list[Any]:
 
 
 def _eager_calls(
-    module: Any, x: Any
-) -> tuple[list[tuple[str, list[Any], int]], dict[str, Any], int]:
-    """Run ``module`` once; return its module calls in completion order, the value of each
-    module's last-call first output as it returned it, and the model's output count.
+    module: Any, xs: dict[str, Any]
+) -> tuple[list[tuple[str, list[Any], int]], dict[str, Any], int, list[str] | None]:
+    """Run ``module`` once; return its module calls in completion order (each input first, as
+    an ``<input>`` call), the value of each module's last-call first output as it returned
+    it, the model's output count, and its output names when it returns a dict of tensors.
 
     Each call is ``(qualname, output tensors, version counter of the first one)``; the tensors
     are kept alive so that object identity stays meaningful. The values are copies taken in
@@ -179,15 +209,17 @@ def _eager_calls(
                 values[qualname] = tensors[0].detach().clone()
         return record
 
-    x = x.clone()
-    events.append(("<input>", [x], x._version))
+    xs = {name: x.clone() for name, x in xs.items()}
+    for x in xs.values():
+        events.append(("<input>", [x], x._version))
     handles = [m.register_forward_hook(hook(q)) for q, m in module.named_modules()]
     try:
         with torch.no_grad():
-            out = module(x)
+            out = module(*xs.values())
     except Exception as err:
+        shapes = [tuple(x.shape) for x in xs.values()]
         raise RuntimeError(
-            f"running {type(module).__name__} on example_input {tuple(x.shape)} failed: {err}. "
+            f"running {type(module).__name__} on example_input {shapes} failed: {err}. "
             "Check that example_input has the shape and dtype the model expects."
         ) from err
     finally:
@@ -199,25 +231,25 @@ def _eager_calls(
             f"{type(module).__name__} returned no tensor; only models whose output is a tensor "
             "or a tuple/list/dict of tensors can be exported."
         )
-    return events, values, n_outputs
+    keys = None
+    if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()):
+        keys = [str(k) for k in out]
+    return events, values, n_outputs, keys
 
 
-def _export(
-    module: Any, x: Any, opset: int, input_name: str, output_name: str, n_outputs: int
-) -> onnx.ModelProto:
+def _export(module: Any, xs: dict[str, Any], opset: int, outputs: list[str]) -> onnx.ModelProto:
     """Run the legacy TorchScript exporter into memory, batch axis dynamic everywhere."""
     import torch
 
-    outputs = [output_name] + [f"{output_name}_{i}" for i in range(1, n_outputs)]
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
             warnings.filterwarnings("ignore", message="The feature will be removed")
             torch.onnx.export(
-                module, (x,), buf, dynamo=False, do_constant_folding=False,
-                opset_version=opset, input_names=[input_name], output_names=outputs,
-                dynamic_axes={name: {0: "N"} for name in [input_name, *outputs]},
+                module, tuple(xs.values()), buf, dynamo=False, do_constant_folding=False,
+                opset_version=opset, input_names=list(xs), output_names=outputs,
+                dynamic_axes={name: {0: "N"} for name in [*xs, *outputs]},
             )
     except Exception as err:
         raise RuntimeError(
@@ -333,7 +365,7 @@ def _call_outputs(
     model: onnx.ModelProto,
     owned: dict[str, list[int]],
     events: list[tuple[str, list[Any], int]],
-    input_name: str,
+    input_names: list[str],
 ) -> dict[str, str]:
     """Map each module to its last call's output tensor (see the module docstring)."""
     graph = model.graph
@@ -372,11 +404,12 @@ def _call_outputs(
 
     # modules without nodes: pass-through of an already named, unmodified tensor
     known: dict[int, tuple[int, str | None]] = {}
+    graph_inputs = iter(input_names)
     for k, (q, tensors, version) in enumerate(events):
         if not tensors:
             continue
         if q == "<input>":
-            known[id(tensors[0])] = (version, input_name)
+            known[id(tensors[0])] = (version, next(graph_inputs))
         elif q in owned:
             known[id(tensors[0])] = (version, layer_map.get(q) if k == last[q] else None)
         elif k == last[q] and len(tensors) == 1:
@@ -390,8 +423,7 @@ def _checked_by_value(
     model: onnx.ModelProto,
     layer_map: dict[str, str],
     values: dict[str, Any],
-    x: Any,
-    input_name: str,
+    xs: dict[str, Any],
     events: list[tuple[str, list[Any], int]],
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The names whose tensor equals the module's output in ONNX Runtime, and for each name
@@ -401,17 +433,17 @@ def _checked_by_value(
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     outputs = {o.name for o in probe.graph.output}
-    for tensor in sorted(set(layer_map.values()) - outputs - {input_name}):
+    for tensor in sorted(set(layer_map.values()) - outputs - set(xs)):
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    feed = x.detach().cpu().numpy()
+    feeds = {name: x.detach().cpu().numpy() for name, x in xs.items()}
     try:
         session = ort.InferenceSession(probe.SerializeToString(),
                                        providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        computed = dict(zip(names, session.run(None, {input_name: feed}), strict=True))
+        computed = dict(zip(names, session.run(None, feeds), strict=True))
     except Exception:  # noqa: BLE001 - ONNX Runtime cannot run it: no name can be checked
         computed = {}
-    computed[input_name] = feed
+    computed.update(feeds)
     kept = {q: t for q, t in layer_map.items()
             if t in computed and q in values and _same_values(computed[t], values[q])}
     order = {q: k for k, (q, _, _) in enumerate(events)}  # last call of each module

@@ -35,6 +35,7 @@ from .methods import InputBatch, InputMethod
 from .model import Layer, Model
 from .runtime import make_session
 from .runtime import run as run_session
+from .side_inputs import SideInputs, side_feeds
 
 if TYPE_CHECKING:
     from .explainer import Explainer
@@ -54,19 +55,24 @@ class InputResults:
 class _Runner:
     """One gradient model's session, run in chunks of at most `batch` inputs."""
 
-    def __init__(self, gradient_model: GradientModel, session, batch: int):
+    def __init__(self, gradient_model: GradientModel, session, batch: int, model: Model):
         self.model, self.session, self.batch = gradient_model, session, batch
+        self.explainer_model = model
         self.outputs = [gradient_model.explained_name, gradient_model.gradient_name,
                         *gradient_model.target_gradient_names]
 
-    def __call__(self, x: np.ndarray, seeds: np.ndarray) -> list[np.ndarray]:
-        """(explained score (m, K), gradient at the point, gradients at the targets)."""
+    def __call__(self, x: np.ndarray, seeds: np.ndarray,
+                 side: SideInputs | None = None) -> list[np.ndarray]:
+        """(explained score (m, K), gradient at the point, gradients at the targets); `side`:
+        the inputs fed as given (one item's, or one per input)."""
         parts = []
         for start in range(0, len(x), self.batch):
             feeds = {self.model.point_name: np.ascontiguousarray(x[start:start + self.batch],
                                                                  np.float32),
                      self.model.seed_name: np.ascontiguousarray(
-                         seeds[start:start + self.batch], np.float32)}
+                         seeds[start:start + self.batch], np.float32),
+                     **side_feeds(self.explainer_model, side, len(x), start,
+                                  min(len(x), start + self.batch))}
             parts.append(run_session(self.session, self.outputs, feeds))
         return [np.concatenate(p) for p in zip(*parts)]
 
@@ -121,6 +127,7 @@ class _Sessions:
         def build():
             graph = self.model.graph(spatial)
             point = embedding_output(self.model, graph)
+            graph.inputs = [t for t in graph.inputs if t.name == self.model.input_name]
             graph.outputs = [point]
             proto = export(self.model, graph)
             return point.name, make_session(proto, self.explainer.runtime)
@@ -144,6 +151,7 @@ def attribute_inputs(explainer: Explainer, rows: np.ndarray, seeds: np.ndarray,
                           "backward rule, which is defined on float inputs; token models take "
                           "saliency, input_x_gradient, integrated_gradients or smoothgrad.")
     sessions = _Sessions(explainer)
+    side = explainer._side  # the items' inputs fed as given (models with several inputs)
     spatial = model.spatial_of(rows)
     n = len(rows)
     embed = _embedder(sessions, spatial, batch_size) if tokens else None
@@ -154,21 +162,24 @@ def attribute_inputs(explainer: Explainer, rows: np.ndarray, seeds: np.ndarray,
         runner = _runner(explainer, sessions, spatial, score, method.relu_rule, False,
                          point_item, results_bytes, batch_size)
         per_call = max(1, runner.batch // max(1, method.inputs_per_row()))
+        if side is not None and (method.inputs_per_row() > 1 or not method.uses_gradients):
+            per_call = 1  # its runs mix the copies of its rows: one item's side inputs each
         probe = explainer._probe(spatial, runner.batch)
         parts, infos = [], []
         for start in range(0, n, per_call):
             idx = np.arange(start, min(n, start + per_call))
             xb, sb = rows[idx], seeds[idx]
+            sideb = None if side is None else side.take(items[idx])
             batch = InputBatch(
-                embed(xb) if tokens else xb, sb, probe,
-                gradients=lambda x, s, r=runner: r(x, s)[1],
-                scores=lambda x, s, r=runner: np.einsum("ik,ik->i", r(x, s)[0], s),
+                embed(xb) if tokens else xb, sb, probe.bound(sideb),
+                gradients=lambda x, s, r=runner, d=sideb: r(x, s, d)[1],
+                scores=lambda x, s, r=runner, d=sideb: np.einsum("ik,ik->i", r(x, s, d)[0], s),
                 rows=idx, items=items[idx], tokens=tokens,
-                layer_gradients=lambda layer, xb=xb, sb=sb, r=runner: _layer_gradients(
-                    explainer, layer, layers, xb, sb, score, r.batch),
-                bias_gradients=lambda x, s: _bias_gradients(
+                layer_gradients=lambda layer, xb=xb, sb=sb, r=runner, d=sideb: _layer_gradients(
+                    explainer, layer, layers, xb, sb, score, r.batch, d),
+                bias_gradients=lambda x, s, d=sideb: _bias_gradients(
                     explainer, sessions, spatial, score, x, s, point_item, results_bytes,
-                    batch_size))
+                    batch_size, d))
             attr = np.asarray(method.attribute(batch), np.float32)
             parts.append(_check_shape(method, attr, batch.inputs))
             infos.append(batch.info)
@@ -216,7 +227,8 @@ def _fit(explainer: Explainer, footprint, point_item: float, results: float,
 def _runner(explainer, sessions: _Sessions, spatial, score, relu_rule, biases, point_item,
             results, batch_size) -> _Runner:
     gm, session, footprint, _ = sessions.gradient(spatial, score, relu_rule, biases)
-    return _Runner(gm, session, _fit(explainer, footprint, point_item, results, batch_size))
+    return _Runner(gm, session, _fit(explainer, footprint, point_item, results, batch_size),
+                   explainer.model)
 
 
 def _embedder(sessions: _Sessions, spatial: tuple, batch_size: int):
@@ -230,7 +242,8 @@ def _embedder(sessions: _Sessions, spatial: tuple, batch_size: int):
 
 
 def _layer_gradients(explainer: Explainer, layer: str | None, layers: list[Layer],
-                     x: np.ndarray, seeds: np.ndarray, score: str, batch: int):
+                     x: np.ndarray, seeds: np.ndarray, score: str, batch: int,
+                     side: SideInputs | None):
     """(activations, gradients) at one layer for these rows, with the true ReLU rule."""
     chosen = explainer._resolve_layers(layer) if layer is not None else layers
     if len(chosen) != 1:
@@ -240,16 +253,17 @@ def _layer_gradients(explainer: Explainer, layer: str | None, layers: list[Layer
     cam_model, session = explainer._session((chosen[0].tensor,), spatial, True,
                                             CamOutputs(score))
     outputs = [cam_model.activation_names[0], cam_model.gradient_names[0]]
-    parts = [run_session(session, outputs, {cam_model.input_name: x[s:s + batch],
-                                            cam_model.seed_name: seeds[s:s + batch]})
-             for s in range(0, len(x), batch)]
+    parts = [run_session(session, outputs, {
+        cam_model.input_name: x[s:s + batch], cam_model.seed_name: seeds[s:s + batch],
+        **side_feeds(explainer.model, side, len(x), s, min(len(x), s + batch))})
+        for s in range(0, len(x), batch)]
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
 def _bias_gradients(explainer, sessions: _Sessions, spatial, score, x, seeds, point_item,
-                    results, batch_size):
+                    results, batch_size, side: SideInputs | None):
     runner = _runner(explainer, sessions, spatial, score, None, True, point_item, results,
                      batch_size)
     biases = sessions.gradient(spatial, score, None, True)[3]
-    _, gradient, *targets = runner(x, seeds)
+    _, gradient, *targets = runner(x, seeds, side)
     return gradient, list(zip(biases, targets))

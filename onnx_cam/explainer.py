@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from .model import Layer, Model
 from .probes import Probe
 from .runtime import RuntimeOptions, make_session
 from .runtime import run as run_session
+from .side_inputs import SideInputs, side_feeds, split_inputs
 from .targets import Finer, TargetPlan, plan_targets
 
 
@@ -72,15 +74,24 @@ class Explainer:
 
     One Explainer may serve several threads at once: each cached session and graph is built
     once, and results equal those of sequential calls.
+
+    input: for a model with several inputs, the one whose spatial axes the maps cover by
+    default (see explain's input=); None: the only (N, C, *spatial) input (or token ids)
+    computed into a convolution.
     """
+
+    _side: SideInputs | None = None  # an explain call's inputs fed as given (see _route)
 
     def __init__(self, model, *, example_input=None, class_names: Sequence[str] | None = None,
                  output: str | None = None, runtime: RuntimeOptions | None = None,
-                 channels_last: bool | None = None, max_memory: int | str | None = None):
+                 channels_last: bool | None = None, max_memory: int | str | None = None,
+                 input: str | None = None):
         memory_budget(max_memory)  # a malformed size fails here, not at the first explain
         self.max_memory = max_memory
         self.model = Model(_as_model_source(model, example_input, class_names), output=output,
-                           channels_last=channels_last, max_memory=max_memory)
+                           channels_last=channels_last, max_memory=max_memory, input=input)
+        self._channels_last = channels_last
+        self._other_inputs: OnceCache[Explainer] = OnceCache()
         self.runtime = runtime or RuntimeOptions()
         names = class_names if class_names is not None else self.model.class_names
         self.class_names = list(names) if names is not None else None
@@ -118,6 +129,24 @@ class Explainer:
     def num_classes(self) -> int:
         return self.model.num_classes
 
+    @property
+    def inputs(self) -> list[str]:
+        """The model's input names, in the graph's order."""
+        return list(self.model.input_names)
+
+    def for_input(self, name: str) -> Explainer:
+        """The Explainer whose maps cover input `name` of a model with several inputs (its
+        `layers`: the candidate layers computed from that input); sessions of its own."""
+        if name == self.model.input_name:
+            return self
+        if name not in self.model.input_names:
+            raise InputError(f"input={name!r} is not an input of the model; its inputs are "
+                             f"{list(self.model.input_names)}.")
+        return self._other_inputs.get(name, lambda: Explainer(
+            self.model.proto, class_names=self.class_names, output=self.model.output_name,
+            runtime=self.runtime, channels_last=self._channels_last,
+            max_memory=self.max_memory, input=name))
+
     def save_model(self, path) -> None:
         """Write the ONNX model being explained (e.g. the one exported from torch)."""
         onnx.save(self.model.proto, path)
@@ -133,7 +162,7 @@ class Explainer:
                 eigen_smooth: bool = False, progress=None,
                 nonfinite: str = "raise", pad_id: int | None = None,
                 mask=None, check_ties: bool | float = False,
-                aug_smooth: bool = False) -> Explanation:
+                aug_smooth: bool = False, input: str | None = None) -> Explanation:
         """CAMs of `x` for each method and layer; see Explanation for what it holds.
 
         targets: None (each item's predicted class), "all", "top<k>", a class index or name
@@ -169,7 +198,16 @@ class Explainer:
         right or not and scaled by 0.9, 1 or 1.1, each mapped back (pytorch-grad-cam's
         aug_smooth, but explaining the targets of the input as given); raw maps and score
         ranges stay those of the input as given.
+        input: for a model with several inputs (x a dict {name: array}, or a tuple in the
+        graph's input order), the input whose spatial axes the maps cover; None: the one the
+        layers are computed from. Every other input is fed as given, per item.
         """
+        x, routed = self._route(x, input, layers)
+        if routed is not self:
+            return routed.explain(x, targets, layers, methods, foils, score=score,
+                                  batch_size=batch_size, eigen_smooth=eigen_smooth,
+                                  progress=progress, nonfinite=nonfinite, pad_id=pad_id,
+                                  mask=mask, check_ties=check_ties, aug_smooth=aug_smooth)
         single = isinstance(methods, (str, CamMethod))
         every = [get_method(m) for m in ([methods] if single else methods)]
         # input-level methods (attributions) ignore layers= and run in onnx_cam.attribution;
@@ -180,6 +218,10 @@ class Explainer:
         method_names = [m.name for m in method_objs + meta]
         gradients = any(m.uses_gradients for m in method_objs)
         stages = (1 if method_objs else 0) + len(input_methods)
+        if self._side is not None and (meta or aug_smooth):
+            raise MethodError("sess and aug_smooth resize or flip the explained input, which "
+                              "the other inputs of this model (fed as given) would not follow; "
+                              "they take models with one input.")
         if meta and (isinstance(targets, Finer) or aug_smooth or mask is not None
                      or self.model.tokens):
             raise MethodError("sess explains patches of rescaled inputs: it takes float "
@@ -205,6 +247,7 @@ class Explainer:
             x, layers, targets, foils, batch_size, outputs, len(every), nonfinite,
             cams=bool(method_objs))
         n, spatial = len(rows), self.model.spatial_of(x)
+        row_items = np.arange(n) if plan is None else plan.items
         valid = self._valid_positions(x, spatial, pad_id, mask)
         if valid is not None and plan is not None and not plan.is_identity:
             valid = valid[plan.items]
@@ -226,12 +269,13 @@ class Explainer:
                 layer_flags = numerics.layer_flags(a, g) | row_flags
                 if (layer_flags & numerics.RowFlag.ZERO_GRADIENT).any():
                     zero_gradient_layers.append(layer.name)
-                batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe, h,
-                                   self._rerun(layer, seeds, outputs.score))
+                items = row_items[done]
+                batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe.bound(self._side_of(items)),
+                                   h, self._rerun(layer, seeds, outputs.score, items))
                 for method in method_objs:
                     key = (method.name, layer.name)
                     with kernel_guard():
-                        raw = method.raw(batch, eigen_smooth)
+                        raw = self._raw(method, batch, eigen_smooth, items)
                         cam, rng = kernels.resize_normalize(raw, spatial)
                         if aug_smooth:
                             cam = _augmented_mean(method, batch, eigen_smooth, spatial)
@@ -251,7 +295,7 @@ class Explainer:
         if method_objs:
             logits, near_ties = self._run(rows, plan, chosen, outputs, batch_size, consume)
         else:
-            logits, near_ties = probe.logits(rows), None
+            logits, near_ties = probe.bound(self._side_of(row_items)).logits(rows), None
         flags |= numerics.flag_where(numerics.nonfinite_rows(logits),
                                      numerics.RowFlag.SCORE_NONFINITE)
         if near_ties is not None:
@@ -291,10 +335,16 @@ class Explainer:
             inputs.attributions if inputs else {}, inputs.infos if inputs else {})
 
     def activations_and_gradients(self, x, targets=None, layers="auto", foils=None, *,
-                                  score: str = "logits", batch_size: int = 64):
+                                  score: str = "logits", batch_size: int = 64,
+                                  input: str | None = None):
         """Logits and, per layer name, (activations, d score / d activations), one row per
         (item, target, foil) as in explain(). Both are (rows, C, *layer_spatial), channels
-        first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included)."""
+        first, whatever the layout of the model (a Keras layer's (N, *spatial, C) included).
+        input: as for explain()."""
+        x, routed = self._route(x, input, layers)
+        if routed is not self:
+            return routed.activations_and_gradients(x, targets, layers, foils, score=score,
+                                                    batch_size=batch_size)
         outputs = CamOutputs(score)
         check_dense(self.model, targets, score, [get_method("gradcam")])  # as a gradient method
         _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
@@ -310,9 +360,13 @@ class Explainer:
         return logits, {name: (np.concatenate(a), np.concatenate(g))
                         for name, (a, g) in parts.items()}
 
-    def activations(self, x, layers="auto", *, batch_size: int = 64) -> dict[str, np.ndarray]:
+    def activations(self, x, layers="auto", *, batch_size: int = 64,
+                    input: str | None = None) -> dict[str, np.ndarray]:
         """Per layer name, the activations (N, C, *layer_spatial), channels first; forward
-        only."""
+        only. input: as for explain()."""
+        x, routed = self._route(x, input, layers)
+        if routed is not self:
+            return routed.activations(x, layers, batch_size=batch_size)
         outputs = CamOutputs(gradients=False)
         _, chosen, _, rows, batch_size = self._prepare(x, layers, None, None, batch_size,
                                                        outputs)
@@ -332,6 +386,9 @@ class Explainer:
         the logits the head above the layer gives a layer filled with each concept."""
         if not isinstance(layer, str):
             raise LayerError("factorize() takes one layer name.")
+        if len(self.model.input_names) > 1:
+            raise InputError("factorize() takes models with one input: its concept scores run "
+                             "the head on concepts alone, without the other inputs.")
         spatial = self.model.spatial_of(self._check_input(x))
         (name, acts), = self.activations(x, layer, batch_size=batch_size).items()
         concepts = factorize(acts, components, spatial, seed)
@@ -399,7 +456,8 @@ class Explainer:
         cam_model, _ = self._session(*key)
         footprint = self._footprints.get(key, lambda: run_footprint(cam_model.proto))
         acts = [footprint.outputs.get(name, 0.0) for name in cam_model.activation_names]
-        item = float(x[:1].nbytes)
+        item = float(x[:1].nbytes) + (0.0 if self._side is None else float(sum(
+            a[:1].nbytes for a in self._side.arrays.values())))  # the other inputs fed too
         cam = 4.0 * np.prod(spatial)
         if maps:  # a raw map is the activations over the channels (all of them if unknown)
             channels = [c if isinstance(c, int) and c > 0 else 1
@@ -419,7 +477,7 @@ class Explainer:
         once = OnceCache()  # forward runs the targets need, each once: logits (None), tensors
 
         def predict() -> np.ndarray:
-            return once.get(None, lambda: probe.logits(x))
+            return once.get(None, lambda: probe.bound(self._side).logits(x))
 
         shape = self.model.score_shape_of(spatial)
 
@@ -430,7 +488,8 @@ class Explainer:
             return -np.logaddexp(0, -z) if score == "log_probs" else 1 / (1 + np.exp(-z))
 
         dense = DenseOutput(shape, len(x), self.class_names, self.model.channels_last, values,
-                            lambda name: once.get(name, lambda: probe.tensor(name, x)),
+                            lambda name: once.get(name, lambda: probe.bound(self._side)
+                                                  .tensor(name, x)),
                             self.model.nms_boxes)
         return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict,
                             dense)
@@ -451,9 +510,12 @@ class Explainer:
         if near_ties is not None:
             names.append(cam_model.near_ties_name)
         m = len(chosen)
+        items = np.arange(n) if plan is None else plan.items
         for start in range(0, n, batch_size):
             xb = np.ascontiguousarray(rows[start:start + batch_size])
             feeds = {cam_model.input_name: xb}
+            feeds.update(side_feeds(self.model, self._side_of(items[start:start + len(xb)]),
+                                    len(xb)))
             if seeded:
                 feeds[cam_model.seed_name] = _seed(plan, start, len(xb), k)
             results = run_session(session, names, feeds)
@@ -494,17 +556,92 @@ class Explainer:
 
         return method.fused(rows, explain, scores)
 
-    def _rerun(self, layer: Layer, seeds: np.ndarray, score: str):
+    def _rerun(self, layer: Layer, seeds: np.ndarray, score: str, items: np.ndarray):
         """LayerBatch.rerun: one layer's activations and gradients for modified inputs of the
-        batch's shape, explaining `seeds` (one seeded run, on a cached session)."""
+        batch's shape (its `items`), explaining `seeds` (one seeded run, on a cached
+        session)."""
         def rerun(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             cam_model, session = self._session((layer.tensor,), self.model.spatial_of(x), True,
                                                CamOutputs(score))
             feeds = {cam_model.input_name: np.ascontiguousarray(x, np.float32),
-                     cam_model.seed_name: seeds}
+                     cam_model.seed_name: seeds,
+                     **side_feeds(self.model, self._side_of(items), len(x))}
             names = [*cam_model.activation_names, *cam_model.gradient_names]
             return tuple(run_session(session, names, feeds))
         return rerun
+
+    def _side_of(self, items: np.ndarray) -> SideInputs | None:
+        """The inputs fed as given of these items (None: a model with one input)."""
+        return None if self._side is None else self._side.take(items)
+
+    def _raw(self, method: CamMethod, batch: LayerBatch, eigen_smooth: bool,
+             items: np.ndarray) -> np.ndarray:
+        """method.raw; with several model inputs, a method that runs the model on perturbed
+        copies of its rows (passes()) sees one row at a time, so each copy is fed its item's
+        other inputs."""
+        if self._side is None or method.uses_gradients or not hasattr(method, "passes"):
+            return method.raw(batch, eigen_smooth)
+        return np.concatenate([method.raw(replace(
+            batch, activations=batch.activations[i:i + 1], inputs=batch.inputs[i:i + 1],
+            seeds=batch.seeds[i:i + 1], probe=batch.probe.bound(self._side_of(items[i:i + 1])),
+            gradients=None if batch.gradients is None else batch.gradients[i:i + 1],
+            hvp=None if batch.hvp is None else batch.hvp[i:i + 1]), eigen_smooth)
+            for i in range(len(items))])
+
+    def _route(self, x, input: str | None, layers):
+        """(the explained input, the Explainer to explain it with): for a model with several
+        inputs, a copy of the one bound to the input the maps cover, holding this call's other
+        inputs (SideInputs); `x` and self for a one-input model or a routed call."""
+        if self._side is not None:
+            return x, self
+        if len(self.model.input_names) == 1:
+            return split_inputs(self.model, x)[0], self
+        target = self.for_input(self.explained_input(input, layers))
+        explained, side = split_inputs(target.model, x)
+        routed = copy.copy(target)
+        routed._side = side
+        return explained, routed
+
+    def explained_input(self, input: str | None = None, layers="auto") -> str:
+        """The input the maps cover: input= if given, else the Explainer's, else the only
+        spatial input the named layers are computed from."""
+        spatial = list(self.model.spatial_inputs)
+        names = [layers] if isinstance(layers, str) else list(layers or ["auto"])
+        if input is not None or self.model.input_chosen:
+            chosen = self.for_input(input or self.model.input_name)
+            for name in names:
+                if name != "auto" and not chosen._has_layer(name):
+                    found = [i for i in spatial if self.for_input(i)._has_layer(name)]
+                    if found:
+                        raise InputError(
+                            f"Layer {name!r} is computed from the input(s) {found}, not from "
+                            f"{chosen.model.input_name!r} whose spatial axes the maps cover; "
+                            f"pass input={found[0]!r} or name a layer of that input.")
+            return chosen.model.input_name
+        owners: set[str] = set()
+        for name in names:
+            if name == "auto":
+                raise InputError(
+                    f"The model has several spatial inputs {spatial}: pass input=... (one of "
+                    "them) to say which the maps cover, or name the layers to explain.")
+            found = [i for i in spatial if self.for_input(i)._has_layer(name)]
+            if len(found) > 1:
+                raise InputError(
+                    f"Layer {name!r} is computed from the inputs {found}: pass input=... (one "
+                    "of them) to say whose spatial axes the maps cover.")
+            owners.update(found)  # none: the LayerError of resolving it names the problem
+        if len(owners) > 1:
+            raise InputError(f"Layers {names} are computed from different inputs "
+                             f"{sorted(owners)}: explain each input's layers in a call of "
+                             "its own.")
+        return owners.pop() if owners else self.model.input_name
+
+    def _has_layer(self, name: str) -> bool:
+        try:
+            self.model.resolve_layer(name)
+        except LayerError:
+            return False
+        return True
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
         """A Probe of its own for each call (its batch size is the call's); its sessions are

@@ -175,6 +175,44 @@ def concatenate_items(paths: Sequence[str | os.PathLike], arrays: Sequence[np.nd
     return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
 
 
+def read_named_arrays(path: str | os.PathLike, names: Sequence[str], *,
+                      max_memory: int | str | None = None) -> dict[str, np.ndarray]:
+    """A .npz holding one array per input name of a model with several inputs: the arrays by
+    name (floats as float32, integers as stored; never unpickled), all of one length."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        raise InputError(f"{path}: a model with the inputs {list(names)} reads .npz files "
+                         "holding one array per input name (np.savez(path, "
+                         f"{names[0]}=..., ...)).")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {m.filename.removesuffix(".npy"): m for m in archive.infolist()}
+            if sorted(members) != sorted(names):
+                raise InputError(f"{path} holds the arrays {sorted(members)}; the model's "
+                                 f"inputs are {list(names)}: save one array per input name.")
+            headers = []
+            for name in names:
+                with archive.open(members[name]) as stream:
+                    headers.append((f"{path}[{name!r}]", _npy_header(stream, name)))
+            for header in headers:
+                _check_headers(path, [header], memory_budget(max_memory))
+            arrays = {}
+            for name in names:
+                with archive.open(members[name]) as stream:
+                    array = np.lib.format.read_array(stream, allow_pickle=False)
+                arrays[name] = array.astype(np.float32) if array.dtype.kind == "f" else array
+    except OnnxCamError:
+        raise
+    except Exception as exc:  # numpy's header and zip parsers fail in many ways on bad bytes
+        raise InputError(f"{path} is not a readable .npz file "
+                         f"({type(exc).__name__}: {exc}).") from None
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"{path}: its arrays hold different item counts {lengths}; every "
+                         "input needs one entry per item (the same first axis length).")
+    return arrays
+
+
 # ---- arrays ---------------------------------------------------------------------------------
 def _read_array(path: Path, budget: int) -> np.ndarray:
     """An .npy / .npz file's arrays as one float32 batch. Every header is read and checked

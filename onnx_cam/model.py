@@ -20,7 +20,13 @@ from .converters.metadata import (
     LAYOUT_KEY,
     UNVERIFIED_KEY,
 )
-from .errors import LayerError, ModelLoadError, OnnxCamError, UnsupportedModelError
+from .errors import (
+    InputError,
+    LayerError,
+    ModelLoadError,
+    OnnxCamError,
+    UnsupportedModelError,
+)
 from .graph import qoperators, toposort
 from .graph.batch_shapes import resolve_batch_shapes
 from .graph.nms import before_nms
@@ -133,7 +139,7 @@ class Model:
     """A validated ONNX model with everything onnx-cam needs to know about it."""
 
     def __init__(self, source, output: str | None = None, channels_last: bool | None = None,
-                 max_memory: int | str | None = None):
+                 max_memory: int | str | None = None, input: str | None = None):
         proto = load_proto(source)
         safety.check_text(proto)
         safety.check_tensor_data(proto)
@@ -170,21 +176,22 @@ class Model:
         self.class_names: list[str] | None = _read_metadata(metadata, CLASS_NAMES_KEY)
         initializers = {i.name for i in proto.graph.initializer}
         inputs = [i for i in proto.graph.input if i.name not in initializers]
-        if len(inputs) != 1:
-            raise UnsupportedModelError(
-                f"The model has {len(inputs)} inputs ({[i.name for i in inputs]}); onnx-cam "
-                "explains models with one input tensor."
-            )
-        self.input_name = inputs[0].name
-        dims = inputs[0].type.tensor_type.shape.dim
+        self.input_names = tuple(i.name for i in inputs)
+        # several inputs: the explained one (maps over its spatial axes) and those fed as given
+        self.spatial_inputs = spatial_inputs(proto, inputs)
+        explained = explained_input(inputs, self.spatial_inputs, input)
+        self.input_chosen = input is not None or len(self.spatial_inputs) <= 1
+        self.side_inputs = {i.name: side_spec(i) for i in inputs if i is not explained}
+        self.input_name = explained.name
+        dims = explained.type.tensor_type.shape.dim
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
         try:
             self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
-                inputs[0].type.tensor_type.elem_type))
+                explained.type.tensor_type.elem_type))
         except (KeyError, TypeError, ValueError):
             raise UnsupportedModelError(
-                f"The model input {self.input_name!r} is a {inputs[0].type.WhichOneof('value')} "
-                f"of element type {inputs[0].type.tensor_type.elem_type}; onnx-cam explains "
+                f"The model input {self.input_name!r} is a {explained.type.WhichOneof('value')} "
+                f"of element type {explained.type.tensor_type.elem_type}; onnx-cam explains "
                 "models fed one float or integer tensor. Re-export the model.") from None
         # (N, T) integer token ids feeding an embedding: one spatial axis, no channel axis
         self.tokens = self.input_dtype.kind in "iu" and len(self.input_shape) == 2
@@ -227,7 +234,7 @@ class Model:
             raise UnsupportedModelError(
                 f"The score tensor {self.score_name!r} has shape {score_shape}; onnx-cam needs "
                 "(N, classes), (N,) or dense (N, ...) scores of known size. Choose the output "
-                "that holds them with output=."
+                f"that holds them with output= (the model's outputs: {outputs})."
             )
         self.score_shape = tuple(score_shape[1:])  # nominal: dense outputs follow the input
         # a dense output (segmentation, detection) is explained through a target object
@@ -235,6 +242,9 @@ class Model:
         self.num_classes = int(np.prod(self.score_shape)) if self.score_shape else 1
         self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map,
                                         self.channels_last, self.spatial_rank + 2)
+        if self.side_inputs:  # only the layers computed from the explained input
+            below = differentiable_closure(graph, {self.input_name})
+            self.layers = [layer for layer in self.layers if layer.tensor in below]
         self.layer_axes = {layer.tensor: layer.axes for layer in self.layers
                            if layer.axes is not None}
 
@@ -296,6 +306,11 @@ class Model:
         for d, size in zip(spatial_dims, spatial_shape):
             d.Clear()
             d.dim_value = int(size)
+        for side in proto.graph.input:  # inputs fed as given share the batch axis
+            if side.name in self.side_inputs:
+                first = side.type.tensor_type.shape.dim[0]
+                first.Clear()
+                first.dim_param = "N"
         what = f"for input spatial shape {spatial_shape}"
         # before anything evaluates part of the graph (data propagation included)
         safety.check_computed_sizes(proto, self.max_tensor_bytes, what)
@@ -372,6 +387,64 @@ class Model:
             f"Unknown layer {name!r}. Name a layer by framework name, ONNX tensor name or node "
             f"name; see Explainer.layers. Candidate layers, deepest first: {hint}."
         )
+
+
+def _value_spec(value: onnx.ValueInfoProto) -> tuple[tuple, np.dtype | None]:
+    """(shape with None where symbolic, numpy dtype or None) of a graph input."""
+    tensor = value.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    try:
+        return shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    except (KeyError, TypeError, ValueError):
+        return shape, None
+
+
+def spatial_inputs(proto: onnx.ModelProto, inputs: list) -> tuple[str, ...]:
+    """The inputs a map can be drawn over, in graph order: (N, C, *spatial) floats (rank 3 to
+    5) or (N, T) integer token ids from which a convolution is computed. A model's only input
+    is always one ((N, T) float samples included)."""
+    if len(inputs) == 1:
+        return (inputs[0].name,)
+    graph = gs.import_onnx(proto)
+    convs = {n.outputs[0].name for n in graph.nodes if n.op in SPATIAL_OPS}
+    found = []
+    for value in inputs:
+        shape, dtype = _value_spec(value)
+        if len(shape) in (3, 4, 5) or (len(shape) == 2 and dtype is not None
+                                       and dtype.kind in "iu"):
+            if convs & differentiable_closure(graph, {value.name}):
+                found.append(value.name)
+    return tuple(found)
+
+
+def explained_input(inputs: list, spatial: tuple[str, ...], name: str | None):
+    """The graph input whose spatial axes the maps cover: `name`, else the only input, else the
+    first spatial input (Model.input_chosen says whether that choice was the only one)."""
+    by_name = {value.name: value for value in inputs}
+    if name is not None:
+        if name not in by_name:
+            raise InputError(f"input={name!r} is not an input of the model; its inputs are "
+                             f"{list(by_name)}.")
+        return by_name[name]
+    if len(inputs) == 1:
+        return inputs[0]
+    if not spatial:
+        raise UnsupportedModelError(
+            f"None of the model's inputs {list(by_name)} is an (N, C, *spatial) tensor or "
+            "(N, T) token ids from which a convolution is computed. Name the input to explain "
+            "with input=... (e.g. a (N, T) signal).")
+    return by_name[spatial[0]]
+
+
+def side_spec(value: onnx.ValueInfoProto) -> tuple[tuple, np.dtype]:
+    """(shape, numpy dtype) of an input fed as given (shape: None where symbolic)."""
+    shape, dtype = _value_spec(value)
+    if dtype is None or not shape:
+        raise UnsupportedModelError(
+            f"The model input {value.name!r} is not a tensor with a batch axis (element type "
+            f"{value.type.tensor_type.elem_type}, shape {shape}); onnx-cam feeds every input "
+            "batch first. Re-export the model.")
+    return shape, dtype
 
 
 def _unverified_layers(text: str | None) -> dict[str, str]:

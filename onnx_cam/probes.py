@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .concurrency import OnceCache
@@ -9,6 +11,7 @@ from .errors import TargetError, UnsupportedModelError
 from .graph.cut import SubModel, head_model, score_model
 from .model import Model
 from .runtime import RuntimeOptions, make_session, run
+from .side_inputs import SideInputs, side_feeds
 
 
 class Probe:
@@ -21,6 +24,14 @@ class Probe:
         self._model, self._runtime, self._spatial = model, runtime, spatial_shape
         self.batch_size = batch_size
         self._sessions = sessions if sessions is not None else OnceCache()
+        self.side: SideInputs | None = None  # the items' inputs fed as given (several inputs)
+
+    def bound(self, side: SideInputs | None) -> Probe:
+        """This probe feeding `side` (one item's, or one per input scored) beside the inputs
+        it scores; the same sessions."""
+        probe = copy.copy(self)
+        probe.side = side
+        return probe
 
     def _session(self, layer: str | tuple | None) -> tuple[SubModel, object]:
         def build():
@@ -33,16 +44,23 @@ class Probe:
             return sub, make_session(sub.proto, self._runtime)
         return self._sessions.get(layer, build)
 
-    def _logits(self, layer: str | None, feeds: list[np.ndarray]) -> np.ndarray:
-        """(m, K) logits of the sub-model ending at the score, run in batches."""
-        sub, session = self._session(layer)
+    def _outputs(self, key, feeds: list[np.ndarray]) -> np.ndarray:
+        """The output of the sub-model `key` (see _session) for `feeds`, run in batches, with
+        the side inputs fed beside them."""
+        sub, session = self._session(key)
         count = len(feeds[0])
         parts = []
         for start in range(0, count, self.batch_size):
             chunk = {name: _as_feed(f[start:start + self.batch_size])
                      for name, f in zip(sub.input_names, feeds)}
+            chunk.update(side_feeds(self._model, self.side, count, start,
+                                    min(count, start + self.batch_size)))
             parts.append(run(session, [sub.score_name], chunk)[0])
-        return np.concatenate(parts).reshape(count, -1)
+        return np.concatenate(parts)
+
+    def _logits(self, layer: str | None, feeds: list[np.ndarray]) -> np.ndarray:
+        """(m, K) logits of the sub-model ending at the score."""
+        return self._outputs(layer, feeds).reshape(len(feeds[0]), -1)
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """The model's logits (N, K) for `inputs`, forward only."""
@@ -52,11 +70,7 @@ class Probe:
         """The values of tensor `name` of the graph for `inputs`, forward only, (N, ...)."""
         if name not in self._model.graph(self._spatial).tensors():
             raise TargetError(f"The model has no tensor {name!r}; name one of its outputs.")
-        sub, session = self._session(("tensor", name))
-        parts = [run(session, [sub.score_name], {sub.input_names[0]: _as_feed(
-            inputs[start:start + self.batch_size])})[0]
-            for start in range(0, len(inputs), self.batch_size)]
-        return np.concatenate(parts)
+        return self._outputs(("tensor", name), [inputs])
 
     def input_scores(self, inputs: np.ndarray, seed: np.ndarray) -> np.ndarray:
         """seed . logits for each of `inputs` (m, C_in, *spatial) -> (m,)."""
@@ -77,7 +91,7 @@ class Probe:
         """
         sub, _ = self._session(layer)
         feeds = [activations]
-        if len(sub.input_names) > 1:
+        if self._model.input_name in sub.input_names:
             if item_input is None:
                 raise UnsupportedModelError(
                     f"The head above layer {layer!r} also reads the model input (a skip "

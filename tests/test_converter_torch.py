@@ -408,12 +408,12 @@ def test_batchnorm_folded_into_its_conv_is_never_offered(monkeypatch):
     the Conv's node holding BN's output: the Conv names would lie and are left out."""
     from onnx_cam.converters import torch_export
 
-    def folding_export(module, x, opset, input_name, output_name, n_outputs):
+    def folding_export(module, xs, opset, outputs):
         buffer = io.BytesIO()
-        torch.onnx.export(module, (x,), buffer, dynamo=False, do_constant_folding=True,
-                          opset_version=opset, input_names=[input_name],
-                          output_names=[output_name],
-                          dynamic_axes={input_name: {0: "N"}, output_name: {0: "N"}})
+        torch.onnx.export(module, tuple(xs.values()), buffer, dynamo=False,
+                          do_constant_folding=True, opset_version=opset, input_names=list(xs),
+                          output_names=outputs,
+                          dynamic_axes={name: {0: "N"} for name in [*xs, *outputs]})
         return onnx.load_from_string(buffer.getvalue())
 
     monkeypatch.setattr(torch_export, "_export", folding_export)

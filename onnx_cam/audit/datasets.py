@@ -26,6 +26,7 @@ class Chunk:
 
     x: np.ndarray
     failures: dict[int, str] = field(default_factory=dict)
+    side: dict[str, np.ndarray] | None = None  # a model's other inputs (InputsDataset)
 
 
 class Dataset:
@@ -42,18 +43,24 @@ class Dataset:
         x = np.asarray(self._slice(start, stop), dtype=np.float32)
         return Chunk(np.ascontiguousarray(x))
 
-    def read_finite(self, start: int, stop: int) -> tuple[np.ndarray, dict[int, str]]:
-        """Items [start, stop) with the unreadable ones and those holding NaN / Inf set to
-        zeros, and why each of those failed (by offset in the chunk)."""
+    def read_finite(self, start: int, stop: int) -> Chunk:
+        """Items [start, stop) with the unreadable ones and those holding NaN / Inf (in any
+        input) set to zeros, and why each of those failed (by offset in the chunk)."""
         read = self.read(start, stop)
-        x, failures = read.x, dict(read.failures)
-        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-        for i in np.flatnonzero(~finite):
-            failures.setdefault(int(i), "the item contains NaN or Inf")
+        x, failures, side = read.x, dict(read.failures), dict(read.side or {})
+        for name, values in [(None, x), *side.items()]:
+            finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+            for i in np.flatnonzero(~finite):
+                failures.setdefault(int(i), "the item contains NaN or Inf" if name is None
+                                    else f"input {name!r} contains NaN or Inf")
         if failures:
+            bad = sorted(failures)
             x = x.copy()
-            x[sorted(failures)] = 0.0
-        return x, failures
+            x[bad] = 0.0
+            for name, values in side.items():
+                side[name] = values.copy()
+                side[name][bad] = 0
+        return Chunk(x, failures, side or None)
 
     def _slice(self, start: int, stop: int):
         raise NotImplementedError
@@ -219,6 +226,105 @@ class FolderDataset(Dataset):
 
     def item_names(self, start, stop):
         return self.files[start:stop]
+
+
+class NpzMemberDataset(Dataset):
+    """One array of an uncompressed .npz (np.savez), read chunk by chunk by seeking in it."""
+
+    kind = "npz"
+
+    def __init__(self, path: str, name: str):
+        self.source, self.name = os.path.abspath(path), name
+        self._handle = None
+        with self._member() as stream:
+            version = tuple(stream.read(8)[6:8])
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(stream)
+            self._offset = stream.tell()
+        if dtype.hasobject or fortran or not shape:
+            raise InputError(f"{self.source}[{name!r}] holds a {'Fortran-ordered ' * fortran}"
+                             f"array of dtype {dtype} and shape {shape}; give a C-ordered "
+                             "numeric array of shape (N, ...).")
+        self.shape, self._dtype = tuple(shape), dtype
+
+    def _member(self):
+        import zipfile
+        archive = zipfile.ZipFile(self.source)
+        return archive.open(f"{self.name}.npy")
+
+    def _slice(self, start, stop):
+        item = int(np.prod(self.shape[1:])) * self._dtype.itemsize
+        with self._member() as stream:
+            stream.seek(self._offset + start * item)
+            data = stream.read((stop - start) * item)
+        return np.frombuffer(data, self._dtype).reshape(stop - start, *self.shape[1:])
+
+
+class InputsDataset(Dataset):
+    """One array per input of a model with several inputs, read together: `x` is the
+    explained input's items, `side` the others' (the same items)."""
+
+    kind = "inputs"
+
+    def __init__(self, source: str, parts: dict[str, Dataset], explained: str):
+        self.source, self.parts, self.explained = source, parts, explained
+        lengths = {name: len(part) for name, part in parts.items()}
+        if len(set(lengths.values())) != 1:
+            raise InputError(f"{source!r}: its arrays hold different item counts {lengths}; "
+                             "every input needs one entry per item (the same first axis).")
+        self.shape = parts[explained].shape
+        self._handle = None
+
+    def read(self, start, stop) -> Chunk:
+        side = {name: np.ascontiguousarray(part._slice(start, stop))
+                for name, part in self.parts.items() if name != self.explained}
+        return Chunk(self.parts[self.explained].read(start, stop).x, side=side)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "source": self.source, "explained": self.explained,
+                "inputs": {name: part.describe() for name, part in self.parts.items()}}
+
+
+def open_inputs(source, names: list[str], explained: str) -> InputsDataset:
+    """The dataset of a model with several inputs: a .npz (np.savez, uncompressed) or a Zarr
+    group (path or URL) holding one array per input name, or a dict of arrays."""
+    if isinstance(source, dict):
+        found, parts = list(source), {k: ArrayDataset(v) for k, v in source.items()}
+        text = "<memory>"
+    else:
+        text = os.fspath(source)
+        suffix = Path(text.rstrip("/")).suffix.lower()
+        if suffix == ".npz":
+            if not os.path.isfile(text):
+                raise InputError(f"The dataset {text!r} does not exist.")
+            import zipfile
+            try:
+                with zipfile.ZipFile(text) as archive:
+                    members = archive.infolist()
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise InputError(f"Cannot read {text!r} as a .npz file ({exc}).") from None
+            if any(m.compress_type != zipfile.ZIP_STORED for m in members):
+                raise InputError(f"{text!r} is compressed (np.savez_compressed), so it cannot "
+                                 "be read chunk by chunk; save it with np.savez, or as a Zarr "
+                                 "group.")
+            found = [m.filename.removesuffix(".npy") for m in members]
+            parts = {k: NpzMemberDataset(text, k) for k in found if k in names}
+        elif "://" in text or suffix == ".zarr" or (Path(text) / "zarr.json").exists():
+            import zarr
+            try:
+                group = zarr.open_group(text, mode="r")
+            except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+                raise InputError(f"Cannot open {text!r} as a Zarr group ({exc}).") from None
+            found = sorted(name for name, _ in group.arrays())
+            parts = {k: ZarrDataset(text, k) for k in found if k in names}
+        else:
+            raise InputError(f"The model takes the inputs {names}: give a .npz file or a Zarr "
+                             "group holding one array per input name (same first axis).")
+    if sorted(found) != sorted(names):
+        raise InputError(f"{text!r} holds the arrays {sorted(found)}; the model's inputs are "
+                         f"{names}: store one array per input name, nothing else.")
+    return InputsDataset(text, {name: parts[name] for name in names}, explained)
 
 
 def open_dataset(source, *, key: str | None = None, item_shape: tuple[int, ...] | None = None,

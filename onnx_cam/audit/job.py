@@ -27,9 +27,10 @@ from ..metrics import METRICS, evaluate
 from ..numerics import NumericsWarning, RowFlag, describe_flags
 from ..progress import progress_bar
 from ..runtime import RuntimeOptions
+from ..side_inputs import split_inputs
 from ..targets import plan_targets
 from . import stats
-from .datasets import Dataset, open_dataset, read_labels
+from .datasets import Dataset, open_dataset, open_inputs, read_labels
 from .store import (
     MANIFEST_KEY,
     STORE_FORMAT,
@@ -76,6 +77,7 @@ class AuditSpec:
     labels: np.ndarray | None
     runtime: RuntimeOptions
     metrics: tuple[str, ...] = ()
+    input: str | None = None  # a model with several inputs: the one the maps cover
 
     @property
     def maps(self) -> list[tuple[str, str]]:
@@ -100,7 +102,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
         batch_size: int = 64, chunk_items: int = 256, cam_dtype: str = "float16",
         class_names=None, overwrite: bool = False, scheduler: str | None = None,
         workers: int | None = None, runtime: RuntimeOptions | None = None,
-        metrics=(), progress: bool = True) -> AuditStore:
+        metrics=(), progress: bool = True, input: str | None = None) -> AuditStore:
     """Explain every item of `dataset` into the Zarr store at `store`; returns the store.
 
     model: an .onnx path (what a cluster needs), ONNX bytes / ModelProto, or an Explainer.
@@ -113,7 +115,9 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     refused unless overwrite=True. scheduler= a Dask scheduler address ("tcp://host:8786"),
     workers= N starts a local Dask cluster of N processes. metrics: names of
     onnx_cam.metrics to store per item and map (e.g. ("deletion", "road")), with their
-    default options.
+    default options. A model with several inputs reads a .npz (np.savez) or a Zarr group with
+    one array per input name (or a dict of arrays); input= names the one the maps cover
+    (default: the one the layers are computed from), the others are fed as given.
     """
     if cam_dtype not in CAM_DTYPES:
         raise InputError(f"cam_dtype={cam_dtype!r}; use one of {CAM_DTYPES}.")
@@ -133,13 +137,27 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
         raise InputError("Audit jobs explain class scores of a (N, classes) output; this "
                          "model's output is dense (segmentation / detection): use "
                          "Explainer.explain with Segmentation / Detection targets.")
-    if preprocess is None or isinstance(preprocess, dict):
-        preprocess = replace(preprocess_for(explainer), **(preprocess or {}))
-    data = open_dataset(dataset, key=key, item_shape=explainer.model.input_shape[1:],
-                        preprocess=preprocess)
+    several = len(explainer.inputs) > 1
+    if several:
+        if key is not None:
+            raise InputError(f"key= names one array; the model takes the inputs "
+                             f"{explainer.inputs}, read from one array each (named after "
+                             "them) in a .npz or a Zarr group. Drop key= (--key).")
+        input = explainer.explained_input(input, layers)
+        data = open_inputs(dataset, explainer.inputs, input)
+        explainer_of_input = explainer.for_input(input)
+    else:
+        if preprocess is None or isinstance(preprocess, dict):
+            preprocess = replace(preprocess_for(explainer), **(preprocess or {}))
+        data = open_dataset(dataset, key=key, item_shape=explainer.model.input_shape[1:],
+                            preprocess=preprocess)
+        explainer_of_input = explainer
     if len(data) == 0:
         raise InputError("The dataset holds no items.")
-    explainer._check_input(np.nan_to_num(data.read(0, 1).x))  # shape errors before writing
+    first = data.read(0, 1)  # shape errors before writing
+    explainer_of_input._check_input(np.nan_to_num(first.x))
+    if several:
+        split_inputs(explainer_of_input.model, {input: first.x, **first.side})
     label_array = read_labels(labels, len(data), explainer.class_names)
     _check_targets(target, label_array, explainer.num_classes)
     target_class = None if target in ("pred", "label") else _class_index(explainer, target=target)
@@ -147,12 +165,12 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     method_names = list(dict.fromkeys(
         get_method(m).name for m in ([methods] if isinstance(methods, str) else methods)))
     layer_names = list(dict.fromkeys(
-        explainer.layers[0] if layer == "auto" else layer
+        explainer_of_input.layers[0] if layer == "auto" else layer
         for layer in ([layers] if isinstance(layers, str) else layers)))
     for layer in layer_names:
-        explainer.model.resolve_layer(layer)  # unknown layers fail here, not on a worker
+        explainer_of_input.model.resolve_layer(layer)  # unknown layers fail here
     distributed = scheduler is not None or workers is not None
-    if distributed and data.kind == "array":
+    if distributed and (data.kind == "array" or data.source == "<memory>"):
         raise InputError("An in-memory array cannot be sent to a Dask cluster chunk by chunk; "
                          "save it as a .npy file or a Zarr array first.")
     if distributed and isinstance(model_ref, bytes):
@@ -163,11 +181,11 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     spec = AuditSpec(model_ref, sha, data, url, "", tuple(method_names), tuple(layer_names),
                      target if target_class is None else target_class, foil_class, score,
                      batch_size, chunk_items, cam_dtype, label_array, explainer.runtime,
-                     metric_names)
+                     metric_names, input if several else None)
     identity = _identity(spec, explainer, data, label_array, target, foil)
     with StoreLock(url):
         with writing(url, "Preparing the store"):
-            run_id = _prepare_store(spec, identity, explainer, overwrite)
+            run_id = _prepare_store(spec, identity, explainer_of_input, overwrite)
         spec = replace(spec, run_id=run_id)
         _EXPLAINERS[(sha, spec.runtime)] = explainer
         group = AuditStore(url, mode="r+").group
@@ -197,12 +215,14 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
     """Explain one chunk and write it to the store, its done mark last. Returns its items."""
     explainer = _explainer(spec)
     start, stop = spec.bounds(chunk)
-    x, failures = spec.dataset.read_finite(start, stop)
+    read = spec.dataset.read_finite(start, stop)
+    x, failures, side = read.x, read.failures, read.side or {}
     with warnings.catch_warnings():  # the store keeps each row's flags instead
         warnings.simplefilter("ignore", NumericsWarning)
-        res = explainer.explain(x, targets=_chunk_targets(spec, start, stop), foils=spec.foil,
+        given = {spec.input: x, **side} if spec.input else x
+        res = explainer.explain(given, targets=_chunk_targets(spec, start, stop), foils=spec.foil,
                                 layers=list(spec.layers), methods=list(spec.methods),
-                                score=spec.score, batch_size=spec.batch_size)
+                                score=spec.score, batch_size=spec.batch_size, input=spec.input)
     for i in np.flatnonzero(res.flags & NAN_MAPS):
         failures.setdefault(int(i), "; ".join(describe_flags(res.flags[i])))
     failed = np.zeros(len(x), bool)
@@ -218,7 +238,8 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
         values[map_path("cams", method, layer)] = res.cam(method, layer).astype(spec.cam_dtype)
         values[map_path("score_range", method, layer)] = res.score_range(method, layer)
         if spec.metrics:
-            scores = evaluate(explainer, x, res, spec.metrics, method=method, layer=layer)
+            scores = evaluate(explainer, given, res, spec.metrics, method=method, layer=layer,
+                              input=spec.input)
             for name, value in scores.items():
                 values[map_path(f"metrics/{name}", method, layer)] = value.astype(np.float32)
     arrays = _arrays(spec)
@@ -385,7 +406,8 @@ def _identity(spec: AuditSpec, explainer: Explainer, data: Dataset, labels, targ
                       "labels_sha256": None if labels is None
                       else hashlib.sha256(labels.tobytes()).hexdigest(),
                       "preprocess": asdict(data.preprocess)
-                      if data.kind == "folder" else None},
+                      if data.kind == "folder" else None,
+                      **({"input": spec.input} if spec.input else {})},
         "versions": {"onnx_cam": __version__, "onnxruntime": onnxruntime.__version__,
                      "onnx": onnx.__version__, "numpy": np.__version__},
     }

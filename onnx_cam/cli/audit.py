@@ -34,6 +34,10 @@ def add_parser(sub):
     parser.add_argument("--store", required=True,
                         help="the output Zarr store: a folder or an fsspec URL")
     parser.add_argument("--key", help="the array inside a Zarr group / HDF5 file")
+    parser.add_argument("--input", metavar="NAME",
+                        help="a model with several inputs (the dataset: a .npz or a Zarr "
+                             "group with one array per input name): the input the maps cover "
+                             "(default: the one the layers are computed from)")
     parser.add_argument("--labels", help="true classes: a .npy file or a text file with one "
                         "class index or name per line")
     parser.add_argument("--method", action="append", dest="methods",
@@ -78,7 +82,7 @@ def run(args) -> None:
                       chunk_items=args.chunk_items, cam_dtype=args.cam_dtype,
                       overwrite=args.overwrite, scheduler=args.scheduler,
                       workers=args.workers, metrics=args.metrics,
-                      progress=wanted(args.quiet))
+                      progress=wanted(args.quiet), input=args.input)
     manifest = store.manifest
     if args.json:
         print(json.dumps(manifest, indent=2))

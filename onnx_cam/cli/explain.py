@@ -15,7 +15,7 @@ from ..dense import LAYOUTS, Detection, Segmentation
 from ..errors import InputError
 from ..explainer import Explainer
 from ..files import write_atomic, write_json
-from ..inputs import _read_array, concatenate_items, expand_paths, read_file
+from ..inputs import _read_array, concatenate_items, expand_paths, read_file, read_named_arrays
 from ..memory import memory_budget
 from ..methods import METHODS
 from ..progress import progress_bar, wanted
@@ -30,6 +30,8 @@ Inputs (files or folders, in the order given; a folder means its input files by 
                   resized to --size, then (pixel * scale - mean) / std per channel
   .csv / .tsv     one signal each: one column per channel, one row per sample, an optional
                   header row (--csv-transpose: one row per channel)
+A model with several inputs reads .npz files holding one array per input name; the maps
+cover --input (default: the input the layers are computed from), the others are fed as given.
 
 Writes into DIR (each file appears whole or not at all, summary.json last):
   cams.npz        every map, score, target (onnx_cam.Explanation.load reads it), or with
@@ -91,6 +93,9 @@ def add_parser(sub):
     what.add_argument("--score", choices=("logits", "log_probs", "probs"), default="logits",
                       help="what is differentiated (default: logits, the tensor before a final "
                            "softmax / sigmoid)")
+    what.add_argument("--input", metavar="NAME",
+                      help="a model with several inputs: the input the maps cover (default: "
+                           "the one the layers are computed from)")
     what.add_argument("--batch-size", type=int, default=64, metavar="N",
                       help="items per ONNX Runtime run (default: 64)")
     add_preprocess_options(parser, "images and CSV signals (arrays are taken as they are)")
@@ -129,12 +134,20 @@ def explain(args) -> dict:
     exp = Explainer(args.model)
     pre = preprocess_from_args(args, exp)
     files = expand_paths(args.inputs)
-    arrays = [read_file(p, pre, item_shape=exp.model.input_shape[1:]) for p in files]
-    x = concatenate_items(files, arrays)
+    layers = args.layers or "auto"
+    if len(exp.inputs) > 1:  # one array per input name in each .npz
+        named = [read_named_arrays(p, exp.inputs) for p in files]
+        given = {name: np.concatenate([n[name] for n in named]) for name in exp.inputs}
+        arrays = [next(iter(n.values())) for n in named]
+        x = given[exp.explained_input(args.input, layers)]
+    else:
+        arrays = [read_file(p, pre, item_shape=exp.model.input_shape[1:]) for p in files]
+        given = x = concatenate_items(files, arrays)
     with progress_bar("explaining", enabled=wanted(args.quiet)) as progress:
-        res = exp.explain(x, targets=_targets(args), foils=parse_class(args.foil),
-                          layers=args.layers or "auto", methods=args.methods or "gradcam",
-                          score=args.score, batch_size=args.batch_size, progress=progress)
+        res = exp.explain(given, targets=_targets(args), foils=parse_class(args.foil),
+                          layers=layers, methods=args.methods or "gradcam",
+                          score=args.score, batch_size=args.batch_size, progress=progress,
+                          input=args.input)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = _write_maps(res, out, args.format)

@@ -33,6 +33,9 @@ def add_parser(sub):
                         help="show only the K deepest layers (after --op and --match)")
     parser.add_argument("--op", type=_op_list, metavar="OPS",
                         help="show only layers made by these ops, comma-separated: Conv,Relu")
+    parser.add_argument("--input", metavar="NAME",
+                        help="a model with several inputs: list the layers computed from "
+                             "this input (default: the first (N, C, *spatial) input)")
     parser.add_argument("--match", metavar="TEXT",
                         help="show only layers whose name, tensor name or node name contains "
                              "TEXT")
@@ -52,12 +55,17 @@ def _op_list(text: str) -> frozenset[str]:
     return ops
 
 
-def describe(model) -> dict:
-    """What `layers` prints, for anything Explainer takes (a path, bytes, a ModelProto)."""
-    exp = Explainer(model)
+def describe(model, input: str | None = None) -> dict:
+    """What `layers` prints, for anything Explainer takes (a path, bytes, a ModelProto);
+    input: of a model with several inputs, the one whose layers are listed."""
+    exp = Explainer(model, input=input)
+    others = {"other_inputs": {name: [d if isinstance(d, int) else None for d in shape]
+                               for name, (shape, _) in exp.model.side_inputs.items()}
+              } if exp.model.side_inputs else {}
     return {"input": {"name": exp.model.input_name,
                       "shape": list(exp.model.input_shape),  # None: any size
                       "channels_last": exp.model.channels_last},
+            **others,
             "head": exp.head, "classes": exp.num_classes, "class_names": exp.class_names,
             "layers": [{"name": layer.name, "tensor": layer.tensor, "op": layer.op,
                         "shape": [d if isinstance(d, int) else str(d) for d in layer.shape],
@@ -84,6 +92,9 @@ def print_description(info: dict) -> None:
                       for i, d in enumerate(info["input"]["shape"]))
     layout = "channels-last" if info["input"]["channels_last"] else "channels-first"
     print(f"input   {info['input']['name']} ({shape}), {layout}")
+    for name, dims in info.get("other_inputs", {}).items():
+        print(f"        {name} ({', '.join('N' if d is None else str(d) for d in dims)}), "
+              "fed as given (--input NAME lists the layers of another input)")
     print(f"head    {info['head'] or 'none (the output is explained)'}")
     names = info["class_names"]
     print(f"classes {info['classes']}" + (f": {', '.join(names)}" if names else ""))
@@ -98,7 +109,7 @@ def print_description(info: dict) -> None:
 
 
 def run(args) -> None:
-    info = select_layers(describe(args.model), args.top, args.op, args.match)
+    info = select_layers(describe(args.model, args.input), args.top, args.op, args.match)
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -245,7 +245,8 @@ def process_task(spec: CompareSpec, task: tuple[int, int]) -> int:
     ref = spec.models[index]
     explainer = audit_job._explainer(ref)
     start, stop = spec.bounds(chunk)
-    x, failures = spec.dataset.read_finite(start, stop)
+    read = spec.dataset.read_finite(start, stop)
+    x, failures = read.x, read.failures
     targets = (None if ref.target == "pred" else
                spec.labels[start:stop].tolist() if ref.target == "label" else ref.target)
     prefix = node_name(ref.name)

@@ -250,7 +250,7 @@ def _disagreement(group, spec, ref, explainer, top: int) -> str:
     title = f"<h2>{html.escape(ref.name)}: the items where the methods disagree most</h2>"
     if not order:
         return title + "<p>None: disagreement needs two methods and items whose maps vary.</p>"
-    x = np.concatenate([spec.dataset.read_finite(i, i + 1)[0] for i in order])
+    x = np.concatenate([spec.dataset.read_finite(i, i + 1).x for i in order])
     targets = [int(t) for t in np.asarray(group[f"{prefix}/target"][:])[order]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -32,12 +32,18 @@ def score_model(model: Model, spatial_shape: tuple[int, ...],
     another float `tensor` of its graph."""
     graph = model.graph(spatial_shape)
     tensors = graph.tensors()
-    return _finish(model, graph, [tensors[model.input_name]],
+    return _finish(model, graph, [tensors[model.input_name], *_side(model, tensors)],
                    tensors[tensor or model.score_name])
 
 
+def _side(model: Model, tensors: dict) -> list:
+    """The inputs fed as given beside the explained one (models with several inputs)."""
+    return [tensors[name] for name in model.side_inputs]
+
+
 def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubModel:
-    """The part of the model above `layer`: inputs (layer[, model input]) -> score.
+    """The part of the model above `layer`: inputs (layer[, model input], *side inputs) ->
+    score.
 
     Walking back from the score and stopping at the layer ends only at constants, the layer,
     or the model's input (a skip connection around the layer); the input is then fed too.
@@ -65,4 +71,5 @@ def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubM
         channels_first_inverse(graph, view, layer_tensor, axes)
         layer_tensor = view
     inputs = [fed_as_float32(graph, layer_tensor)] + ([model_input] if needs_input else [])
+    inputs += _side(model, tensors)
     return _finish(model, graph, inputs, tensors[model.score_name])

@@ -69,7 +69,7 @@ def build_gradient_model(model: Model, spatial_shape: tuple[int, ...], score: st
         point = embedding_output(model, graph)
         for node in list(point.inputs):
             node.outputs = [o for o in node.outputs if o is not point]
-        graph.inputs = [point]
+        graph.inputs = [point, *(tensors[name] for name in model.side_inputs)]
         _check_only_through(graph, tensors[model.score_name], tensors[model.input_name])
     else:
         point = tensors[model.input_name]

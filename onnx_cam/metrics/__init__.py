@@ -29,6 +29,7 @@ from .scoring import Rows, Scorer, score_kind
 from .similarity import spearman, ssim
 from .stats import ClassStatistics
 
+
 RANDOM_MAP = 3  # row_rng purpose: the random-map baseline
 DEFAULT_METRICS = ("deletion", "insertion", "road", "avg_drop", "avg_increase")
 
@@ -36,7 +37,10 @@ DEFAULT_METRICS = ("deletion", "insertion", "road", "avg_drop", "avg_increase")
 class _Context:
     """What the metrics of one evaluate call share: rows, scorer, perturbation, options."""
 
-    def __init__(self, explainer, x, explanation, method, layer, options: Options):
+    def __init__(self, explainer, x, explanation, method, layer, options: Options,
+                 input: str | None = None):
+        # several model inputs: the explained one is perturbed, the others fed as given
+        x, explainer = _explained(explainer, x, explanation, layer, input)
         self.explainer, self.options, self.explanation = explainer, options, explanation
         rows = Rows.from_explanation(explainer, x, explanation, method, layer)
         self.finite = rows.finite   # rows with NaN / Inf in their input or map: NaN metrics
@@ -45,8 +49,10 @@ class _Context:
         self.layer = layer if layer is not None else (
             explanation.layers[0] if explanation.layers else INPUT)
         self.map_score = explanation.score
+        side = explainer._side
         self.scorer = Scorer(explainer, self.rows.inputs.shape[2:],
-                             score_kind(explainer, options.score), options.batch_size)
+                             score_kind(explainer, options.score), options.batch_size,
+                             None if side is None else side.take(self.rows.items))
         self.perturbation = Perturbation(self._baseline(), options.blur_sigma)
 
     def _baseline(self):
@@ -89,6 +95,22 @@ class _Context:
         return self.rows.with_maps(maps)
 
 
+def _explained(explainer, x, explanation, layer, input):
+    """(the explained input, the Explainer holding the other inputs) of a model with several
+    inputs (see Explainer.explain's input=); x and the Explainer for a model with one."""
+    if len(explainer.model.input_names) == 1:
+        return x, explainer
+    named = layer if layer is not None else (explanation.layers or ["auto"])[0]
+    return explainer._route(x, input, "auto" if named == INPUT else named)
+
+
+def _one_input(ctx: _Context) -> None:
+    if ctx.explainer._side is not None:
+        raise MetricError("Sanity checks explain the rows again with a changed model or "
+                          "target; they take models with one input (this one has "
+                          f"{list(ctx.explainer.model.input_names)}).")
+
+
 def _curve(insertion: bool) -> Callable:
     def family(ctx: _Context, rows: Rows) -> dict[str, np.ndarray]:
         o = ctx.options
@@ -109,6 +131,7 @@ def _confidence(ctx: _Context, rows: Rows) -> dict[str, np.ndarray]:
 
 
 def _randomization(ctx: _Context, rows: Rows) -> dict[str, np.ndarray]:
+    _one_input(ctx)
     o = ctx.options
     return sanity.randomized_similarity(ctx.explainer, rows, ctx.method, ctx.layer,
                                         ctx.map_score, mode=o.randomization, seed=o.seed,
@@ -116,6 +139,7 @@ def _randomization(ctx: _Context, rows: Rows) -> dict[str, np.ndarray]:
 
 
 def _random_label(ctx: _Context, rows: Rows) -> dict[str, np.ndarray]:
+    _one_input(ctx)
     return sanity.random_label_similarity(ctx.explainer, rows, ctx.method, ctx.layer,
                                           ctx.map_score, seed=ctx.options.seed,
                                           batch_size=ctx.options.batch_size)
@@ -148,7 +172,7 @@ METRICS = (*FAITHFULNESS, *(f"{m}_random" for m in FAITHFULNESS), *CHECKS, *FAMI
 
 
 def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_METRICS, *,
-             method: str | None = None, layer: str | None = None,
+             method: str | None = None, layer: str | None = None, input: str | None = None,
              **options) -> dict[str, np.ndarray]:
     """One value per row of `explanation` for each metric: {name: (rows,) float64}; NaN
     for rows whose input item or map holds NaN / Inf (explain(..., nonfinite="flag")).
@@ -156,7 +180,9 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
     explainer: the Explainer of the model explained; x: the input given to explain (the
     model's layout); explanation: its result; method / layer: which map (needed when it
     holds several). options: see Options (score, step, order, baseline, blur_sigma,
-    road_fractions, road_noise, randomization, batch_size, seed, class_stats).
+    road_fractions, road_noise, randomization, batch_size, seed, class_stats). A model with
+    several inputs: x as given to explain (a dict or tuple), input= as given to explain; the
+    explained input is perturbed, the others fed as given (sanity checks are refused).
 
     Metrics (better: the direction a more faithful map moves the value):
       deletion (lower), insertion (higher)   area under the deletion / insertion curve
@@ -180,7 +206,8 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise MetricError(f"Unknown metric(s) {unknown}; known: {list(METRICS)}.")
-    ctx = _Context(explainer, x, explanation, method, layer, Options.from_kwargs(options))
+    ctx = _Context(explainer, x, explanation, method, layer, Options.from_kwargs(options),
+                   input)
     if not len(ctx.rows):
         return {name: np.full(len(ctx.finite), np.nan) for name in names}
     computed: dict[tuple[Callable, bool], dict[str, np.ndarray]] = {}
@@ -198,10 +225,10 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
 
 def deletion_curves(explainer, x, explanation, *, insertion: bool = False,
                     method: str | None = None, layer: str | None = None,
-                    **options) -> tuple[np.ndarray, np.ndarray]:
+                    input: str | None = None, **options) -> tuple[np.ndarray, np.ndarray]:
     """The curves behind "deletion" / "insertion": (fractions (K,), scores (rows, K))."""
     o = Options.from_kwargs(options)
-    ctx = _Context(explainer, x, explanation, method, layer, o)
+    ctx = _Context(explainer, x, explanation, method, layer, o, input)
     fractions, scores = curves(ctx.rows, ctx.scorer, ctx.perturbation, step=o.step,
                                order=o.order, insertion=insertion, seed=o.seed)
     return fractions, ctx.expand(scores)
@@ -216,6 +243,7 @@ def cascading_randomization(explainer, x, explanation, *, method: str | None = N
     Cascade.spearman / .ssim are (steps, rows) similarities to the original maps."""
     o = Options(randomization=randomization, seed=seed, batch_size=batch_size)
     ctx = _Context(explainer, x, explanation, method, layer, o)
+    _one_input(ctx)
     cascade = sanity.cascading_randomization(explainer, ctx.rows, ctx.method, ctx.layer,
                                              ctx.map_score, steps=steps, mode=o.randomization,
                                              seed=seed, batch_size=batch_size)

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import special
 
 from ..errors import InputError
+from ..side_inputs import SideInputs
 from .options import MetricError
 
 
@@ -84,8 +85,11 @@ class Scorer:
     inputs run, for cost accounting.
     """
 
-    def __init__(self, explainer, spatial: tuple[int, ...], kind: str, batch_size: int):
+    def __init__(self, explainer, spatial: tuple[int, ...], kind: str, batch_size: int,
+                 side: SideInputs | None = None):
+        """side: a model's other inputs, one per row; block k of `stream` is then row k."""
         self._probe = explainer._probe(tuple(spatial), batch_size)
+        self._side = side
         self._sigmoid = explainer.head == "Sigmoid"
         self.kind, self.batch_size = kind, batch_size
         self.forward_passes = 0
@@ -100,9 +104,14 @@ class Scorer:
             return special.softmax(logits, axis=1)
         return special.log_softmax(logits, axis=1)
 
-    def scores(self, inputs: np.ndarray, targets: np.ndarray, foils: np.ndarray) -> np.ndarray:
-        """(m,) scores of `inputs` (m, C, *spatial); foils < 0 mean none."""
-        values = self._values(self._probe.logits(inputs))
+    def scores(self, inputs: np.ndarray, targets: np.ndarray, foils: np.ndarray,
+               rows: np.ndarray | None = None) -> np.ndarray:
+        """(m,) scores of `inputs` (m, C, *spatial); foils < 0 mean none; rows: the row each
+        input comes from (needed with side inputs)."""
+        probe = self._probe
+        if self._side is not None:
+            probe = probe.bound(self._side.take(rows))
+        values = self._values(probe.logits(inputs))
         self.forward_passes += len(inputs)
         rows = np.arange(len(inputs))
         result = values[rows, targets]
@@ -113,19 +122,21 @@ class Scorer:
     def stream(self, blocks: Iterable[tuple[np.ndarray, int, int]]) -> np.ndarray:
         """Scores of every copy of every block, in order, run `batch_size` copies at a time.
 
-        blocks: (copies (k, C, *spatial), target, foil or -1), typically one per row.
+        blocks: (copies (k, C, *spatial), target, foil or -1), typically one per row (always,
+        with side inputs: block k is row k).
         """
         done: list[np.ndarray] = []
-        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        pending: list[tuple[np.ndarray, ...]] = []
         count = 0
-        for copies, target, foil in blocks:
-            pending.append((copies, np.full(len(copies), target), np.full(len(copies), foil)))
+        for row, (copies, target, foil) in enumerate(blocks):
+            pending.append((copies, np.full(len(copies), target), np.full(len(copies), foil),
+                            np.full(len(copies), row)))
             count += len(copies)
             if count >= self.batch_size:
-                xs, ts, fs = (np.concatenate(part) for part in zip(*pending))
+                xs, ts, fs, rs = (np.concatenate(part) for part in zip(*pending))
                 full = count - count % self.batch_size
-                done.append(self.scores(xs[:full], ts[:full], fs[:full]))
-                pending, count = [(xs[full:], ts[full:], fs[full:])], count - full
+                done.append(self.scores(xs[:full], ts[:full], fs[:full], rs[:full]))
+                pending, count = [(xs[full:], ts[full:], fs[full:], rs[full:])], count - full
         if count:
             done.append(self.scores(*(np.concatenate(part) for part in zip(*pending))))
         return np.concatenate(done) if done else np.empty(0)
