@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference
 
-from . import safety
+from . import grids, safety
 from .concurrency import OnceCache
 from .converters.metadata import (
     CHANNELS_LAST,
@@ -25,6 +25,7 @@ from .graph import qoperators, toposort
 from .graph.batch_shapes import resolve_batch_shapes
 from .graph.precision import float32_input, is_float, is_half
 from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
+from .grids import TokenGrid
 from .memory import memory_budget
 from .opset_upgrade import upgrade
 from .scopes import module_outputs
@@ -62,6 +63,8 @@ class Layer:
     # which axis of (N, C, *spatial) each axis of the tensor is (None: a unit axis to drop);
     # None when the tensor is (N, C, *spatial) already
     axes: tuple | None = None
+    # a transformer's token axis read as a patch grid (prefix tokens dropped), see grids.py
+    tokens: TokenGrid | None = None
 
     @property
     def channels_last(self) -> bool:
@@ -132,7 +135,7 @@ class Model:
     """A validated ONNX model with everything onnx-cam needs to know about it."""
 
     def __init__(self, source, output: str | None = None, channels_last: bool | None = None,
-                 max_memory: int | str | None = None):
+                 max_memory: int | str | None = None, grid=None, prefix_tokens=None):
         proto = load_proto(source)
         safety.check_text(proto)
         safety.check_tensor_data(proto)
@@ -225,10 +228,23 @@ class Model:
                 "(N, classes) or (N,) scores. Choose the output that holds them with output=."
             )
         self.num_classes = score_shape[1] if len(score_shape) == 2 else 1
+        user_grid = grids.check_override(grid, prefix_tokens, self.spatial_rank)
+        self.grids, self.ungridded = ({}, set()) if (
+            self.channels_last or self.tokens or self.raw_signal) else grids.grid_layers(
+            graph, self.input_name, self.spatial_rank, user_grid)
+        if user_grid is not None and not self.grids:
+            raise LayerError(
+                f"grid={user_grid[0]}, prefix_tokens={user_grid[1]} matches no tensor: a token "
+                f"layer must be (N, {user_grid[1]} + {'*'.join(map(str, user_grid[0]))}, C) "
+                "below the patch embedding. Check the grid against the model's token count.")
         self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map,
-                                        self.channels_last, self.spatial_rank + 2)
+                                        self.channels_last, self.spatial_rank + 2,
+                                        self.grids, self.ungridded)
         self.layer_axes = {layer.tensor: layer.axes for layer in self.layers
                            if layer.axes is not None}
+        self.token_views = {layer.tensor: layer.tokens for layer in self.layers
+                            if layer.tokens is not None}
+        self.layer_channels = {layer.tensor: layer.shape[1] for layer in self.layers}
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -569,12 +585,17 @@ def ancestors(graph: gs.Graph, target: str, within: set[str]) -> set[str]:
 
 
 def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
-                      layer_map: dict[str, str], channels_last: bool, rank: int) -> list[Layer]:
+                      layer_map: dict[str, str], channels_last: bool, rank: int,
+                      grid_layers: dict | None = None, ungridded: set | None = None
+                      ) -> list[Layer]:
     """Tensors (N, C, *spatial) of `rank` axes downstream of a Conv and upstream of the score.
 
     In a channels-last model every tensor's axes are traced from the input (_trace_axes), so a
     layer is found and described as (N, C, *spatial) whatever layout the converter gave it.
+    In a channels-first model, tensors whose axes were rearranged after the input are layers
+    only as the grids found for them (onnx_cam.grids: transformers' tokens, Swin's (N, H, W, C)).
     """
+    grid_layers, ungridded = grid_layers or {}, ungridded or set()
     conv_outputs = {n.outputs[0].name for n in graph.nodes if n.op in SPATIAL_OPS}
     reaches_score = ancestors(graph, score, differentiable_closure(graph, conv_outputs))
     aliases: dict[str, list[str]] = {}
@@ -593,9 +614,12 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
             if (out.name not in reaches_score or out.shape is None or out.name in hidden
                     or (out.dtype is not None and not is_float(out.dtype))):
                 continue
-            axes = None
-            if traced is None:
-                if len(out.shape) != rank:
+            axes = tokens = None
+            if out.name in grid_layers:
+                found_grid = grid_layers[out.name]
+                shape, axes, tokens = found_grid.shape, found_grid.axes, found_grid.tokens
+            elif traced is None:
+                if len(out.shape) != rank or out.name in ungridded:
                     continue
                 shape = tuple(out.shape)
             else:
@@ -614,17 +638,18 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
             if all(isinstance(d, int) and d == 1 for d in shape[2:]):
                 continue
             found.add(out.name)
-            outs.append((out.name, shape, axes))
+            outs.append((out.name, shape, axes, tokens))
         per_node.append((node, outs))
     layers = []
     for node, outs in reversed(per_node):
-        for name, shape, axes in outs:
+        for name, shape, axes, tokens in outs:
             names = sorted(aliases.get(name, []), key=lambda s: (s.count("."), len(s)))
             op, tensors = node.op, (name,)
             if name in sources:  # the shorter of the two tensor names shows
                 op, tensors = sources[name].inputs[0].op, (name, sources[name].name)
             display = names[0] if names else min(tensors, key=len)
-            layers.append(Layer(display, name, op, shape, (*names, *tensors, node.name), axes))
+            layers.append(Layer(display, name, op, shape, (*names, *tensors, node.name), axes,
+                                tokens))
     return layers
 
 

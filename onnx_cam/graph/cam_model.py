@@ -84,11 +84,19 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     for i, name in enumerate(layers):
         # a layer in another layout (channels-last) is returned as (N, C, *spatial)
         axes, shape = model.layer_axes.get(name), tensors[name].shape
-        view = channels_first(builder, builder.float32(tensors[name]), axes, shape)
+        tokens = model.token_views.get(name)
+
+        def as_grid(tensor, tokens=tokens, axes=axes, shape=shape):
+            """(N, C, *spatial): channels first, a token axis read as its patch grid."""
+            if tokens is not None:
+                return tokens.view(builder, tensor, model.layer_channels[name])
+            return channels_first(builder, tensor, axes, shape)
+
+        view = as_grid(builder.float32(tensors[name]))
         acts.append(expose(graph, view, f"onnx_cam_activation_{i}").name)
         for store, values, label in ((grad_names, grads, "gradient"), (hvp_names, hvps, "hvp")):
             if name in values:
-                out = channels_first(builder, values[name], axes, shape)
+                out = as_grid(values[name])
                 store.append(expose(graph, out, f"onnx_cam_{label}_{i}", view.shape).name)
     ties = None
     if outputs.tie_tolerance is not None:
