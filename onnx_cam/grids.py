@@ -176,10 +176,16 @@ def trace(graph: gs.Graph, input_name: str) -> dict[str, tuple[Axis, ...]]:
     """Each tensor's description (see the module's docstring), for the tensors followed."""
     tensors = graph.tensors()
     desc = {input_name: _fresh(tensors[input_name].shape)}
+    measured = None
     for node in graph.nodes:  # topologically sorted
         out = node.outputs[0] if node.outputs else None
         if out is None or out.shape is None or node.op in SKIPPED:
             continue
+        if (any(t.name in desc for t in node.inputs)
+                and not all(isinstance(d, int) for d in out.shape[1:])):
+            if measured is None:  # sizes ONNX shape inference left unknown (Swin's reshapes)
+                measured = measure_shapes(graph, input_name)
+            out.shape = measured.get(out.name, out.shape)
         if node.op in FRESH_OPS:
             if len(out.shape) >= 3:
                 desc[out.name] = _fresh(out.shape)
@@ -207,7 +213,7 @@ def _through(node: gs.Node, traced: list, desc: dict, out) -> tuple | None:
         return tuple(d[p] for p in perm)
     if node.op in LAYOUT_OPS:
         return _regroup(d, shape) if source is node.inputs[0] else None
-    if node.op in SPATIAL_RESHAPING:
+    if node.op in SPATIAL_RESHAPING and not _fits(d, shape):  # e.g. an empty Pad: kept
         return _fresh(shape) if _is_fresh(d) and source is node.inputs[0] else None
     if node.op == "Concat":
         return _concat(node, desc, shape)
@@ -245,8 +251,10 @@ def _channels_changed(node, d, source, shape) -> tuple | None:
     last = -1 if node.op == "MatMul" else node.attrs.get("axis", 0)
     if source is not node.inputs[0] or len(shape) != len(d) or d[last][0]:
         return None
-    if any(f[0] != CHANNEL for f in d[last][1]):
-        return None
+    coarser = {f[0]: f[1] for a in d for f in a[1] if isinstance(f[0], int) and a is not d[last]}
+    if any(f[0] == BATCH or (isinstance(f[0], int) and coarser.get(f[0], -1) <= f[1])
+           for f in d[last][1]):
+        return None  # only channels, or spatial digits finer than the grid's (patch merging)
     if node.op == "MatMul" and len(node.inputs[1].shape or ()) != 2:
         return None
     return tuple((0, ((CHANNEL, 0, shape[last]),)) if i == (last % len(d)) else a
@@ -402,3 +410,27 @@ def grid_layers(graph: gs.Graph, input_name: str, spatial_rank: int,
         if layer is not None:
             found[name] = layer
     return found, rearranged - set(found)
+
+
+def measure_shapes(graph: gs.Graph, input_name: str) -> dict[str, list]:
+    """Every float tensor's shape, measured by ONNX Runtime runs on batches of 2 and 3 zeros:
+    a size that follows the batch is "N", a size that differs otherwise stays unknown."""
+    import onnxruntime as ort
+
+    probe = graph.copy()
+    wanted = [t for t in probe.tensors().values() if isinstance(t, gs.Variable)
+              and t.dtype is not None and np.dtype(t.dtype).kind == "f" and t not in probe.inputs]
+    probe.outputs = wanted
+    proto = gs.export_onnx(probe, do_type_check=False)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    spec = next(t for t in graph.inputs if t.name == input_name)
+    runs = []
+    for batch in (2, 3):
+        x = np.zeros((batch, *spec.shape[1:]), np.dtype(spec.dtype))
+        runs.append([r.shape for r in session.run([t.name for t in wanted], {input_name: x})])
+    shapes = {}
+    for t, two, three in zip(wanted, *runs):
+        if len(two) == len(three):
+            shapes[t.name] = [a if a == b else ("N" if (a, b) == (2, 3) else None)
+                              for a, b in zip(two, three)]
+    return shapes
