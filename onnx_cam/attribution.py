@@ -167,8 +167,8 @@ def attribute_inputs(explainer: Explainer, rows: np.ndarray, seeds: np.ndarray,
                 gradients=lambda x, s, r=runner: r(x, s)[1],
                 scores=lambda x, s, r=runner: np.einsum("ik,ik->i", r(x, s)[0], s),
                 rows=idx, items=items[idx], tokens=tokens,
-                layer_gradients=lambda layer, xb=xb, sb=sb, r=runner: _layer_gradients(
-                    explainer, layer, layers, xb, sb, score, run_batch),
+                layer_gradients=lambda layer, xb=xb, sb=sb, rb=run_batch: _layer_gradients(
+                    explainer, layer, layers, xb, sb, score, rb),
                 bias_gradients=lambda x, s: _bias_gradients(
                     explainer, sessions, spatial, score, x, s, point_item, results_bytes,
                     batch_size),

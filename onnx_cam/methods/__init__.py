@@ -32,7 +32,8 @@ from .statistics import FEM, RandomCAM
 from .surrogate import LIME, KernelSHAP
 
 __all__ = [
-    "FEM", "ISCAM", "AttentionRollout", "GradientRollout", "KPCACAM", "LIME", "METHODS", "RISE", "SESS", "SSCAM", "AblationCAM",
+    "FEM", "ISCAM", "KPCACAM", "LIME", "METHODS", "RISE", "SESS", "SSCAM", "AblationCAM",
+    "AttentionRollout", "GradientRollout",
     "CamMethod", "Deconvolution", "EigenCAM", "EigenGradCAM", "FullGrad", "GradCAM",
     "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM",
     "InputBatch", "InputMethod", "InputXGradient", "IntegratedGradients", "KernelSHAP",
