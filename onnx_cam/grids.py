@@ -142,7 +142,7 @@ def _regroup(desc: tuple[Axis, ...], shape) -> tuple[Axis, ...] | None:
                 break
             size = _size(f)
             if isinstance(dim, str) or isinstance(size, str):
-                if group or isinstance(size, str) != isinstance(dim, str):
+                if group or not isinstance(size, str):  # only the batch is symbolic
                     return None
                 group, have = [f], dim
             elif dim % (have * size) == 0:
@@ -238,8 +238,10 @@ def _fits(d: tuple[Axis, ...], shape) -> tuple[Axis, ...] | None:
             out.append((prefix, factors))
             continue
         size = prefix_size((prefix, factors))
-        if isinstance(size, str) != (not isinstance(dim, int)) or (
-                isinstance(dim, int) and dim != size):
+        if isinstance(size, str):  # the batch: symbolic, or fixed by the exporter's constants
+            if not isinstance(dim, (int, str)):
+                return None
+        elif dim != size:
             return None
         out.append((prefix, factors))
     return tuple(out)
@@ -403,12 +405,21 @@ def grid_layers(graph: gs.Graph, input_name: str, spatial_rank: int,
         downstream = any(t.name in rearranged for t in node.inputs)
         rearranged.update(o.name for o in node.outputs
                           if downstream or (o.name in desc and not _is_fresh(desc[o.name])))
+    by_user = 0
     for name in rearranged:
         layer = classify(desc[name], spatial_rank) if name in desc else None
         if layer is None and user is not None:
             layer = override(graph.tensors()[name].shape or (), *user)
+            by_user += layer is not None
         if layer is not None:
             found[name] = layer
+    if user is not None and not by_user:
+        (grid, prefix) = user
+        raise LayerError(
+            f"grid={grid}, prefix_tokens={prefix} matches no tensor whose grid the search "
+            f"missed: a token layer must be (N, {prefix} + {'*'.join(map(str, grid))}, C) "
+            "below the patch embedding. Check the grid against the model's token count, or "
+            "leave grid= out when Explainer.layers already lists the token layers.")
     return found, rearranged - set(found)
 
 

@@ -232,11 +232,6 @@ class Model:
         self.grids, self.ungridded = ({}, set()) if (
             self.channels_last or self.tokens or self.raw_signal) else grids.grid_layers(
             graph, self.input_name, self.spatial_rank, user_grid)
-        if user_grid is not None and not self.grids:
-            raise LayerError(
-                f"grid={user_grid[0]}, prefix_tokens={user_grid[1]} matches no tensor: a token "
-                f"layer must be (N, {user_grid[1]} + {'*'.join(map(str, user_grid[0]))}, C) "
-                "below the patch embedding. Check the grid against the model's token count.")
         self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map,
                                         self.channels_last, self.spatial_rank + 2,
                                         self.grids, self.ungridded)

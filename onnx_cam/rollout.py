@@ -86,6 +86,11 @@ def attention_runner(explainer, score: str, batch: int):
                                               cam_model.seed_name: seeds[s:s + batch]})
                  for s in range(0, len(x), batch)]
         arrays = [np.concatenate(p) for p in zip(*parts)]
+        if any(a.shape[0] != len(x) for a in arrays):  # heads over windows of the batch
+            raise UnsupportedModelError(
+                "Attention rollout needs one global attention over all tokens; this model's "
+                "Softmax nodes run over windows of each item (windowed attention, as Swin's). "
+                "Use a CAM method on a layer from Explainer.layers instead.")
         m = len(found.tensors)
         return found, arrays[:m], (arrays[m:] if gradients else None)
     return attention
