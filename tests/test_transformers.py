@@ -14,7 +14,8 @@ from torch import nn
 import onnx_cam
 
 TARGETS = [1, 3]
-SMALL = dict(pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5)
+SMALL = dict(pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5, embed_dim=32,
+             num_heads=2)
 
 
 def _vit(name: str, **kwargs) -> nn.Module:
@@ -64,7 +65,8 @@ def _case(name: str):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++",
+                                    pytest.param("scorecam", marks=pytest.mark.slow)])
 def test_equals_pytorch_grad_cam_with_its_reshape_transform(case, method):
     pgc = pytorch_grad_cam()
     model, x, exp, layer, reshape = _case(case)
@@ -92,7 +94,7 @@ def test_grids_found_and_attention_internals_not_offered():
     infos = {layer.name: layer for layer in exp.layer_info}
     norm1 = infos["blocks.1.norm1"]
     assert norm1.tokens.prefix == 2 and norm1.tokens.grid == (4, 4)
-    assert norm1.shape[1:] == (192, 4, 4)
+    assert norm1.shape[1:] == (32, 4, 4)
     assert infos["patch_embed"].tokens.prefix == 0
     # (N, heads, T, T) and (N, heads, T, head_dim) tensors are no (N, C, H, W) layer
     assert not any("Softmax" in name or "attn/MatMul" in name for name in exp.layers)
@@ -158,11 +160,12 @@ def _upsampled_cam(grid_maps, size):
                                          mode="bilinear", align_corners=False)[:, 0].numpy()
     flat = up.reshape(len(up), -1)
     low, high = flat.min(1), flat.max(1)
+    assert (high > low).all()  # a constant map (onnx-cam: zeros) would test nothing
     return (up - low[:, None, None]) / (high - low)[:, None, None]
 
 
 @pytest.mark.parametrize("case,prefix", [("vit", 1), ("deit_distilled", 2)])
-@pytest.mark.parametrize("fusion,discard", [("mean", 0.9), ("max", 0.5), ("min", 0.0)])
+@pytest.mark.parametrize("fusion,discard", [("mean", 0.5), ("max", 0.8), ("min", 0.0)])
 def test_attention_rollout_equals_torch(case, prefix, fusion, discard):
     model, x, exp, _, _ = _case(case)
     probs = _attention_probabilities(model, x)
