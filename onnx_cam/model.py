@@ -350,6 +350,14 @@ class Model:
                 f"Layer {name!r} (tensor {tensor!r}) is quantised in this model, which never "
                 f"holds its float value; layer {dequantized.name!r} is its dequantised value "
                 "(what the quantised model computes). Name that layer.")
+        if tensor in self.ungridded and tensor in known and len(known[tensor].shape or ()) == 3:
+            raise LayerError(
+                f"Layer {name!r} (tensor {tensor!r}, shape {known[tensor].shape}) looks like "
+                "transformer tokens, but the search for its patch grid failed: the graph does "
+                "not show how the patch embedding's positions became these tokens (onnx_cam."
+                "grids follows Reshape / Transpose / Flatten / Concat / Slice). If its tokens "
+                "are a grid after some prefix tokens, say so: Explainer(model, grid=(h, w), "
+                f"prefix_tokens=p). Candidate layers, deepest first: {hint}.")
         if tensor in known:
             raise LayerError(
                 f"Layer {name!r} (tensor {tensor!r}, shape {known[tensor].shape}) cannot be "

@@ -286,7 +286,11 @@ def test_grid_override_when_the_search_fails():
     plain = onnx_cam.Explainer(onnx_bytes)
     assert not any(la.tokens is not None and la.tokens.prefix == 0 and la.op == "MatMul"
                    for la in plain.layer_info)
+    mixed = "/mix/MatMul_output_0"
+    with pytest.raises(onnx_cam.LayerError, match="search for its patch grid failed"):
+        plain.explain(x.numpy(), layers=mixed)
     exp = onnx_cam.Explainer(onnx_bytes, grid=(4, 4), prefix_tokens=0)
+    assert exp.explain(x.numpy(), layers=mixed).cam().shape == (2, 16, 16)
     layer = next(la for la in exp.layer_info if la.op in ("Add", "MatMul") and la.tokens)
     assert layer.shape[1:] == (8, 4, 4)
     with pytest.raises(onnx_cam.LayerError, match="matches no tensor"):
