@@ -297,3 +297,17 @@ def test_grid_override_when_the_search_fails():
         onnx_cam.Explainer(onnx_bytes, grid=(5, 5), prefix_tokens=1)
     with pytest.raises(onnx_cam.LayerError, match="needs grid="):
         onnx_cam.Explainer(onnx_bytes, prefix_tokens=1)
+
+
+@pytest.mark.slow
+def test_rollout_on_a_dynamo_export_with_fused_attention():
+    """torch.onnx's dynamo exporter at opset 18 writes timm's scaled_dot_product_attention
+    as MatMul / Softmax: the probabilities are found there too."""
+    model, x, _, _, _ = _case("vit")
+    program = torch.onnx.export(model, (x,), dynamo=True, opset_version=18,
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    exp = onnx_cam.Explainer(program.model_proto)
+    probs = _attention_probabilities(model, x, TARGETS)
+    ref = _torch_chefer(probs, 1).reshape(2, 4, 4)
+    res = exp.explain(x.numpy(), targets=TARGETS, methods="gradient_rollout")
+    np.testing.assert_allclose(res.cam(), _upsampled_cam(ref, (32, 32)), atol=1e-4)
