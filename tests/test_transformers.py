@@ -311,3 +311,54 @@ def test_rollout_on_a_dynamo_export_with_fused_attention():
     ref = _torch_chefer(probs, 1).reshape(2, 4, 4)
     res = exp.explain(x.numpy(), targets=TARGETS, methods="gradient_rollout")
     np.testing.assert_allclose(res.cam(), _upsampled_cam(ref, (32, 32)), atol=1e-4)
+
+
+def test_slice_and_pad_with_run_time_parameters_equal_torch_autograd():
+    """Swin pads its windows and crops them back by sizes computed from shapes at run time:
+    the Slice / Pad gradients with run-time parameters (negative pads: crops) against torch."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    head = rng.standard_normal((4, 3)).astype(np.float32)
+    pads, ends = np.array([0, 0, 2, -1, 0, 0, -2, 3], np.int64), np.array([5, 7], np.int64)
+
+    def at_run_time(name, values):
+        # values + int(0 * min(x)): no shape inference or constant folding sees through it
+        return [helper.make_node("Mul", ["x", "zero"], [f"{name}_zeros"]),
+                helper.make_node("ReduceMin", [f"{name}_zeros"], [f"{name}_zero"], keepdims=0),
+                helper.make_node("Cast", [f"{name}_zero"], [f"{name}_int"], to=7),
+                helper.make_node("Add", [f"{name}_const", f"{name}_int"], [name])], \
+            numpy_helper.from_array(values, f"{name}_const")
+
+    pad_nodes, pad_const = at_run_time("pads", pads)
+    end_nodes, end_const = at_run_time("ends", ends)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             *pad_nodes, helper.make_node("Pad", ["conv", "pads"], ["padded"]),
+             *end_nodes, helper.make_node("Slice", ["padded", "starts", "ends", "axes"],
+                                          ["cropped"]),
+             helper.make_node("Relu", ["cropped"], ["relu"]),
+             helper.make_node("ReduceMean", ["relu"], ["pooled"], axes=[2, 3], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "head"], ["logits"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(head, "head"), pad_const,
+             end_const, numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+             numpy_helper.from_array(np.array([1, 0], np.int64), "starts"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    graph = helper.make_graph(
+        nodes, "runtime_pads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    res = onnx_cam.Explainer(proto).explain(x, targets=[0, 2], layers="conv",
+                                            methods="hirescam")
+
+    conv = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1)
+    conv.requires_grad_(True)
+    padded = torch.nn.functional.pad(conv, (-1, 3, 2, -2))  # (w begin, w end, h begin, h end)
+    cropped = padded[:, :, 1:5, :7]
+    logits = torch.relu(cropped).mean((2, 3)) @ torch.from_numpy(head)
+    logits[[0, 1], [0, 2]].sum().backward()
+    ref = torch.relu((conv.grad * conv).sum(1)).detach().numpy()
+    assert ref.max() > 0
+    np.testing.assert_allclose(res.raw(), ref, rtol=1e-4, atol=1e-6)

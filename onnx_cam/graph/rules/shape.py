@@ -201,13 +201,7 @@ def pad(b, node, grads, wants):
     r = rank(x)
     if mode == "constant" and not isinstance(node.inputs[1], gs.Constant) and not (
             len(node.inputs) > 3 and node.inputs[3].name):
-        # pads computed at run time (Swin's window padding, often 0): the gradient is the
-        # slice of the padded gradient that the input occupies
-        size = b.shape_of(x)
-        begin = b.op("Slice", [node.inputs[1], b.ints([0]), b.ints([r])], dtype=np.int64)
-        cut = b.op("Slice", [grads[0], begin, b.op("Add", [begin, size], dtype=np.int64),
-                             b.ints(list(range(r)))])
-        return [cut] + _rest(node)
+        return [_runtime_pad_gradient(b, x, node.inputs[1], grads[0], r)] + _rest(node)
     pads = _constant_ints(node.inputs[1], "pads")
     axes = (_constant_ints(node.inputs[3], "pad axes") if len(node.inputs) > 3
             and node.inputs[3].name else list(range(r)))
@@ -234,6 +228,31 @@ def pad(b, node, grads, wants):
         return [grads[0]] + _rest(node)
     cut = b.op("Slice", [grads[0], b.ints(starts), b.ints(ends), b.ints(sliced)])
     return [cut] + _rest(node)
+
+
+def _runtime_pad_gradient(b, x, pads, grad, r: int):
+    """The gradient of a constant Pad whose pads are computed at run time (Swin's window
+    padding, often 0): the part of the output gradient the input's kept entries occupy, with
+    zeros for entries a negative pad cut off."""
+    def part(lo: int):
+        return b.op("Slice", [pads, b.ints([lo]), b.ints([lo + r])], dtype=np.int64)
+
+    zero = b.ints([0] * r)
+
+    def positive(v):
+        return b.op("Max", [v, zero], dtype=np.int64)
+
+    def negative(v):
+        return positive(b.op("Neg", [v], dtype=np.int64))
+
+    begin, end = part(0), part(r)
+    first = positive(begin)
+    kept = b.op("Sub", [b.op("Sub", [b.shape_of(x), negative(begin)], dtype=np.int64),
+                        negative(end)], dtype=np.int64)
+    cut = b.op("Slice", [grad, first, b.op("Add", [first, kept], dtype=np.int64),
+                         b.ints(list(range(r)))])
+    return b.op("Pad", [cut, b.op("Concat", [negative(begin), negative(end)], {"axis": 0},
+                                  dtype=np.int64)])
 
 
 def _fold_border(b, grad, axis: int, rank_: int, size, before: int, after: int, mode: str):
