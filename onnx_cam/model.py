@@ -621,6 +621,11 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
             if out.name in grid_layers:
                 found_grid = grid_layers[out.name]
                 shape, axes, tokens = found_grid.shape, found_grid.axes, found_grid.tokens
+                if axes == tuple(range(rank)):
+                    axes = None  # (N, C, *spatial) again
+                elif node.op in LAYOUT_OPS and out.name not in aliases and any(
+                        t.name in found for t in node.inputs):
+                    continue  # the same values as a layer already listed, rearranged
             elif traced is None:
                 if len(out.shape) != rank or out.name in ungridded:
                     continue
