@@ -33,6 +33,7 @@ from .graph.rules.guided import RELU_RULES
 from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
 from .methods import InputBatch, InputMethod
 from .model import Layer, Model
+from .rollout import attention_runner
 from .runtime import make_session
 from .runtime import run as run_session
 from .side_inputs import SideInputs, side_feeds
@@ -159,12 +160,14 @@ def attribute_inputs(explainer: Explainer, rows: np.ndarray, seeds: np.ndarray,
     results_bytes = n * len(methods) * (point_item + 12.0 * np.prod(spatial) + 8)
     out = InputResults()
     for stage, method in enumerate(methods):
+        # rollout reads the attention tensors only: no input-gradient graph for it
         runner = _runner(explainer, sessions, spatial, score, method.relu_rule, False,
-                         point_item, results_bytes, batch_size)
-        per_call = max(1, runner.batch // max(1, method.inputs_per_row()))
+                         point_item, results_bytes, batch_size) if method.input_gradients else None
+        run_batch = batch_size if runner is None else runner.batch
+        per_call = max(1, run_batch // max(1, method.inputs_per_row()))
         if side is not None and (method.inputs_per_row() > 1 or not method.uses_gradients):
             per_call = 1  # its runs mix the copies of its rows: one item's side inputs each
-        probe = explainer._probe(spatial, runner.batch)
+        probe = explainer._probe(spatial, run_batch)
         parts, infos = [], []
         for start in range(0, n, per_call):
             idx = np.arange(start, min(n, start + per_call))
@@ -175,11 +178,12 @@ def attribute_inputs(explainer: Explainer, rows: np.ndarray, seeds: np.ndarray,
                 gradients=lambda x, s, r=runner, d=sideb: r(x, s, d)[1],
                 scores=lambda x, s, r=runner, d=sideb: np.einsum("ik,ik->i", r(x, s, d)[0], s),
                 rows=idx, items=items[idx], tokens=tokens,
-                layer_gradients=lambda layer, xb=xb, sb=sb, r=runner, d=sideb: _layer_gradients(
-                    explainer, layer, layers, xb, sb, score, r.batch, d),
+                layer_gradients=lambda layer, xb=xb, sb=sb, rb=run_batch, d=sideb: (
+                    _layer_gradients(explainer, layer, layers, xb, sb, score, rb, d)),
                 bias_gradients=lambda x, s, d=sideb: _bias_gradients(
                     explainer, sessions, spatial, score, x, s, point_item, results_bytes,
-                    batch_size, d))
+                    batch_size, d),
+                attention=attention_runner(explainer, score, run_batch))
             attr = np.asarray(method.attribute(batch), np.float32)
             parts.append(_check_shape(method, attr, batch.inputs))
             infos.append(batch.info)

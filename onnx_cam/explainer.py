@@ -71,6 +71,10 @@ class Explainer:
     max_memory: the memory one explain call may use (bytes, or "8GB"); None: the
     ONNX_CAM_MAX_MEMORY environment variable, else 75% of the machine's memory. Batches
     shrink to fit it; work that cannot fit even one item per run is refused up front.
+    grid, prefix_tokens: for a transformer whose patch grid onnx-cam does not find in the
+    graph (onnx_cam.grids): every (N, prefix_tokens + prod(grid), C) tensor below the patch
+    embedding is offered as a layer, its tokens after the first prefix_tokens read as the
+    grid (row-major, one size per spatial axis of the input).
 
     One Explainer may serve several threads at once: each cached session and graph is built
     once, and results equal those of sequential calls.
@@ -85,12 +89,14 @@ class Explainer:
     def __init__(self, model, *, example_input=None, class_names: Sequence[str] | None = None,
                  output: str | None = None, runtime: RuntimeOptions | None = None,
                  channels_last: bool | None = None, max_memory: int | str | None = None,
-                 input: str | None = None):
+                 input: str | None = None, grid: Sequence[int] | None = None,
+                 prefix_tokens: int | None = None):
         memory_budget(max_memory)  # a malformed size fails here, not at the first explain
         self.max_memory = max_memory
         self.model = Model(_as_model_source(model, example_input, class_names), output=output,
-                           channels_last=channels_last, max_memory=max_memory, input=input)
-        self._channels_last = channels_last
+                           channels_last=channels_last, max_memory=max_memory, input=input,
+                           grid=grid, prefix_tokens=prefix_tokens)
+        self._channels_last, self._grid = channels_last, (grid, prefix_tokens)
         self._other_inputs: OnceCache[Explainer] = OnceCache()
         self.runtime = runtime or RuntimeOptions()
         names = class_names if class_names is not None else self.model.class_names
@@ -145,7 +151,8 @@ class Explainer:
         return self._other_inputs.get(name, lambda: Explainer(
             self.model.proto, class_names=self.class_names, output=self.model.output_name,
             runtime=self.runtime, channels_last=self._channels_last,
-            max_memory=self.max_memory, input=name))
+            max_memory=self.max_memory, input=name, grid=self._grid[0],
+            prefix_tokens=self._grid[1]))
 
     def save_model(self, path) -> None:
         """Write the ONNX model being explained (e.g. the one exported from torch)."""

@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference
 
-from . import safety
+from . import grids, safety
 from .concurrency import OnceCache
 from .converters.metadata import (
     CHANNELS_LAST,
@@ -32,6 +32,7 @@ from .graph.batch_shapes import resolve_batch_shapes
 from .graph.nms import before_nms
 from .graph.precision import float32_input, is_float, is_half
 from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
+from .grids import TokenGrid
 from .memory import memory_budget
 from .opset_upgrade import upgrade
 from .scopes import module_outputs
@@ -69,6 +70,8 @@ class Layer:
     # which axis of (N, C, *spatial) each axis of the tensor is (None: a unit axis to drop);
     # None when the tensor is (N, C, *spatial) already
     axes: tuple | None = None
+    # a transformer's token axis read as a patch grid (prefix tokens dropped), see grids.py
+    tokens: TokenGrid | None = None
 
     @property
     def channels_last(self) -> bool:
@@ -139,7 +142,8 @@ class Model:
     """A validated ONNX model with everything onnx-cam needs to know about it."""
 
     def __init__(self, source, output: str | None = None, channels_last: bool | None = None,
-                 max_memory: int | str | None = None, input: str | None = None):
+                 max_memory: int | str | None = None, input: str | None = None, grid=None,
+                 prefix_tokens=None):
         proto = load_proto(source)
         safety.check_text(proto)
         safety.check_tensor_data(proto)
@@ -240,13 +244,21 @@ class Model:
         # a dense output (segmentation, detection) is explained through a target object
         self.dense = len(self.score_shape) > 1
         self.num_classes = int(np.prod(self.score_shape)) if self.score_shape else 1
+        user_grid = grids.check_override(grid, prefix_tokens, self.spatial_rank)
+        self.grids, self.ungridded = ({}, set()) if (
+            self.channels_last or self.tokens or self.raw_signal) else grids.grid_layers(
+            graph, self.input_name, self.spatial_rank, user_grid)
         self.layers = _candidate_layers(graph, self.input_name, self.score_name, self.layer_map,
-                                        self.channels_last, self.spatial_rank + 2)
+                                        self.channels_last, self.spatial_rank + 2,
+                                        self.grids, self.ungridded)
         if self.side_inputs:  # only the layers computed from the explained input
             below = differentiable_closure(graph, {self.input_name})
             self.layers = [layer for layer in self.layers if layer.tensor in below]
         self.layer_axes = {layer.tensor: layer.axes for layer in self.layers
                            if layer.axes is not None}
+        self.token_views = {layer.tensor: layer.tokens for layer in self.layers
+                            if layer.tokens is not None}
+        self.layer_channels = {layer.tensor: layer.shape[1] for layer in self.layers}
 
     # ---- shapes -------------------------------------------------------------------------
     @property
@@ -369,6 +381,14 @@ class Model:
                 f"Layer {name!r} (tensor {tensor!r}) is quantised in this model, which never "
                 f"holds its float value; layer {dequantized.name!r} is its dequantised value "
                 "(what the quantised model computes). Name that layer.")
+        if tensor in self.ungridded and tensor in known and len(known[tensor].shape or ()) == 3:
+            raise LayerError(
+                f"Layer {name!r} (tensor {tensor!r}, shape {known[tensor].shape}) looks like "
+                "transformer tokens, but the search for its patch grid failed: the graph does "
+                "not show how the patch embedding's positions became these tokens (onnx_cam."
+                "grids follows Reshape / Transpose / Flatten / Concat / Slice). If its tokens "
+                "are a grid after some prefix tokens, say so: Explainer(model, grid=(h, w), "
+                f"prefix_tokens=p). Candidate layers, deepest first: {hint}.")
         if tensor in known:
             raise LayerError(
                 f"Layer {name!r} (tensor {tensor!r}, shape {known[tensor].shape}) cannot be "
@@ -665,12 +685,17 @@ def ancestors(graph: gs.Graph, target: str, within: set[str]) -> set[str]:
 
 
 def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
-                      layer_map: dict[str, str], channels_last: bool, rank: int) -> list[Layer]:
+                      layer_map: dict[str, str], channels_last: bool, rank: int,
+                      grid_layers: dict | None = None, ungridded: set | None = None
+                      ) -> list[Layer]:
     """Tensors (N, C, *spatial) of `rank` axes downstream of a Conv and upstream of the score.
 
     In a channels-last model every tensor's axes are traced from the input (_trace_axes), so a
     layer is found and described as (N, C, *spatial) whatever layout the converter gave it.
+    In a channels-first model, tensors whose axes were rearranged after the input are layers
+    only as the grids found for them (onnx_cam.grids: transformers' tokens, Swin's (N, H, W, C)).
     """
+    grid_layers, ungridded = grid_layers or {}, ungridded or set()
     conv_outputs = {n.outputs[0].name for n in graph.nodes if n.op in SPATIAL_OPS}
     reaches_score = ancestors(graph, score, differentiable_closure(graph, conv_outputs))
     aliases: dict[str, list[str]] = {}
@@ -691,9 +716,17 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
             if (out.name not in reaches_score or out.shape is None or out.name in hidden
                     or (out.dtype is not None and not is_float(out.dtype))):
                 continue
-            axes = None
-            if traced is None:
-                if len(out.shape) != rank:
+            axes = tokens = None
+            if out.name in grid_layers:
+                found_grid = grid_layers[out.name]
+                shape, axes, tokens = found_grid.shape, found_grid.axes, found_grid.tokens
+                if axes == tuple(range(rank)):
+                    axes = None  # (N, C, *spatial) again
+                elif node.op in LAYOUT_OPS and out.name not in aliases and any(
+                        t.name in found for t in node.inputs):
+                    continue  # the same values as a layer already listed, rearranged
+            elif traced is None:
+                if len(out.shape) != rank or out.name in ungridded:
                     continue
                 shape = tuple(out.shape)
             else:
@@ -712,17 +745,18 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
             if all(isinstance(d, int) and d == 1 for d in shape[2:]):
                 continue
             found.add(out.name)
-            outs.append((out.name, shape, axes))
+            outs.append((out.name, shape, axes, tokens))
         per_node.append((node, outs))
     layers = []
     for node, outs in reversed(per_node):
-        for name, shape, axes in outs:
+        for name, shape, axes, tokens in outs:
             names = sorted(aliases.get(name, []), key=lambda s: (s.count("."), len(s)))
             op, tensors = node.op, (name,)
             if name in sources:  # the shorter of the two tensor names shows
                 op, tensors = sources[name].inputs[0].op, (name, sources[name].name)
             display = names[0] if names else min(tensors, key=len)
-            layers.append(Layer(display, name, op, shape, (*names, *tensors, node.name), axes))
+            layers.append(Layer(display, name, op, shape, (*names, *tensors, node.name), axes,
+                                tokens))
     return layers
 
 

@@ -83,12 +83,12 @@ def build_cam_model(model: Model, layers: list[str], spatial_shape: tuple[int, .
     acts, grad_names, hvp_names = [], [], []
     for i, name in enumerate(layers):
         # a layer in another layout (channels-last) is returned as (N, C, *spatial)
-        axes, shape = model.layer_axes.get(name), tensors[name].shape
-        view = channels_first(builder, builder.float32(tensors[name]), axes, shape)
+        view = _layer_view(builder, model, name, builder.float32(tensors[name]),
+                           tensors[name].shape)
         acts.append(expose(graph, view, f"onnx_cam_activation_{i}").name)
         for store, values, label in ((grad_names, grads, "gradient"), (hvp_names, hvps, "hvp")):
             if name in values:
-                out = channels_first(builder, values[name], axes, shape)
+                out = _layer_view(builder, model, name, values[name], tensors[name].shape)
                 store.append(expose(graph, out, f"onnx_cam_{label}_{i}", view.shape).name)
     ties = None
     if outputs.tie_tolerance is not None:
@@ -135,6 +135,14 @@ def _log_probs(builder: GradBuilder, logits, sigmoid: bool) -> gs.Variable:
     if sigmoid:  # log(sigmoid(z)) = -softplus(-z)
         return builder.op("Neg", [builder.op("Softplus", [builder.op("Neg", [logits])])])
     return builder.op("LogSoftmax", [logits], {"axis": 1})
+
+
+def _layer_view(builder: GradBuilder, model: Model, layer: str, tensor, shape) -> gs.Variable:
+    """`tensor` (layer's activations or gradient) as (N, C, *spatial): channels first, a
+    token axis read as its patch grid (onnx_cam.grids)."""
+    if layer in model.token_views:
+        return model.token_views[layer].view(builder, tensor, model.layer_channels[layer])
+    return channels_first(builder, tensor, model.layer_axes.get(layer), shape)
 
 
 def channels_first(builder: GradBuilder, tensor, axes: tuple | None, shape) -> gs.Variable:

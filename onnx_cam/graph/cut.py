@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..errors import UnsupportedModelError
 from ..model import Model
 from .cam_model import SCORE, channels_first_inverse, export, expose
 from .precision import fed_as_float32, float32_view
@@ -64,6 +65,12 @@ def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubM
             stack.extend(node.inputs)
     for node in list(layer_tensor.inputs):
         node.outputs = [o for o in node.outputs if o is not layer_tensor]
+    if layer in model.token_views:
+        raise UnsupportedModelError(
+            f"Layer {layer!r} holds tokens read as a patch grid; the head above it reads the "
+            "prefix tokens too, which its (N, C, *grid) view leaves out, so it cannot be fed "
+            "a grid alone (Ablation-CAM, ReciproCAM, factorize scores). Use a gradient method "
+            "or scorecam on this layer, or a Swin-style (N, H, W, C) layer.")
     axes = model.layer_axes.get(layer)
     if axes is not None:  # the head is fed the layer's (N, C, *spatial) view
         shape = [layer_tensor.shape[axes.index(k)] for k in range(len(axes) - axes.count(None))]

@@ -26,12 +26,14 @@ from .guided import Deconvolution, GuidedBackprop, GuidedGradCAM
 from .occlusion import Occlusion
 from .perturbation import ISCAM, SSCAM, AblationCAM, ReciproCAM, ScoreCAM
 from .rise import RISE
+from .rollout import AttentionRollout, GradientRollout
 from .sess import SESS
 from .statistics import FEM, RandomCAM
 from .surrogate import LIME, KernelSHAP
 
 __all__ = [
     "FEM", "ISCAM", "KPCACAM", "LIME", "METHODS", "RISE", "SESS", "SSCAM", "AblationCAM",
+    "AttentionRollout", "GradientRollout",
     "CamMethod", "Deconvolution", "EigenCAM", "EigenGradCAM", "FullGrad", "GradCAM",
     "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM",
     "InputBatch", "InputMethod", "InputXGradient", "IntegratedGradients", "KernelSHAP",

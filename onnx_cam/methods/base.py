@@ -56,6 +56,9 @@ class InputBatch:
     # every biased Conv / BatchNormalization with spatial output (FullGrad)
     bias_gradients: Callable[[np.ndarray, np.ndarray],
                              tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]] | None = None
+    # attention(x, seeds, gradients) -> (onnx_cam.rollout.Attention, the attention
+    # probabilities per block (n, heads, T, T), their score gradients or None) (rollout)
+    attention: Callable | None = None
 
 
 def first_component(maps: np.ndarray) -> np.ndarray:
@@ -107,6 +110,7 @@ class InputMethod(CamMethod):
     level = "input"
     # "guided" / "deconvolution": `gradients` uses that ReLU backward rule (rules/guided.py)
     relu_rule: ClassVar[str | None] = None
+    input_gradients: ClassVar[bool] = True  # False: never differentiates to the input
 
     def inputs_per_row(self) -> int:
         """How many inputs per row one attribute call differentiates (steps, samples): rows

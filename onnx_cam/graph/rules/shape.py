@@ -82,6 +82,8 @@ def slice_(b, node, grads, wants):
     (reversed for a negative step, zeros interleaved for a stride)."""
     x, grad = node.inputs[0], grads[0]
     shape = static_shape(x)
+    if not all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
+        return [_runtime_slice_gradient(b, node, grad)] + _rest(node)
     starts = _constant_ints(node.inputs[1], "slice starts")
     ends = _constant_ints(node.inputs[2], "slice ends")
     axes = (_constant_ints(node.inputs[3], "slice axes") if len(node.inputs) > 3
@@ -148,13 +150,42 @@ def _reversed(b, t, axis: int):
                           b.ints([-1])])
 
 
-def _dynamic_pads(b, x, axis: int, start: int, end: int):
-    """(before, after) pads undoing x[start:end] along a dynamic axis, as ONNX Slice clamps."""
+def _runtime_slice_gradient(b, node, grad):
+    """The gradient of a Slice of unit steps whose starts / ends are computed at run time
+    (from shapes, e.g. Swin's crop after its window padding): a Pad by pads computed from
+    them as ONNX Slice clamps them."""
+    x, starts, ends = node.inputs[:3]
+    count = static_shape(starts)[0] if starts.shape else None
+    axes = (_constant_ints(node.inputs[3], "slice axes") if len(node.inputs) > 3
+            and node.inputs[3].name else list(range(count if isinstance(count, int) else 0)))
+    if not axes or (len(node.inputs) > 4 and node.inputs[4].name and any(
+            step != 1 for step in _constant_ints(node.inputs[4], "slice steps"))):
+        raise ValueError("Slice with starts / ends computed at run time and steps other "
+                         "than 1, or axes unknown")
+    r = rank(x)
+    pads: list = [b.ints([0])] * (2 * r)
+    for i, axis in enumerate(axes):
+        def pick(values, i=i):
+            return b.op("Slice", [values, b.ints([i]), b.ints([i + 1])], dtype=np.int64)
+        pads[axis % r], pads[r + axis % r] = _dynamic_pads(b, x, axis % r, pick(starts),
+                                                           pick(ends))
+    return b.op("Pad", [grad, b.op("Concat", pads, {"axis": 0}, dtype=np.int64)])
+
+
+def _dynamic_pads(b, x, axis: int, start, end):
+    """(before, after) pads undoing x[start:end] along a dynamic axis, as ONNX Slice clamps;
+    start and end are ints, or int64 tensors of one value computed at run time."""
     size = b.op("Slice", [b.shape_of(x), b.ints([axis]), b.ints([axis + 1])], dtype=np.int64)
     zero = b.ints([0])
 
-    def position(index: int):
-        at = b.op("Add", [size, b.ints([index])], dtype=np.int64) if index < 0 else b.ints([index])
+    def position(index):
+        if isinstance(index, int):
+            at = (b.op("Add", [size, b.ints([index])], dtype=np.int64) if index < 0
+                  else b.ints([index]))
+        else:  # Slice's clamp counts a negative index from the end
+            at = b.op("Where", [b.op("Less", [index, zero], dtype=np.bool_),
+                                b.op("Add", [size, index], dtype=np.int64), index],
+                      dtype=np.int64)
         return b.op("Min", [b.op("Max", [at, zero], dtype=np.int64), size], dtype=np.int64)
 
     first = position(start)
@@ -168,6 +199,9 @@ def pad(b, node, grads, wants):
     mode = mode.decode() if isinstance(mode, bytes) else mode
     x = node.inputs[0]
     r = rank(x)
+    if mode == "constant" and not isinstance(node.inputs[1], gs.Constant) and not (
+            len(node.inputs) > 3 and node.inputs[3].name):
+        return [_runtime_pad_gradient(b, x, node.inputs[1], grads[0], r)] + _rest(node)
     pads = _constant_ints(node.inputs[1], "pads")
     axes = (_constant_ints(node.inputs[3], "pad axes") if len(node.inputs) > 3
             and node.inputs[3].name else list(range(r)))
@@ -194,6 +228,31 @@ def pad(b, node, grads, wants):
         return [grads[0]] + _rest(node)
     cut = b.op("Slice", [grads[0], b.ints(starts), b.ints(ends), b.ints(sliced)])
     return [cut] + _rest(node)
+
+
+def _runtime_pad_gradient(b, x, pads, grad, r: int):
+    """The gradient of a constant Pad whose pads are computed at run time (Swin's window
+    padding, often 0): the part of the output gradient the input's kept entries occupy, with
+    zeros for entries a negative pad cut off."""
+    def part(lo: int):
+        return b.op("Slice", [pads, b.ints([lo]), b.ints([lo + r])], dtype=np.int64)
+
+    zero = b.ints([0] * r)
+
+    def positive(v):
+        return b.op("Max", [v, zero], dtype=np.int64)
+
+    def negative(v):
+        return positive(b.op("Neg", [v], dtype=np.int64))
+
+    begin, end = part(0), part(r)
+    first = positive(begin)
+    kept = b.op("Sub", [b.op("Sub", [b.shape_of(x), negative(begin)], dtype=np.int64),
+                        negative(end)], dtype=np.int64)
+    cut = b.op("Slice", [grad, first, b.op("Add", [first, kept], dtype=np.int64),
+                         b.ints(list(range(r)))])
+    return b.op("Pad", [cut, b.op("Concat", [negative(begin), negative(end)], {"axis": 0},
+                                  dtype=np.int64)])
 
 
 def _fold_border(b, grad, axis: int, rank_: int, size, before: int, after: int, mode: str):
