@@ -29,7 +29,6 @@ from .scoring import Rows, Scorer, score_kind
 from .similarity import spearman, ssim
 from .stats import ClassStatistics
 
-
 RANDOM_MAP = 3  # row_rng purpose: the random-map baseline
 DEFAULT_METRICS = ("deletion", "insertion", "road", "avg_drop", "avg_increase")
 
