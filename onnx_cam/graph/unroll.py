@@ -42,7 +42,7 @@ def unroll_loops(graph: gs.Graph, has_rule: Callable[[str], bool],
     if not unrolled:
         return False
     fold(graph)
-    for loop_name, trips, conds, gathers in unrolled:
+    for loop_name, trips, conds, _ in unrolled:
         stopping = [i for i, cond in enumerate(conds)
                     if not isinstance(cond, gs.Constant) or not bool(np.asarray(cond.values))]
         if stopping:
@@ -50,7 +50,7 @@ def unroll_loops(graph: gs.Graph, has_rule: Callable[[str], bool],
                 f"Loop node {loop_name!r} may stop after iteration {stopping[0]}, before its "
                 f"trip count ({trips}); onnx-cam unrolls loops that run their whole trip count "
                 "(a sequence of fixed length). Export the model with a fixed sequence length.")
-        _gathers_as_split(graph, gathers)
+    _gathers_as_split(graph, [node for *_, gathers in unrolled for node in gathers])
     return True
 
 

@@ -287,3 +287,10 @@ def gather(b, node, grads, wants):
     placed = b.op("ScatterElements", [b.zeros_like(data), where, grad],
                   {"axis": axis, "reduction": "add"})
     return [placed, None]
+
+
+@register("ReverseSequence")
+def reverse_sequence(b, node, grads, wants):
+    """Reversing the first sequence_lens[i] steps of each item is its own inverse, so its
+    transpose too."""
+    return [b.op("ReverseSequence", [grads[0], node.inputs[1]], dict(node.attrs)), None]
