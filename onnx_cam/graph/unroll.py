@@ -43,13 +43,15 @@ def unroll_loops(graph: gs.Graph, has_rule: Callable[[str], bool],
         return False
     fold(graph)
     for loop_name, trips, conds, _ in unrolled:
-        stopping = [i for i, cond in enumerate(conds)
-                    if not isinstance(cond, gs.Constant) or not bool(np.asarray(cond.values))]
-        if stopping:
+        for i, cond in enumerate(conds):
+            if isinstance(cond, gs.Constant) and bool(np.asarray(cond.values)):
+                continue
+            how = ("stops" if isinstance(cond, gs.Constant)
+                   else "may stop (its condition could not be evaluated)")
             raise UnsupportedModelError(
-                f"Loop node {loop_name!r} may stop after iteration {stopping[0]}, before its "
-                f"trip count ({trips}); onnx-cam unrolls loops that run their whole trip count "
-                "(a sequence of fixed length). Export the model with a fixed sequence length.")
+                f"Loop node {loop_name!r} {how} after iteration {i}, before its trip count "
+                f"({trips}); onnx-cam unrolls loops that run their whole trip count (a "
+                "sequence of fixed length). Export the model with a fixed sequence length.")
     _gathers_as_split(graph, [node for *_, gathers in unrolled for node in gathers])
     return True
 
@@ -78,7 +80,7 @@ def obstacle(loop: gs.Node, has_rule: Callable[[str], bool]) -> str | None:
         return f"its initial condition {cond.name!r} is not a constant true. {fix}"
     nested = next((n for n in body.nodes if n.op in SUBGRAPH_OPS), None)
     if nested is not None:
-        return f"its body holds a {nested.op} node ({nested.name!r}), which is not unrolled"
+        return f"its body holds a {nested.op} node ({_label(nested)!r}), which is not unrolled"
     data = _data_dependent(loop)
     if body.outputs[0].name in data:
         return ("whether it runs another iteration depends on the values it computes. "
@@ -87,9 +89,14 @@ def obstacle(loop: gs.Node, has_rule: Callable[[str], bool]) -> str | None:
                     and any(t.name in data for t in n.inputs)
                     and any(is_float(o.dtype) for o in n.outputs if o.dtype is not None)), None)
     if missing is not None:
-        return (f"its body holds op {missing.op} (node {missing.name!r}), which has no "
+        return (f"its body holds op {missing.op} (node {_label(missing)!r}), which has no "
                 "gradient rule. Explain a layer above the loop")
     return None
+
+
+def _label(node: gs.Node) -> str:
+    """The node's name, else its first output's (exporters may leave body nodes unnamed)."""
+    return node.name or node.outputs[0].name
 
 
 def _data_dependent(loop: gs.Node) -> set[str]:
@@ -134,7 +141,7 @@ def _unroll(graph: gs.Graph, loop: gs.Node):
                     else gs.Variable.empty() for o in node.outputs]
             tensors.update((o.name, new) for o, new in zip(node.outputs, outs) if o.name)
             ins = [tensors.get(t.name, t) if t.name else t for t in node.inputs]
-            copy = gs.Node(node.op, f"{node.name}/step{i}", dict(node.attrs), ins, outs,
+            copy = gs.Node(node.op, f"{_label(node)}/step{i}", dict(node.attrs), ins, outs,
                            domain=node.domain)
             graph.nodes.append(copy)
             if node.op == "Gather":
