@@ -27,9 +27,11 @@ import onnx_graphsurgeon as gs
 from ..errors import UnsupportedModelError
 from .precision import is_float
 
-#: body nodes times iterations beyond which a Loop is not unrolled: ONNX Runtime's session
-#: set-up grows with the node count (about 1 s per 10,000 nodes, with their gradient, here)
-MAX_UNROLLED_NODES = 100_000
+#: body nodes times iterations beyond which a Loop is not unrolled (about 1,300 steps of a
+#: Keras GRU, whose body has 30 nodes): preparing the graph, its gradient and the ONNX Runtime
+#: session grows with the node count, to about 3 minutes for 1,024 GRU steps on 2 cores
+#: (benchmarks/bench_unroll.py)
+MAX_UNROLLED_NODES = 40_000
 SUBGRAPH_OPS = frozenset({"Loop", "Scan", "If"})
 
 
