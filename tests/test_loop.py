@@ -32,10 +32,17 @@ def _weights(seed: int = 0) -> dict[str, np.ndarray]:
     return {k: (rng.standard_normal(s) * 0.6).astype(np.float32) for k, s in shapes.items()}
 
 
+TIME_WEIGHTS = np.linspace(0.5, 1.5, T, dtype=np.float32).reshape(T, 1, 1)
+
+
 def loop_model(weights, trips=None, cond_stop=None, data_cond=False, body_op="Tanh",
-               data_trips=False) -> bytes:
+               data_trips=False, scan=None) -> bytes:
     """x (N, C, T) -> act = Relu(Conv) -> seq (T, N, K) -> Loop: h = body_op(x_i W + h U),
-    h0 = tanh(mean_t(act) W0), a counter k += 1 carried; scores = h_T Wf + mean_i(h_i) Ws.
+    h0 = tanh(mean_t(act) W0), a counter k += 1 carried; scores = h_last Wf +
+    mean_t(v_t h_t) Ws, the states weighted by time (so their order counts).
+
+    scan="forward" / "backward": a Scan over seq instead (backward: over (N, T, K) along axis
+    1 from its end, the states stacked back in time order).
 
     cond_stop: the body's condition is k < cond_stop (k counts the iterations run);
     data_cond: it is sum(h) < 100 instead; data_trips: the trip count is computed from x."""
@@ -77,13 +84,14 @@ def loop_model(weights, trips=None, cond_stop=None, data_cond=False, body_op="Ta
         helper.make_node("Loop", ["trips", "", "h0", "k0"], ["h_last", "k_last", "states"],
                          body=body, name="loop"),
         helper.make_node("MatMul", ["h_last", "wf"], ["s_last"]),
-        helper.make_node("ReduceMean", ["states", "axis0"], ["mean_h"], keepdims=0),
+        helper.make_node("Mul", ["states", "time_weights"], ["weighted"]),
+        helper.make_node("ReduceMean", ["weighted", "axis0"], ["mean_h"], keepdims=0),
         helper.make_node("MatMul", ["mean_h", "ws"], ["s_mean"]),
         helper.make_node("Add", ["s_last", "s_mean"], ["scores"]),
     ]
     inits = [c(v, k) for k, v in weights.items()]
     inits += [c(np.array([2], np.int64), "axis2"), c(np.array([0], np.int64), "axis0"),
-              c(np.array(0, np.int64), "k0")]
+              c(np.array(0, np.int64), "k0"), c(TIME_WEIGHTS, "time_weights")]
     if data_trips:  # T + 0 * floor(max(x)), known only at run time
         nodes[:0] = [helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
                      helper.make_node("Floor", ["peak"], ["whole"]),
@@ -93,6 +101,8 @@ def loop_model(weights, trips=None, cond_stop=None, data_cond=False, body_op="Ta
         inits += [c(np.array(0, np.float32), "zero"), c(np.array(T, np.int64), "steps")]
     else:
         inits.append(c(np.array(trips or T, np.int64), "trips"))
+    if scan is not None:
+        _as_scan(nodes, scan == "backward", body_op)
     graph = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("x", f32, ["N", C, T])],
                               [helper.make_tensor_value_info("scores", f32, ["N", CLASSES])],
                               inits)
@@ -101,18 +111,42 @@ def loop_model(weights, trips=None, cond_stop=None, data_cond=False, body_op="Ta
     return model.SerializeToString()
 
 
-def torch_reference(weights, x: np.ndarray, seeds: np.ndarray):
+def _as_scan(nodes: list, backward: bool, body_op: str) -> None:
+    """The same recurrence as a Scan (states h, scanned input x_i, no counter)."""
+    f32 = TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_i", "w"], ["xw"]),
+         helper.make_node("MatMul", ["h_in", "u"], ["hu"]),
+         helper.make_node("Add", ["xw", "hu"], ["pre"]),
+         helper.make_node(body_op, ["pre"], ["h_out"]),
+         helper.make_node("Identity", ["h_out"], ["h_scan"])], "body",
+        [helper.make_tensor_value_info("h_in", f32, ["N", H]),
+         helper.make_tensor_value_info("x_i", f32, ["N", K])],
+        [helper.make_tensor_value_info("h_out", f32, ["N", H]),
+         helper.make_tensor_value_info("h_scan", f32, ["N", H])])
+    at = next(i for i, n in enumerate(nodes) if n.op_type == "Loop")
+    attrs = dict(body=body, num_scan_inputs=1, name="loop")
+    if backward:  # (N, T, K) read along axis 1 from the end; states stacked in time order
+        seq = next(i for i, n in enumerate(nodes) if n.output[0] == "seq")
+        nodes[seq] = helper.make_node("Transpose", [ACT], ["seq"], perm=[0, 2, 1])
+        attrs.update(scan_input_axes=[1], scan_input_directions=[1],
+                     scan_output_directions=[1])
+    nodes[at] = helper.make_node("Scan", ["h0", "seq"], ["h_last", "states"], **attrs)
+
+
+def torch_reference(weights, x: np.ndarray, seeds: np.ndarray, backward: bool = False):
     """Logits, act and d(sum(seeds * logits)) / d(act) of the same recurrence, float64."""
     w = {k: torch.tensor(v, dtype=torch.float64) for k, v in weights.items()}
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     act = torch.relu(torch.nn.functional.conv1d(xt, w["conv_w"], padding=1))
     act.retain_grad()
     h = torch.tanh(act.mean(2) @ w["w0"])
-    states = []
-    for i in range(T):
+    states = [None] * T
+    for i in reversed(range(T)) if backward else range(T):
         h = torch.tanh(act[:, :, i] @ w["w"] + h @ w["u"])
-        states.append(h)
-    logits = h @ w["wf"] + torch.stack(states).mean(0) @ w["ws"]
+        states[i] = h
+    weighted = torch.stack(states) * torch.tensor(TIME_WEIGHTS, dtype=torch.float64)
+    logits = h @ w["wf"] + weighted.mean(0) @ w["ws"]
     (logits * torch.tensor(seeds, dtype=torch.float64)).sum().backward()
     return logits.detach().numpy(), act.detach().numpy(), act.grad.numpy()
 
@@ -127,12 +161,15 @@ def x():
     return np.random.default_rng(3).standard_normal((4, C, T)).astype(np.float32)
 
 
-def test_unrolled_loop_gradient_equals_torch(x):
+@pytest.mark.parametrize("scan", [None, "forward", "backward"])
+def test_unrolled_loop_gradient_equals_torch(x, scan):
     weights = _weights()
-    exp = onnx_cam.Explainer(loop_model(weights))
+    exp = onnx_cam.Explainer(loop_model(weights, scan=scan))
+    assert not {"Loop", "Scan"} & {n.op for n in exp.model.graph((T,)).nodes}
     targets = np.arange(len(x)) % CLASSES
     _, arrays = exp.activations_and_gradients(x, targets=targets, layers=[ACT])
-    logits, act, grad = torch_reference(weights, x, np.eye(CLASSES)[targets])
+    logits, act, grad = torch_reference(weights, x, np.eye(CLASSES)[targets],
+                                        backward=scan == "backward")
     got_a, got_g = arrays[ACT]
     assert_close(exp.explain(x, targets=targets, layers=[ACT]).logits, logits, "logits")
     assert_close(got_a, act, "activations")
@@ -149,6 +186,8 @@ def test_unrolled_loop_gradient_equals_torch(x):
                              rf"would exceed the {8 * T - 1} nodes onnx-cam builds"),
     (dict(body_op="Cos"), r"Loop node 'loop': its body holds op Cos \(node 'h_out'\), which has no "
                           r"gradient rule\. Explain a layer above the loop"),
+    (dict(body_op="Cos", scan="forward"), r"Cannot differentiate Scan node 'loop': its body "
+                                          r"holds op Cos"),
 ])
 def test_loop_that_cannot_be_unrolled_is_refused_with_the_reason(x, kwargs, message,
                                                                  monkeypatch):

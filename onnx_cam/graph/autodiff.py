@@ -37,11 +37,11 @@ def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
             )
     pending: dict[str, list] = {score.name: [seed]}
     path = [n for n in graph.nodes if any(o.name in needed for o in n.outputs)]
-    loop = next((n for n in path if n.op == "Loop"), None)
-    if loop is not None:  # one the graph's preparation could not unroll
+    loop = next((n for n in path if n.op in ("Loop", "Scan")), None)
+    if loop is not None:  # one the graph's preparation did not unroll
         why = obstacle(loop, lambda op: op in rules or op in NON_DIFFERENTIABLE)
-        raise UnsupportedOpError(f"Cannot differentiate Loop node {loop.name!r}: "
-                                 f"{why or 'it could not be unrolled'}.")
+        raise UnsupportedOpError(f"Cannot differentiate {loop.op} node {loop.name!r}: "
+                                 f"{why or 'it is not unrolled in this graph'}.")
     for node in reversed(path):
         out_grads = []
         for out in node.outputs:

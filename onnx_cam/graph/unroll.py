@@ -37,10 +37,11 @@ SUBGRAPH_OPS = frozenset({"Loop", "Scan", "If"})
 
 def unroll_loops(graph: gs.Graph, has_rule: Callable[[str], bool],
                  fold: Callable[[gs.Graph], object]) -> bool:
-    """Unroll every Loop `obstacle` lets through; `fold` folds the graph's constants. True
-    when anything changed."""
-    unrolled = [_unroll(graph, loop) for loop in list(graph.nodes)
-                if loop.op == "Loop" and obstacle(loop, has_rule) is None]
+    """Unroll every Loop and Scan `obstacle` lets through; `fold` folds the graph's
+    constants. True when anything changed."""
+    unrolled = [(_unroll_loop if node.op == "Loop" else _unroll_scan)(graph, node)
+                for node in list(graph.nodes)
+                if node.op in ("Loop", "Scan") and obstacle(node, has_rule) is None]
     if not unrolled:
         return False
     fold(graph)
@@ -58,33 +59,27 @@ def unroll_loops(graph: gs.Graph, has_rule: Callable[[str], bool],
     return True
 
 
-def obstacle(loop: gs.Node, has_rule: Callable[[str], bool]) -> str | None:
-    """Why `loop` cannot be unrolled, None when it can; the text completes 'Cannot
-    differentiate Loop node X: ...'."""
+def obstacle(node: gs.Node, has_rule: Callable[[str], bool]) -> str | None:
+    """Why the Loop or Scan `node` cannot be unrolled, None when it can; the text completes
+    'Cannot differentiate Loop node X: ...'."""
     fix = ("Export the model with a fixed sequence length (keras.Input((T, C)) with T given), "
            "or explain a layer above the loop")
-    trips = loop.inputs[0] if loop.inputs else None
-    if trips is None or not trips.name:
-        return f"it has no trip count (a while loop). {fix}"
-    if not isinstance(trips, gs.Constant):
-        return f"its trip count {trips.name!r} is computed at run time. {fix}"
-    body = loop.attrs["body"]
-    count = int(np.asarray(trips.values))
-    if count < 1:
-        return f"its trip count is {count}, so it never runs its body"
+    body = node.attrs["body"]
+    if node.op == "Loop":
+        why, count = _trip_count(node, fix)
+    else:
+        why, count = _scan_length(node, fix)
+    if why is not None:
+        return why
     if count * len(body.nodes) > MAX_UNROLLED_NODES:
         return (f"unrolled, its {count} iterations of {len(body.nodes)} nodes would exceed "
                 f"the {MAX_UNROLLED_NODES} nodes onnx-cam builds. Export the model with a "
                 "shorter fixed sequence length, or explain a layer above the loop")
-    cond = loop.inputs[1] if len(loop.inputs) > 1 else None
-    if cond is not None and cond.name and not (
-            isinstance(cond, gs.Constant) and bool(np.asarray(cond.values))):
-        return f"its initial condition {cond.name!r} is not a constant true. {fix}"
     nested = next((n for n in body.nodes if n.op in SUBGRAPH_OPS), None)
     if nested is not None:
         return f"its body holds a {nested.op} node ({_label(nested)!r}), which is not unrolled"
-    data = _data_dependent(loop)
-    if body.outputs[0].name in data:
+    data = _data_dependent(node)
+    if node.op == "Loop" and body.outputs[0].name in data:
         return ("whether it runs another iteration depends on the values it computes. "
                 "onnx-cam unrolls loops whose iteration count is fixed")
     missing = next((n for n in body.nodes if not has_rule(n.op)
@@ -96,33 +91,107 @@ def obstacle(loop: gs.Node, has_rule: Callable[[str], bool]) -> str | None:
     return None
 
 
+def _trip_count(loop: gs.Node, fix: str) -> tuple[str | None, int]:
+    trips = loop.inputs[0] if loop.inputs else None
+    if trips is None or not trips.name:
+        return f"it has no trip count (a while loop). {fix}", 0
+    if not isinstance(trips, gs.Constant):
+        return f"its trip count {trips.name!r} is computed at run time. {fix}", 0
+    count = int(np.asarray(trips.values))
+    if count < 1:
+        return f"its trip count is {count}, so it never runs its body", 0
+    cond = loop.inputs[1] if len(loop.inputs) > 1 else None
+    if cond is not None and cond.name and not (
+            isinstance(cond, gs.Constant) and bool(np.asarray(cond.values))):
+        return f"its initial condition {cond.name!r} is not a constant true. {fix}", 0
+    return None, count
+
+
+def _scan_length(scan: gs.Node, fix: str) -> tuple[str | None, int]:
+    first = scan.inputs[len(scan.inputs) - scan.attrs["num_scan_inputs"]]
+    axes = scan.attrs.get("scan_input_axes", [0])
+    shape = first.shape
+    length = shape[axes[0] % len(shape)] if shape is not None else None
+    if not isinstance(length, int):
+        return f"the length of its scanned input {first.name!r} is known only at run time. " \
+               f"{fix}", 0
+    if length < 1:
+        return f"its scanned input {first.name!r} is empty", 0
+    return None, length
+
+
 def _label(node: gs.Node) -> str:
     """The node's name, else its first output's (exporters may leave body nodes unnamed)."""
     return node.name or node.outputs[0].name
 
 
-def _data_dependent(loop: gs.Node) -> set[str]:
+def _data_dependent(node: gs.Node) -> set[str]:
     """Body tensors that depend on a value not known when the graph is prepared: a carried
-    value whose initial value is not a constant, or a tensor of the enclosing graph."""
-    body = loop.attrs["body"]
-    carried_in = body.inputs[2:]
-    carried_out = body.outputs[1:1 + len(carried_in)]
-    initial = loop.inputs[2:]
+    value whose initial value is not a constant, a scanned slice, or a tensor of the
+    enclosing graph."""
+    body = node.attrs["body"]
+    if node.op == "Loop":
+        carried_in, initial = body.inputs[2:], node.inputs[2:]
+        carried_out = body.outputs[1:1 + len(carried_in)]
+        seeds = set()
+    else:
+        states = len(node.inputs) - node.attrs["num_scan_inputs"]
+        carried_in, initial = body.inputs[:states], node.inputs[:states]
+        carried_out = body.outputs[:states]
+        seeds = {t.name for t in body.inputs[states:]}
     local = {t.name for t in body.inputs} | {o.name for n in body.nodes for o in n.outputs}
-    seeds = {t.name for t, init in zip(carried_in, initial) if not isinstance(init, gs.Constant)}
+    seeds |= {t.name for t, init in zip(carried_in, initial) if not isinstance(init, gs.Constant)}
     while True:  # a carried value becomes data when the body makes it from data
         data = set(seeds)
-        for node in body.nodes:  # topologically sorted
+        for inner in body.nodes:  # topologically sorted
             if any(t.name in data or (isinstance(t, gs.Variable) and t.name
-                                      and t.name not in local) for t in node.inputs):
-                data.update(o.name for o in node.outputs)
+                                      and t.name not in local) for t in inner.inputs):
+                data.update(o.name for o in inner.outputs)
         grown = seeds | {i.name for i, o in zip(carried_in, carried_out) if o.name in data}
         if grown == seeds:
             return data
         seeds = grown
 
 
-def _unroll(graph: gs.Graph, loop: gs.Node):
+def _copy_body(graph: gs.Graph, body: gs.Graph, tensors: dict, i: int, gathers: list) -> list:
+    """Append iteration i's copy of `body`, its inputs given by `tensors` (body name ->
+    tensor); returns the copy's outputs."""
+    for node in body.nodes:
+        outs = [gs.Variable(f"{o.name}/step{i}", dtype=o.dtype) if o.name
+                else gs.Variable.empty() for o in node.outputs]
+        tensors.update((o.name, new) for o, new in zip(node.outputs, outs) if o.name)
+        ins = [tensors.get(t.name, t) if t.name else t for t in node.inputs]
+        copy = gs.Node(node.op, f"{_label(node)}/step{i}", dict(node.attrs), ins, outs,
+                       domain=node.domain)
+        graph.nodes.append(copy)
+        if node.op == "Gather":
+            gathers.append(copy)
+    return [tensors.get(t.name, t) for t in body.outputs]
+
+
+def _replace(graph: gs.Graph, node: gs.Node, finals: list, state: list, stacks: list,
+             steps: list[list], axes: list[int]) -> None:
+    """Remove `node`; its final-state outputs become Identities of `state`, its scan outputs
+    the steps stacked (Unsqueeze + Concat) along each one's axis."""
+    node.inputs.clear()
+    node.outputs.clear()
+    graph.nodes.remove(node)
+    for final, value in zip(finals, state):
+        graph.nodes.append(gs.Node("Identity", f"{final.name}/onnx_cam_final", {}, [value],
+                                   [final]))
+    for out, values, axis in zip(stacks, steps, axes):
+        where = gs.Constant(f"{out.name}/onnx_cam_axis", np.array([axis], np.int64))
+        rows = []
+        for i, step in enumerate(values):
+            row = gs.Variable(f"{out.name}/step{i}", dtype=out.dtype)
+            graph.nodes.append(gs.Node("Unsqueeze", f"{row.name}/onnx_cam_row", {},
+                                       [step, where], [row]))
+            rows.append(row)
+        graph.nodes.append(gs.Node("Concat", f"{out.name}/onnx_cam_stack", {"axis": axis},
+                                   rows, [out]))
+
+
+def _unroll_loop(graph: gs.Graph, loop: gs.Node):
     """Replace `loop` by copies of its body; returns what unroll_loops checks after folding:
     (name, trip count, each iteration's condition but the last's, the copied Gathers)."""
     body = loop.attrs["body"]
@@ -130,7 +199,7 @@ def _unroll(graph: gs.Graph, loop: gs.Node):
     counter, _, *carried_in = body.inputs
     n_carried = len(carried_in)
     state = list(loop.inputs[2:])
-    stacked: list[list] = [[] for _ in body.outputs[1 + n_carried:]]
+    steps: list[list] = [[] for _ in body.outputs[1 + n_carried:]]
     conds, gathers = [], []
     true = gs.Constant(f"{loop.name}/onnx_cam_true", np.array(True))
     for i in range(trips):
@@ -138,40 +207,52 @@ def _unroll(graph: gs.Graph, loop: gs.Node):
                                              np.array(i, np.int64)),
                    body.inputs[1].name: true}
         tensors.update((t.name, s) for t, s in zip(carried_in, state))
-        for node in body.nodes:
-            outs = [gs.Variable(f"{o.name}/step{i}", dtype=o.dtype) if o.name
-                    else gs.Variable.empty() for o in node.outputs]
-            tensors.update((o.name, new) for o, new in zip(node.outputs, outs) if o.name)
-            ins = [tensors.get(t.name, t) if t.name else t for t in node.inputs]
-            copy = gs.Node(node.op, f"{_label(node)}/step{i}", dict(node.attrs), ins, outs,
-                           domain=node.domain)
-            graph.nodes.append(copy)
-            if node.op == "Gather":
-                gathers.append(copy)
-        results = [tensors.get(t.name, t) for t in body.outputs]
+        results = _copy_body(graph, body, tensors, i, gathers)
         if i < trips - 1:
             conds.append(results[0])
         state = results[1:1 + n_carried]
-        for steps, step in zip(stacked, results[1 + n_carried:]):
-            steps.append(step)
-    finals, scans = loop.outputs[:n_carried], loop.outputs[n_carried:]
-    loop.inputs.clear()
-    loop.outputs.clear()
-    graph.nodes.remove(loop)
-    axis = gs.Constant(f"{loop.name}/onnx_cam_axis0", np.array([0], np.int64))
-    for final, value in zip(finals, state):
-        graph.nodes.append(gs.Node("Identity", f"{final.name}/onnx_cam_final", {}, [value],
-                                   [final]))
-    for out, steps in zip(scans, stacked):
-        rows = []
-        for i, step in enumerate(steps):
-            row = gs.Variable(f"{out.name}/step{i}", dtype=out.dtype)
-            graph.nodes.append(gs.Node("Unsqueeze", f"{row.name}/onnx_cam_row", {},
-                                       [step, axis], [row]))
-            rows.append(row)
-        graph.nodes.append(gs.Node("Concat", f"{out.name}/onnx_cam_stack", {"axis": 0},
-                                   rows, [out]))
+        for values, step in zip(steps, results[1 + n_carried:]):
+            values.append(step)
+    _replace(graph, loop, loop.outputs[:n_carried], state, loop.outputs[n_carried:], steps,
+             [0] * len(steps))
     return loop.name, trips, conds, gathers
+
+
+def _unroll_scan(graph: gs.Graph, scan: gs.Node):
+    """Replace `scan` (opset 9+) by copies of its body, each reading one position of every
+    scanned input (a Gather, made a Split after folding) in its direction; returns what
+    unroll_loops checks after folding (no conditions)."""
+    body = scan.attrs["body"]
+    m = scan.attrs["num_scan_inputs"]
+    n_states = len(scan.inputs) - m
+    n_outs = len(body.outputs) - n_states
+    in_axes = scan.attrs.get("scan_input_axes", [0] * m)
+    in_back = scan.attrs.get("scan_input_directions", [0] * m)
+    out_axes = scan.attrs.get("scan_output_axes", [0] * n_outs)
+    out_back = scan.attrs.get("scan_output_directions", [0] * n_outs)
+    _, length = _scan_length(scan, "")
+    state = list(scan.inputs[:n_states])
+    steps: list[list] = [[] for _ in range(n_outs)]
+    gathers: list[gs.Node] = []
+    for i in range(length):
+        tensors = {t.name: s for t, s in zip(body.inputs, state)}
+        for j, (source, inner) in enumerate(zip(scan.inputs[n_states:], body.inputs[n_states:])):
+            position = length - 1 - i if in_back[j] else i
+            piece = gs.Variable(f"{inner.name}/step{i}", dtype=source.dtype)
+            index = gs.Constant(f"{piece.name}/onnx_cam_position", np.array(position, np.int64))
+            gather = gs.Node("Gather", f"{piece.name}/onnx_cam_read", {"axis": in_axes[j]},
+                             [source, index], [piece])
+            graph.nodes.append(gather)
+            gathers.append(gather)
+            tensors[inner.name] = piece
+        results = _copy_body(graph, body, tensors, i, gathers)
+        state = results[:n_states]
+        for values, step in zip(steps, results[n_states:]):
+            values.append(step)
+    steps = [values[::-1] if back else values for values, back in zip(steps, out_back)]
+    _replace(graph, scan, scan.outputs[:n_states], state, scan.outputs[n_states:], steps,
+             out_axes)
+    return scan.name, length, [], gathers
 
 
 def _gathers_as_split(graph: gs.Graph, gathers: list[gs.Node]) -> None:
