@@ -10,7 +10,8 @@ GlobalAveragePooling1D -> Dense(4), batch 16, per sequence length T:
   gradient graph and its ONNX Runtime session;
 - explain: the median of `--repeats` later calls (the session cached);
 - inference: the tf2onnx file (with its Loop) in a default `InferenceSession`;
-- tape: Grad-CAM at the same layer with tf.GradientTape on the Keras model (the reference).
+- tape: Grad-CAM at the same layer with tf.GradientTape on the Keras model, in a
+  tf.function (traced before timing): the reference.
 
     python benchmarks/bench_unroll.py                 # T = 64, 256, 1024 (~10 min)
     python benchmarks/bench_unroll.py --lengths 64 256 --repeats 3
@@ -64,6 +65,7 @@ def tape_gradcam(model, x):
     below = keras.Model(model.inputs[0], model.get_layer("conv").output)
     above = keras.Model(model.get_layer("conv").output, model.output)
 
+    @tf.function
     def run():
         acts = below(x)
         with tf.GradientTape() as tape:

@@ -597,6 +597,7 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     sources = dequantized_sources(graph)
     hidden = {source.name for source in sources.values()} | rescaling_steps(graph)
     traced = _trace_axes(graph, input_name) if channels_last else None
+    batch = graph.tensors()[input_name].shape[0]  # the symbol N
     found: set[str] = set()
     per_node = []
     for node in graph.nodes:
@@ -607,8 +608,8 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
                 continue
             axes = None
             if traced is None:
-                if len(out.shape) != rank:
-                    continue
+                if len(out.shape) != rank or batch in out.shape[1:]:
+                    continue  # e.g. a loop's (T, N, H) states: not (N, C, *spatial)
                 shape = tuple(out.shape)
             else:
                 axes = traced.get(out.name)
