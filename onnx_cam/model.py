@@ -26,7 +26,7 @@ from .graph.batch_shapes import resolve_batch_shapes
 from .graph.precision import float32_input, is_float, is_half
 from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
 from .graph.rules import RULES
-from .graph.unroll import unroll_loops
+from .graph.unroll import STEP, unroll_loops
 from .memory import memory_budget
 from .opset_upgrade import upgrade
 from .scopes import module_outputs
@@ -604,6 +604,7 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
         outs = []
         for out in node.outputs:
             if (out.name not in reaches_score or out.shape is None or out.name in hidden
+                    or STEP in out.name  # one iteration of an unrolled loop
                     or (out.dtype is not None and not is_float(out.dtype))):
                 continue
             axes = None

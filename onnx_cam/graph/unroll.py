@@ -4,7 +4,7 @@ tf2onnx writes a Keras GRU or SimpleRNN as a `Loop` (a TensorFlow while loop): a
 the sequence read from the enclosing graph one step per iteration (Gather at a counter), the
 state carried from one iteration to the next, and each step's output stacked. Once the
 input's spatial shape is fixed the trip count is a constant, so the loop is replaced by one
-copy of its body per iteration (fresh tensor names `<name>/step<i>`), each copy reading the
+copy of its body per iteration (tensors `<name>/onnx_cam_step<i>`), each copy reading the
 previous one's carried values, the iteration number a constant, the scan outputs stacked
 with Unsqueeze + Concat into the Loop's own output tensors. The existing rules then
 differentiate it, exactly. After folding, each step's read of the sequence is a Gather of a
@@ -33,6 +33,8 @@ from .precision import is_float
 #: (benchmarks/bench_unroll.py)
 MAX_UNROLLED_NODES = 40_000
 SUBGRAPH_OPS = frozenset({"Loop", "Scan", "If"})
+#: in the name of every tensor that holds one iteration's value (never offered as a layer)
+STEP = "/onnx_cam_step"
 
 
 def unroll_loops(graph: gs.Graph, has_rule: Callable[[str], bool],
@@ -157,11 +159,11 @@ def _copy_body(graph: gs.Graph, body: gs.Graph, tensors: dict, i: int, gathers: 
     """Append iteration i's copy of `body`, its inputs given by `tensors` (body name ->
     tensor); returns the copy's outputs."""
     for node in body.nodes:
-        outs = [gs.Variable(f"{o.name}/step{i}", dtype=o.dtype) if o.name
+        outs = [gs.Variable(f"{o.name}{STEP}{i}", dtype=o.dtype) if o.name
                 else gs.Variable.empty() for o in node.outputs]
         tensors.update((o.name, new) for o, new in zip(node.outputs, outs) if o.name)
         ins = [tensors.get(t.name, t) if t.name else t for t in node.inputs]
-        copy = gs.Node(node.op, f"{_label(node)}/step{i}", dict(node.attrs), ins, outs,
+        copy = gs.Node(node.op, f"{_label(node)}{STEP}{i}", dict(node.attrs), ins, outs,
                        domain=node.domain)
         graph.nodes.append(copy)
         if node.op == "Gather":
@@ -183,7 +185,7 @@ def _replace(graph: gs.Graph, node: gs.Node, finals: list, state: list, stacks: 
         where = gs.Constant(f"{out.name}/onnx_cam_axis", np.array([axis], np.int64))
         rows = []
         for i, step in enumerate(values):
-            row = gs.Variable(f"{out.name}/step{i}", dtype=out.dtype)
+            row = gs.Variable(f"{out.name}{STEP}{i}", dtype=out.dtype)
             graph.nodes.append(gs.Node("Unsqueeze", f"{row.name}/onnx_cam_row", {},
                                        [step, where], [row]))
             rows.append(row)
@@ -203,7 +205,7 @@ def _unroll_loop(graph: gs.Graph, loop: gs.Node):
     conds, gathers = [], []
     true = gs.Constant(f"{loop.name}/onnx_cam_true", np.array(True))
     for i in range(trips):
-        tensors = {counter.name: gs.Constant(f"{loop.name}/onnx_cam_step{i}",
+        tensors = {counter.name: gs.Constant(f"{loop.name}/onnx_cam_iteration{i}",
                                              np.array(i, np.int64)),
                    body.inputs[1].name: true}
         tensors.update((t.name, s) for t, s in zip(carried_in, state))
@@ -238,7 +240,7 @@ def _unroll_scan(graph: gs.Graph, scan: gs.Node):
         tensors = {t.name: s for t, s in zip(body.inputs, state)}
         for j, (source, inner) in enumerate(zip(scan.inputs[n_states:], body.inputs[n_states:])):
             position = length - 1 - i if in_back[j] else i
-            piece = gs.Variable(f"{inner.name}/step{i}", dtype=source.dtype)
+            piece = gs.Variable(f"{inner.name}{STEP}{i}", dtype=source.dtype)
             index = gs.Constant(f"{piece.name}/onnx_cam_position", np.array(position, np.int64))
             gather = gs.Node("Gather", f"{piece.name}/onnx_cam_read", {"axis": in_axes[j]},
                              [source, index], [piece])
@@ -275,7 +277,7 @@ def _gathers_as_split(graph: gs.Graph, gathers: list[gs.Node]) -> None:
             continue
         data = nodes[0].inputs[0]
         size = data.shape[axis]
-        pieces = [gs.Variable(f"{name}/onnx_cam_step{k}", dtype=data.dtype) for k in range(size)]
+        pieces = [gs.Variable(f"{name}{STEP}{k}", dtype=data.dtype) for k in range(size)]
         sizes = gs.Constant(f"{name}/onnx_cam_ones", np.ones(size, np.int64))
         graph.nodes.append(gs.Node("Split", f"{name}/onnx_cam_steps", {"axis": axis},
                                    [data, sizes], pieces))
