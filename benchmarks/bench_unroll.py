@@ -10,6 +10,8 @@ GlobalAveragePooling1D -> Dense(4), batch 16, per sequence length T:
   gradient graph and its ONNX Runtime session;
 - explain: the median of `--repeats` later calls (the session cached);
 - inference: the tf2onnx file (with its Loop) in a default `InferenceSession`;
+- peak RSS: the process's peak resident memory so far (TensorFlow included; rows run in
+  increasing T, so each row's growth is what its T added);
 - tape: Grad-CAM at the same layer with tf.GradientTape on the Keras model, in a
   tf.function (traced before timing): the reference.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -98,9 +101,10 @@ def row(length: int, repeats: int) -> str:
     tape = tape_gradcam(model, x)
     tape()
     reference = timed(tape, repeats)
-    return (f"| {length} | {nodes} | {load:.1f} | {first:.1f} | {explain * 1e3:.0f} | "
-            f"{infer * 1e3:.0f} | {reference * 1e3:.0f} | {explain / infer:.2f} | "
-            f"{explain / reference:.2f} |")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    return (f"| {length} | {nodes} | {load:.1f} | {first:.1f} | {peak:.1f} | "
+            f"{explain * 1e3:.0f} | {infer * 1e3:.0f} | {reference * 1e3:.0f} | "
+            f"{explain / infer:.2f} | {explain / reference:.2f} |")
 
 
 def main() -> None:
@@ -110,9 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, tensorflow {tf.__version__}, {os.cpu_count()} cores, "
           f"batch {BATCH}, median of {args.repeats}")
-    print("| T | nodes | load (s) | first explain (s) | explain (ms) | inference (ms) "
-          "| tape Grad-CAM (ms) | explain / inference | explain / tape |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| T | nodes | load (s) | first explain (s) | peak RSS (GiB) | explain (ms) "
+          "| inference (ms) | tape Grad-CAM (ms) | explain / inference | explain / tape |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for length in args.lengths:
         print(row(length, args.repeats), flush=True)
 
