@@ -32,6 +32,8 @@ from .graph.batch_shapes import resolve_batch_shapes
 from .graph.nms import before_nms
 from .graph.precision import float32_input, is_float, is_half
 from .graph.quantized import INTEGER_PATH_OPS, dequantized_sources, rescaling_steps
+from .graph.rules import RULES
+from .graph.unroll import STEP, unroll_loops
 from .grids import TokenGrid
 from .memory import memory_budget
 from .opset_upgrade import upgrade
@@ -343,6 +345,8 @@ class Model:
         if resolve_batch_shapes(graph, batch="N"):  # e.g. x.reshape(x.shape[0], C, -1)
             graph.fold_constants(error_ok=True,
                                  should_exclude_node=_dequantizes).cleanup().toposort()
+        if unroll_loops(graph, _has_rule, _fold):  # e.g. a Keras GRU as tf2onnx writes it
+            graph.cleanup().toposort()
         # folding turns shape arithmetic into constants: inferring again fills in the shapes
         # that depended on it (e.g. a Slice whose bounds were computed, a pool after a Pad
         # whose pads were), so ceil_mode pools not sized before are rewritten now
@@ -481,6 +485,14 @@ def _unverified_layers(text: str | None) -> dict[str, str]:
 
 def _dequantizes(node: gs.Node) -> bool:
     return node.op == "DequantizeLinear"
+
+
+def _fold(graph: gs.Graph) -> None:
+    graph.fold_constants(error_ok=True, should_exclude_node=_dequantizes)
+
+
+def _has_rule(op: str) -> bool:
+    return op in RULES or op in NON_DIFFERENTIABLE
 
 
 def _infer_shapes(proto: onnx.ModelProto, spatial_shape: tuple[int, ...],
@@ -708,12 +720,14 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
     sources = dequantized_sources(graph)
     hidden = {source.name for source in sources.values()} | rescaling_steps(graph)
     traced = _trace_axes(graph, input_name) if channels_last else None
+    batch = graph.tensors()[input_name].shape[0]  # the symbol N
     found: set[str] = set()
     per_node = []
     for node in graph.nodes:
         outs = []
         for out in node.outputs:
             if (out.name not in reaches_score or out.shape is None or out.name in hidden
+                    or STEP in out.name  # one iteration of an unrolled loop
                     or (out.dtype is not None and not is_float(out.dtype))):
                 continue
             axes = tokens = None
@@ -726,8 +740,8 @@ def _candidate_layers(graph: gs.Graph, input_name: str, score: str,
                         t.name in found for t in node.inputs):
                     continue  # the same values as a layer already listed, rearranged
             elif traced is None:
-                if len(out.shape) != rank or out.name in ungridded:
-                    continue
+                if len(out.shape) != rank or out.name in ungridded or batch in out.shape[1:]:
+                    continue  # e.g. a loop's (T, N, H) states: not (N, C, *spatial)
                 shape = tuple(out.shape)
             else:
                 axes = traced.get(out.name)
@@ -768,8 +782,10 @@ def _trace_axes(graph: gs.Graph, input_name: str) -> dict[str, tuple]:
     unit axes; ops that compute on (N, C, *spatial) (Conv, pools, normalisations: their output
     keeps their input's axes); and any other op whose output has the rank of the first traced
     tensor it reads (elementwise ops, Pad, Slice, Concat, reductions keeping their axes,
-    MatMul over the last axis). Other tensors (after an LSTM, a general Reshape, a Gather or
-    ReverseSequence...) are not traced and cannot be layers of a channels-last model.
+    MatMul over the last axis). A dropped unit axis of the input's is left out, and put back
+    by a Concat stacking such pieces along a new axis (_stacked_axes). Other tensors (after
+    an LSTM, a general Reshape, a Gather or ReverseSequence...) are not traced and cannot be
+    layers of a channels-last model.
     """
     tensors = graph.tensors()
     axes = {input_name: tuple(range(len(tensors[input_name].shape)))}
@@ -781,9 +797,22 @@ def _trace_axes(graph: gs.Graph, input_name: str) -> dict[str, tuple]:
             continue
         for out in node.outputs:
             traced = _axes_through(node, source, axes[source.name], out)
+            if node.op == "Concat" and traced is not None:
+                traced = _stacked_axes(node, traced, axes, len(axes[input_name]))
             if traced is not None:
                 axes[out.name] = traced
     return axes
+
+
+def _stacked_axes(node: gs.Node, traced: tuple, axes: dict[str, tuple], rank: int) -> tuple:
+    """The axes of a Concat along an inserted unit axis of pieces that each lack one axis of
+    the input (the steps of an unrolled loop, each one position of that axis): that axis."""
+    k = node.attrs.get("axis", 0) % len(traced)
+    missing = set(range(rank)) - set(traced)
+    if traced[k] is not None or len(missing) != 1 or any(
+            axes.get(t.name) != traced for t in node.inputs):
+        return traced
+    return (*traced[:k], missing.pop(), *traced[k + 1:])
 
 
 def _axes_through(node: gs.Node, source, axes: tuple, out) -> tuple | None:
@@ -805,8 +834,8 @@ def _through_unit_axes(axes: tuple, in_shape, out_shape) -> tuple | None:
     def unit(d):
         return isinstance(d, int) and d == 1
 
-    if any(a is not None for a, d in zip(axes, in_shape) if unit(d)):
-        return None  # a unit axis of (N, C, *spatial) itself: not followed
+    # a unit axis of (N, C, *spatial) itself is dropped from the axes: such a tensor is never
+    # a layer, but the steps of an unrolled loop are stacked back (_stacked_axes)
     kept = [(a, d) for a, d in zip(axes, in_shape) if not unit(d)]
     if [d for _, d in kept] != [d for d in out_shape if not unit(d)]:
         return None

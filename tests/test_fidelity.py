@@ -829,3 +829,34 @@ def test_a_failing_rule_is_reported_with_its_node(monkeypatch):
     monkeypatch.setitem(RULES, "GlobalAveragePool", broken)
     with pytest.raises(UnsupportedModelError, match=r"GlobalAveragePool node .*TypeError"):
         exp.activations_and_gradients(x, targets=0, layers=["body.layer1"])
+
+
+class AdaptivePoolNet(nn.Module):
+    """AdaptiveAvgPool2d((3, 3)) on a 7x7 map: the windows overlap (7 is not a multiple of
+    3), which the dynamo exporter writes as a GatherND reading some positions twice, then a
+    mean; the legacy exporter refuses it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d((3, 3))
+        self.fc = nn.Linear(36, 3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.act(self.conv(x))).flatten(1))
+
+
+@pytest.mark.slow  # the dynamo exporter takes seconds
+def test_adaptive_pool_with_overlapping_windows_gather_nd(tmp_path):
+    import onnx
+
+    torch.manual_seed(12)
+    net = randomize(Net(AdaptivePoolNet()), 12)
+    x = np.random.default_rng(12).standard_normal((3, 2, 7, 7)).astype(np.float32)
+    path = tmp_path / "adaptive.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=True,
+                      dynamic_shapes={"x": {0: torch.export.Dim("N")}}, input_names=["x"])
+    assert "GatherND" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    exp = onnx_cam.Explainer(path)
+    check_against_reference(exp, net, x, ["body.act", "body.conv"], [0, 2, 1])

@@ -29,7 +29,7 @@ keras = pytest.importorskip("keras")
 import onnx_cam  # noqa: E402
 from onnx_cam import kernels  # noqa: E402
 from onnx_cam.converters import LAYER_MAP_KEY, LAYOUT_KEY, SOURCE_KEY, export_keras  # noqa: E402
-from onnx_cam.errors import InputError, ModelLoadError, UnsupportedOpError  # noqa: E402
+from onnx_cam.errors import InputError, ModelLoadError  # noqa: E402
 
 L = keras.layers
 RTOL = 1e-4
@@ -136,6 +136,29 @@ def model_1d_more():
     return keras.Model(inp, L.Dense(3, activation="sigmoid", name="dense")(h), name="more1d")
 
 
+def model_gru():
+    """Conv1D -> GRU(return_sequences) -> Conv1D -> GlobalAveragePooling1D -> Dense: tf2onnx
+    writes the GRU as a Loop, which onnx-cam unrolls."""
+    inp = keras.Input((16, 2))
+    h = L.Conv1D(4, 3, padding="same", activation="relu", name="conv")(inp)
+    h = L.GRU(5, return_sequences=True, name="gru")(h)
+    h = L.Conv1D(6, 3, padding="same", activation="relu", name="conv2")(h)
+    h = L.GlobalAveragePooling1D(name="gap")(h)
+    return keras.Model(inp, L.Dense(3, activation="softmax", name="dense")(h), name="gru1d")
+
+
+def model_rnn_last():
+    """Conv1D -> MaxPooling1D -> SimpleRNN (last state only) -> Dense, and Conv1D -> a
+    Bidirectional GRU (a reversed Loop between ReverseSequence nodes) -> Dense: every
+    explained layer lies below a Loop."""
+    inp = keras.Input((14, 3))
+    h = L.Conv1D(4, 3, padding="same", activation="relu", name="conv")(inp)
+    h = L.MaxPooling1D(2, name="pool")(h)
+    both = L.Concatenate(name="cat")([L.SimpleRNN(5, name="rnn")(h),
+                                      L.Bidirectional(L.GRU(3), name="bigru")(h)])
+    return keras.Model(inp, L.Dense(3, name="logits")(both), name="rnn1d")
+
+
 @dataclass
 class Case:
     build: object
@@ -161,6 +184,9 @@ CASES = {
                     skips={"branch": ["avg"]},
                     mapped={"strided", "lrelu", "sep", "avg", "branch", "cat", "ln", "up",
                             "crop", "last", "gmp", "dense"}),
+    "gru": Case(model_gru, ["conv", "gru", "conv2"], mapped={"conv", "gru", "conv2", "gap"}),
+    "rnn_last": Case(model_rnn_last, ["conv", "pool"], head=None,
+                     mapped={"conv", "pool", "rnn", "cat", "logits"}),
     "1d_more": Case(model_1d_more, ["causal", "down", "last", "crop"], head="Sigmoid",
                     mapped={"causal", "down", "last", "crop", "flat", "dense"}),
 }
@@ -487,22 +513,6 @@ def test_import_onnx_cam_without_tensorflow(tmp_path):
 
 
 # ----------------------------------------------------------------------------- limits
-def test_gru_loop_is_refused_not_ignored():
-    """tf2onnx turns a Keras 3 GRU into a Loop whose body reads the sequence from outside: the
-    Loop has no gradient rule, so explaining below it is refused, also when another path
-    (here a pooled skip) reaches the score and would hide the missing gradient."""
-    keras.utils.set_random_seed(5)
-    inp = keras.Input((20, 3))
-    h = L.Conv1D(4, 3, padding="same", activation="relu", name="conv")(inp)
-    both = L.Concatenate()([L.GRU(4, name="gru")(h), L.GlobalAveragePooling1D()(h)])
-    exp = onnx_cam.Explainer(keras.Model(inp, L.Dense(2, name="dense")(both)))
-    x = np.random.default_rng(0).standard_normal((2, 20, 3)).astype(np.float32)
-    with pytest.raises(UnsupportedOpError, match="Op Loop"):
-        exp.explain(x, layers="conv")
-    assert exp.explain(x, layers="conv", methods="eigencam").raw("eigencam", "conv").shape \
-        == (2, 20)  # gradient-free methods still work
-
-
 def test_unconvertible_op_is_named():
     inp = keras.Input((8, 3))
     h = L.GlobalAveragePooling1D()(L.Conv1D(4, 3, activation="gelu")(inp))  # exact gelu: Erfc

@@ -255,3 +255,29 @@ def test_variadic_broadcasting_extremes(op):
         return pick(pick(x, a), c)
 
     assert_vjp_matches_torch(op, (1, 3, 2, 4), others, {}, 17, reference)
+
+
+@pytest.mark.parametrize("batch_dims", [0, 1])
+def test_gather_nd_accumulates_repeated_positions(batch_dims):
+    """Indices that repeat (and count back from the end) must add their gradients up."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(batch_dims)
+    shape = (2, 4, 5, 3)
+    rows = rng.integers(-4, 4, (2, 7, 1))
+    cols = rng.integers(-5, 5, (2, 7, 1))
+    rows[:, :3], cols[:, :3] = 1, -2  # the same position three times in each item
+    if batch_dims:
+        indices = np.concatenate([rows, cols], -1)                       # (2, 7, 2)
+
+        def reference(x, idx):
+            idx = idx.long()
+            return x[torch.arange(2)[:, None], idx[..., 0], idx[..., 1]]
+    else:  # (item, row, col) triples: axis 0 is the batch axis itself
+        items = rng.integers(0, 2, (2, 7, 1))
+        indices = np.concatenate([items, rows, cols], -1)                # (2, 7, 3)
+
+        def reference(x, idx):
+            idx = idx.long()
+            return x[idx[..., 0], idx[..., 1], idx[..., 2]]
+    assert_vjp_matches_torch("GatherND", shape, [indices.astype(np.int64)],
+                             {"batch_dims": batch_dims}, 17, reference)

@@ -9,9 +9,10 @@ import onnx_graphsurgeon as gs
 from onnx import shape_inference
 
 from ..errors import LayerError, UnsupportedModelError, UnsupportedOpError
-from ..model import ancestors, differentiable_closure, node_inputs
+from ..model import NON_DIFFERENTIABLE, ancestors, differentiable_closure, node_inputs
 from .builder import GradBuilder
 from .rules import RULES, supported_ops
+from .unroll import obstacle
 
 STANDARD_DOMAINS = (None, "", "ai.onnx")  # graphsurgeon reads the default as None
 
@@ -38,6 +39,11 @@ def add_gradients(builder: GradBuilder, score: gs.Variable, seed: gs.Variable,
             )
     pending: dict[str, list] = {score.name: [seed]}
     path = [n for n in graph.nodes if any(o.name in needed for o in n.outputs)]
+    loop = next((n for n in path if n.op in ("Loop", "Scan")), None)
+    if loop is not None:  # one the graph's preparation did not unroll
+        why = obstacle(loop, lambda op: op in rules or op in NON_DIFFERENTIABLE)
+        raise UnsupportedOpError(f"Cannot differentiate {loop.op} node {loop.name!r}: "
+                                 f"{why or 'it is not unrolled in this graph'}.")
     for node in reversed(path):
         out_grads = []
         for out in node.outputs:

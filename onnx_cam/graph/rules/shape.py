@@ -346,3 +346,39 @@ def gather(b, node, grads, wants):
     placed = b.op("ScatterElements", [b.zeros_like(data), where, grad],
                   {"axis": axis, "reduction": "add"})
     return [placed, None]
+
+
+@register("ReverseSequence")
+def reverse_sequence(b, node, grads, wants):
+    """Reversing the first sequence_lens[i] steps of each item is its own inverse, so its
+    transpose too."""
+    return [b.op("ReverseSequence", [grads[0], node.inputs[1]], dict(node.attrs)), None]
+
+
+@register("GatherND")
+def gather_nd(b, node, grads, wants):
+    """The gradient added back at the positions read (ScatterND with reduction "add", so
+    positions read more than once, e.g. by the overlapping windows of an adaptive pooling,
+    accumulate). batch_dims > 0 becomes batch_dims 0 by prefixing each index with its batch
+    position, which needs constant indices (whose leading axes give the batch sizes)."""
+    data, indices = node.inputs
+    batch = node.attrs.get("batch_dims", 0)
+    constant = isinstance(indices, gs.Constant)
+    if batch and not constant:
+        raise ValueError("GatherND with batch_dims and indices computed at run time")
+    where = indices
+    if not constant or (np.asarray(indices.values) < 0).any():  # negative ones count back
+        k = static_shape(indices)[-1]
+        sizes = b.op("Slice", [b.shape_of(data), b.ints([batch]), b.ints([batch + k])],
+                     dtype=np.int64)
+        where = b.op("Mod", [indices, sizes], dtype=np.int64)
+    if batch:  # (i_0, ..., i_{b-1}) before each index of batch item (i_0, ..., i_{b-1})
+        shape = np.asarray(indices.values).shape
+        lead = shape[:batch]
+        grid = np.moveaxis(np.indices(lead), 0, -1)
+        grid = grid.reshape(*lead, *[1] * (len(shape) - 1 - batch), batch)
+        prefix = np.broadcast_to(grid, (*shape[:-1], batch))
+        where = b.op("Concat", [b.const(prefix, np.int64), where], {"axis": -1},
+                     dtype=np.int64)
+    placed = b.op("ScatterND", [b.zeros_like(data), where, grads[0]], {"reduction": "add"})
+    return [placed, None]
