@@ -27,6 +27,7 @@ from .errors import (
 )
 from .explanation import INPUT, Explanation
 from .graph.cam_model import SCORES, CamModel, CamOutputs, build_cam_model
+from .input_checks import check_input, pad_sequences, valid_positions
 from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
 from .methods import CamMethod, LayerBatch, get_method
 from .model import Layer, Model
@@ -154,6 +155,11 @@ class Explainer:
             max_memory=self.max_memory, input=name, grid=self._grid[0],
             prefix_tokens=self._grid[1]))
 
+    def check_input(self, x, nonfinite: str = "raise") -> np.ndarray:
+        """`x` checked against the model's input (shape, layout, dtype, NaN / Inf unless
+        nonfinite="flag"), as (N, C, *spatial); an InputError naming the fix otherwise."""
+        return check_input(self.model, x, nonfinite)
+
     def save_model(self, path) -> None:
         """Write the ONNX model being explained (e.g. the one exported from torch)."""
         onnx.save(self.model.proto, path)
@@ -243,7 +249,7 @@ class Explainer:
             raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
                               "input by masks, which token ids cannot be; use a gradient "
                               "method or ablationcam.")
-        x = self._pad(x, pad_id)
+        x = pad_sequences(self.model, x, pad_id)
         outputs = CamOutputs(score, gradients, _tie_tolerance(check_ties, gradients),
                              any(m.uses_hvp for m in method_objs))
         if aug_smooth and (self.model.spatial_rank != 2 or self.model.tokens or mask is not None
@@ -255,7 +261,7 @@ class Explainer:
             cams=bool(method_objs))
         n, spatial = len(rows), self.model.spatial_of(x)
         row_items = np.arange(n) if plan is None else plan.items
-        valid = self._valid_positions(x, spatial, pad_id, mask)
+        valid = valid_positions(self.model, x, spatial, pad_id, mask)
         if valid is not None and plan is not None and not plan.is_identity:
             valid = valid[plan.items]
         keys = [(m, layer.name) for m in method_names for layer in chosen]
@@ -396,7 +402,7 @@ class Explainer:
         if len(self.model.input_names) > 1:
             raise InputError("factorize() takes models with one input: its concept scores run "
                              "the head on concepts alone, without the other inputs.")
-        spatial = self.model.spatial_of(self._check_input(x))
+        spatial = self.model.spatial_of(self.check_input(x))
         (name, acts), = self.activations(x, layer, batch_size=batch_size).items()
         concepts = factorize(acts, components, spatial, seed)
         if scores:
@@ -419,7 +425,7 @@ class Explainer:
             raise InputError(f"batch_size must be >= 1, got {batch_size}.")
         if outputs.score not in SCORES:
             raise TargetError(f"score={outputs.score!r} is not one of {SCORES}.")
-        x = self._check_input(x, nonfinite)
+        x = self.check_input(x, nonfinite)
         chosen = self._resolve_layers(layers)
         seeded = not (targets is None and foils is None)  # as plan_targets decides
 
@@ -680,106 +686,6 @@ class Explainer:
             if all(layer.name != other.name for other in chosen):
                 chosen.append(layer)
         return chosen
-
-    def _check_input(self, x, nonfinite: str = "raise") -> np.ndarray:
-        """The input checked against the model's, as (N, C, *spatial) (see Model.graph).
-        nonfinite="flag" lets items with NaN / Inf through (explain() flags their rows)."""
-        if nonfinite not in ("raise", "flag"):
-            raise InputError(f"nonfinite={nonfinite!r} is not 'raise' or 'flag'.")
-        if self.model.tokens:
-            return self._check_tokens(x)
-        try:
-            x = np.asarray(x, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"The input cannot be read as a float32 array ({exc}).") from None
-        if self.model.raw_signal and x.ndim == 2:
-            x = x[:, None]  # (N, T) samples: the one-channel signal (N, 1, T)
-        expected, channel_axis = self.model.input_shape, self.model.channel_axis
-        layouts = ({3: "(N, T, C)", 4: "(N, H, W, C)", 5: "(N, D, H, W, C)"}
-                   if self.model.channels_last else
-                   {3: "(N, C, T)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"})
-        if x.ndim != len(expected):
-            hint = " Add a batch axis: x[None]." if x.ndim == len(expected) - 1 else ""
-            raise InputError(f"The model takes {layouts[len(expected)]} inputs of rank "
-                             f"{len(expected)}; got shape {x.shape}.{hint}")
-        if len(x) == 0:
-            raise InputError("The input holds no items (batch axis of size 0).")
-        for axis, (want, got) in enumerate(zip(expected[1:], x.shape[1:]), start=1):
-            if want is not None and want != got:
-                what = "channels" if axis == channel_axis else f"size along axis {axis}"
-                raise InputError(f"The model takes {want} {what}; the input has {got} "
-                                 f"(input shape {x.shape}, model input {expected})."
-                                 f"{self._layout_hint(x.shape)}")
-        bad = np.flatnonzero(numerics.nonfinite_rows(x)) if nonfinite == "raise" else []
-        if len(bad):
-            raise InputError(f"Items {bad.tolist()[:20]} contain NaN or Inf; clean or drop "
-                             "them before explaining, or pass nonfinite='flag' to get their "
-                             "rows flagged instead.")
-        if channel_axis != 1:
-            x = np.ascontiguousarray(np.moveaxis(x, channel_axis, 1))
-        return x
-
-    def _check_tokens(self, x) -> np.ndarray:
-        """Token ids checked against the model's (N, T) input, in its integer dtype."""
-        try:
-            ids = np.asarray(x)
-        except ValueError:
-            ids = None
-        if ids is None or ids.dtype == object:
-            raise InputError("The token sequences have different lengths; pass pad_id= to pad "
-                             "them to one length (padding is left out of the maps).")
-        if ids.dtype.kind == "f" and np.isfinite(ids).all() and (ids == np.round(ids)).all():
-            ids = ids.astype(np.int64)
-        if ids.dtype.kind not in "iu":
-            raise InputError(f"The model takes integer token ids; got {ids.dtype} values.")
-        if ids.ndim != 2 or len(ids) == 0:
-            hint = " Add a batch axis: x[None]." if ids.ndim == 1 else ""
-            raise InputError(f"The model takes token ids shaped (N, T); got {ids.shape}.{hint}")
-        length = self.model.input_shape[1]
-        if length is not None and ids.shape[1] != length:
-            raise InputError(f"The model takes sequences of {length} tokens; got "
-                             f"{ids.shape[1]}. Pad (pad_id=) or cut them to {length}.")
-        return np.ascontiguousarray(ids, dtype=self.model.input_dtype)
-
-    def _pad(self, x, pad_id: int | None):
-        """A list of token sequences of different lengths, padded with pad_id to one length
-        (the model's, when fixed)."""
-        if pad_id is None or not self.model.tokens or isinstance(x, np.ndarray):
-            return x
-        seqs = [np.asarray(seq).reshape(-1) for seq in x]
-        length = self.model.input_shape[1] or max(len(seq) for seq in seqs)
-        if any(len(seq) > length for seq in seqs):
-            raise InputError(f"A sequence is longer than the model's {length} tokens; cut it.")
-        out = np.full((len(seqs), length), pad_id, np.int64)
-        for row, seq in zip(out, seqs):
-            row[:len(seq)] = seq
-        return out
-
-    def _valid_positions(self, x: np.ndarray, spatial: tuple, pad_id, mask):
-        """(N, *spatial) bool: the positions the maps cover (None: all of them)."""
-        if mask is not None:
-            valid = np.asarray(mask, bool)
-            if valid.shape != (len(x), *spatial):
-                raise InputError(f"mask must be shaped (N, *input_spatial) = "
-                                 f"{(len(x), *spatial)}; got {valid.shape}.")
-            return valid
-        if pad_id is not None:
-            if not self.model.tokens:
-                raise InputError("pad_id= is for models taking token ids; give mask= to leave "
-                                 "padded positions of other inputs out of the maps.")
-            return x != pad_id
-        return None
-
-    def _layout_hint(self, shape: tuple) -> str:
-        """A hint when the input would fit with its channel axis moved to the other end."""
-        if self.model.channels_last:
-            moved, wanted, fix = (shape[0], *shape[2:], shape[1]), "channels-last", "1, -1"
-        else:
-            moved, wanted, fix = (shape[0], shape[-1], *shape[1:-1]), "channels-first", "-1, 1"
-        if all(w is None or w == g for w, g in zip(self.model.input_shape[1:], moved[1:])):
-            return (f" The input looks like the other layout; the model takes {wanted} "
-                    f"inputs: pass np.moveaxis(x, {fix}).")
-        return ""
 
     def _probs(self, logits: np.ndarray) -> np.ndarray:
         """The model's head applied to the logits; a dense output without a head as it is."""

@@ -155,7 +155,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     if len(data) == 0:
         raise InputError("The dataset holds no items.")
     first = data.read(0, 1)  # shape errors before writing
-    explainer_of_input._check_input(np.nan_to_num(first.x))
+    explainer_of_input.check_input(np.nan_to_num(first.x))
     if several:
         split_inputs(explainer_of_input.model, {input: first.x, **first.side})
     label_array = read_labels(labels, len(data), explainer.class_names)

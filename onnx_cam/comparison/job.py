@@ -182,7 +182,7 @@ def compare(models, dataset, out, *, methods=("gradcam",), metrics=("deletion",)
     sample = np.nan_to_num(data.read(0, 1).x)
     refs, explainers = [], {}
     for name, (explainer, model_ref, sha) in opened.items():
-        explainer._check_input(sample)  # every model takes the dataset's items
+        explainer.check_input(sample)  # every model takes the dataset's items
         audit_job._check_targets(target, label_array, explainer.num_classes)
         chosen = _layer_for(name, layer, explainer)
         explainer.model.resolve_layer(chosen)

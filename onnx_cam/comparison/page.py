@@ -267,7 +267,7 @@ def _disagreement(group, spec, ref, explainer, top: int) -> str:
     rows = [[i, names[targets[r]], names[predicted[i]], f"{score[i]:.3f}",
              *[f"{values[m, k][i]:.4g}" for m in spec.methods for k in spec.metrics]]
             for r, i in enumerate(order)]
-    shown = None if explainer.model.tokens else explainer._check_input(x)
+    shown = None if explainer.model.tokens else explainer.check_input(x)
     fig = _side_by_side(shown, maps, list(spec.methods), order)
     text = ("Disagreement: 1 - the mean Spearman rank correlation between every two methods' "
             "maps of the item. Each map is scaled to [0, 1]; the first column is the input "

@@ -36,7 +36,7 @@ class Rows:
         maps = explanation.cam(method, layer)
         given = np.asarray(x, np.float32)
         # (N, C, *spatial) whatever the layout; items with NaN / Inf get NaN metrics
-        inputs = explainer._check_input(given, nonfinite="flag")
+        inputs = explainer.check_input(given, nonfinite="flag")
         items = np.asarray(explanation.items)
         if len(items) and (items.min() < 0 or items.max() >= len(inputs)):
             raise InputError(f"The explanation's rows refer to items up to {items.max()}, but "
