@@ -10,6 +10,7 @@ import platform
 import sys
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
@@ -416,47 +417,55 @@ def _identity(spec: AuditSpec, explainer: Explainer, data: Dataset, labels, targ
 
 def _prepare_store(spec: AuditSpec, identity: dict, explainer: Explainer,
                    overwrite: bool) -> str:
-    """Create the store, or check that an existing one belongs to this job, and bring it to
-    "running" in the order store.py describes (every step safe to cut short by a kill).
-    Returns its run id."""
+    """The audit's store, created or checked to be this job's; returns its run id."""
+    return prepare_store(
+        spec.store, identity, overwrite, "an audit",
+        lambda: {"maps": [{"method": m, "layer": layer, "cams": map_path("cams", m, layer),
+                           "score_range": map_path("score_range", m, layer)}
+                          for m, layer in spec.maps],
+                 "classes": explainer.num_classes, "class_names": explainer.class_names,
+                 "head": explainer.head, "items": len(spec.dataset), "chunks": spec.chunks},
+        lambda group: _create_arrays(group, spec, explainer))
+
+
+def prepare_store(url: str, identity: dict, overwrite: bool, job: str,
+                  manifest_fields: Callable[[], dict],
+                  create_arrays: Callable[[object], None]) -> str:
+    """Create the store of a job (`job`: "an audit", "a comparison"), or check that an
+    existing one belongs to this job (same identity), and bring it to "running" in the order
+    store.py describes (every step safe to cut short by a kill). Returns its run id."""
     import zarr
-    state = store_state(spec.store)
+    state = store_state(url)
     manifest = None
     if state == "audit":
-        manifest = AuditStore(spec.store).manifest
+        manifest = AuditStore(url).manifest
         diffs = identity_differences(manifest["identity"], identity)
         if diffs and not overwrite:
             raise StoreError(
-                f"{spec.store!r} holds an audit of another model, dataset or arguments:\n  "
+                f"{url!r} holds {job} of another model, dataset or arguments:\n  "
                 + "\n  ".join(diffs) + "\nUse the same command to resume it, another store "
                 "path, or overwrite=True (--overwrite) to replace it.")
         manifest = None if diffs else manifest
     elif state == "other" and not overwrite:
-        raise StoreError(f"{spec.store!r} exists and is not an audit store; choose another "
+        raise StoreError(f"{url!r} exists and is not {job} store; choose another "
                          "path, or pass overwrite=True (--overwrite) to replace it.")
     if manifest is None:  # a new store: its manifest first, so the folder is this job's
-        discard_root(spec.store)
-        manifest = {
-            "identity": identity, "run_id": uuid.uuid4().hex, "status": "creating",
-            "maps": [{"method": m, "layer": layer, "cams": map_path("cams", m, layer),
-                      "score_range": map_path("score_range", m, layer)}
-                     for m, layer in spec.maps],
-            "classes": explainer.num_classes, "class_names": explainer.class_names,
-            "head": explainer.head, "items": len(spec.dataset), "chunks": spec.chunks,
-            "started_at": _now(), "finished_at": None, "sessions": [_session()],
-        }
-        group = zarr.create_group(spec.store, attributes={MANIFEST_KEY: manifest})
+        discard_root(url)
+        manifest = {"identity": identity, "run_id": uuid.uuid4().hex, "status": "creating",
+                    **manifest_fields(), "started_at": _now(), "finished_at": None,
+                    "sessions": [_session()]}
+        group = zarr.create_group(url, attributes={MANIFEST_KEY: manifest})
     else:
-        group = zarr.open_group(spec.store, mode="r+")
+        group = zarr.open_group(url, mode="r+")
         _update_manifest(group, sessions=[*manifest["sessions"], _session()])
     if manifest["status"] == "creating":  # new, or its creation was cut short: (re)create
-        clear_store(spec.store)
-        _create_arrays(group, spec, explainer)
-        repair_group_metadata(spec.store)
+        clear_store(url)
+        create_arrays(group)
+        repair_group_metadata(url)
         _update_manifest(group, status="running")
     else:
-        remove_partial_files(spec.store)
-        repair_group_metadata(spec.store)
+        remove_partial_files(url)
+        repair_group_metadata(url)
     return manifest["run_id"]
 
 

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, replace
 from itertools import combinations
@@ -48,17 +47,13 @@ from ..audit.store import (
     STORE_FORMAT,
     AuditStore,
     StoreLock,
-    clear_store,
-    discard_root,
     done_chunks,
-    identity_differences,
     node_name,
     remove_partial_files,
     repair_group_metadata,
-    store_state,
     writing,
 )
-from ..errors import InputError, MethodError, StoreError
+from ..errors import InputError, MethodError
 from ..explanation import INPUT
 from ..inputs import preprocess_for
 from ..methods import get_method
@@ -392,44 +387,11 @@ def _identity(spec: CompareSpec, explainers: dict, target) -> dict:
 
 
 def _prepare_store(spec: CompareSpec, identity: dict, overwrite: bool) -> str:
-    """Create the store, or check that an existing one is this job's, in the audit store's
-    order (onnx_cam.audit.store): manifest first, then the arrays, then "running"."""
-    import zarr
-    state = store_state(spec.store)
-    manifest = None
-    if state == "audit":
-        manifest = AuditStore(spec.store).manifest
-        diffs = identity_differences(manifest["identity"], identity)
-        if diffs and not overwrite:
-            raise StoreError(
-                f"{spec.store!r} holds another job (models, dataset or arguments differ):\n  "
-                + "\n  ".join(diffs) + "\nUse the same command to resume it, another --out, "
-                "or overwrite=True (--overwrite) to replace it.")
-        manifest = None if diffs else manifest
-    elif state == "other" and not overwrite:
-        raise StoreError(f"{spec.store!r} exists and is not a comparison store; "
-                                   "choose another --out, or pass overwrite=True "
-                                   "(--overwrite) to replace it.")
-    if manifest is None:
-        discard_root(spec.store)
-        manifest = {"identity": identity, "run_id": uuid.uuid4().hex, "status": "creating",
-                    "maps": [], "items": len(spec.dataset), "chunks": spec.chunks,
-                    "started_at": audit_job._now(), "finished_at": None,
-                    "sessions": [audit_job._session()]}
-        group = zarr.create_group(spec.store, attributes={MANIFEST_KEY: manifest})
-    else:
-        group = zarr.open_group(spec.store, mode="r+")
-        audit_job._update_manifest(group, sessions=[*manifest["sessions"],
-                                                    audit_job._session()])
-    if manifest["status"] == "creating":
-        clear_store(spec.store)
-        _create_arrays(group, spec)
-        repair_group_metadata(spec.store)
-        audit_job._update_manifest(group, status="running")
-    else:
-        remove_partial_files(spec.store)
-        repair_group_metadata(spec.store)
-    return manifest["run_id"]
+    """The comparison's store, created or checked to be this job's, as an audit's."""
+    return audit_job.prepare_store(
+        spec.store, identity, overwrite, "a comparison",
+        lambda: {"maps": [], "items": len(spec.dataset), "chunks": spec.chunks},
+        lambda group: _create_arrays(group, spec))
 
 
 def _create_arrays(group, spec: CompareSpec) -> None:
