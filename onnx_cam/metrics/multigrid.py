@@ -27,7 +27,7 @@ from scipy import ndimage
 
 OUTSIDE, KEPT, UNKNOWN = 0, 1, 2
 COARSEST_POSITIONS = 64      # a level of at most this many positions is the coarsest
-SMOOTHING_SWEEPS = 2         # Gauss-Seidel sweeps before and after each coarse correction
+SMOOTHING_SWEEPS = 1         # Gauss-Seidel sweeps before and after each coarse correction
 COARSEST_SWEEPS = 8          # symmetric Gauss-Seidel sweeps on the coarsest level
 RELATIVE_RESIDUAL = 1e-8     # per channel, of the right-hand side's norm: errors ~1e-8
 MAX_ITERATIONS = 100         # beyond (never seen; about 20 are needed): solve directly
@@ -60,7 +60,7 @@ def _residual(out, rhs, e, unknowns, diagonal, lo, hi, offsets, weights):
 
 @numba.njit(cache=True)
 def _v_cycle(out, rhs, e, residual, h_unknowns, h_diagonal, h_fine, h_start, h_offsets,
-             h_block, weights, restrict, prolong, h_state):
+             h_block, weights, restrict, prolong, h_state, smoothing, coarsest):
     """out = one V-cycle applied to rhs (the first level's part of the work arrays)."""
     levels = h_start.shape[0] - 1
     for c in range(e.shape[0]):
@@ -68,7 +68,7 @@ def _v_cycle(out, rhs, e, residual, h_unknowns, h_diagonal, h_fine, h_start, h_o
             e[c, h_unknowns[n]] = 0.0
     for lv in range(levels - 1):
         lo, hi = h_start[lv], h_start[lv + 1]
-        for _ in range(SMOOTHING_SWEEPS):
+        for _ in range(smoothing):
             _sweep(e, rhs, h_unknowns, h_diagonal, lo, hi, h_offsets[lv], weights, False)
         _residual(residual, rhs, e, h_unknowns, h_diagonal, lo, hi, h_offsets[lv], weights)
         block = h_block[lv]
@@ -79,7 +79,7 @@ def _v_cycle(out, rhs, e, residual, h_unknowns, h_diagonal, h_fine, h_start, h_o
                     s += restrict[k] * residual[c, h_fine[n] + block[k]]
                 rhs[c, h_unknowns[n]] = s
     lo, hi = h_start[levels - 1], h_start[levels]
-    for _ in range(COARSEST_SWEEPS):
+    for _ in range(coarsest):
         _sweep(e, rhs, h_unknowns, h_diagonal, lo, hi, h_offsets[levels - 1], weights, False)
         _sweep(e, rhs, h_unknowns, h_diagonal, lo, hi, h_offsets[levels - 1], weights, True)
     for lv in range(levels - 2, -1, -1):
@@ -92,7 +92,7 @@ def _v_cycle(out, rhs, e, residual, h_unknowns, h_diagonal, h_fine, h_start, h_o
                     j = h_fine[n] + block[k]
                     if h_state[j] == UNKNOWN:
                         e[c, j] += prolong[k] * v
-        for _ in range(SMOOTHING_SWEEPS):
+        for _ in range(smoothing):
             _sweep(e, rhs, h_unknowns, h_diagonal, lo, hi, h_offsets[lv], weights, True)
     for c in range(e.shape[0]):
         for n in range(h_start[1]):
@@ -102,7 +102,7 @@ def _v_cycle(out, rhs, e, residual, h_unknowns, h_diagonal, h_fine, h_start, h_o
 @numba.njit(cache=True)
 def _conjugate_gradients(values, h_unknowns, h_diagonal, h_fine, h_start, h_offsets, h_block,
                          weights, restrict, prolong, h_state, size, relative_residual,
-                         max_iterations):
+                         max_iterations, smoothing, coarsest):
     """(solution (C, m) on the first level's unknowns, converged); `values` (C, padded
     positions of the first level) holds the kept values."""
     channels, m = values.shape[0], h_start[1]
@@ -133,7 +133,7 @@ def _conjugate_gradients(values, h_unknowns, h_diagonal, h_fine, h_start, h_offs
             for n in range(m):
                 rhs[c, h_unknowns[n]] = r[c, n]
         _v_cycle(z, rhs, e, residual, h_unknowns, h_diagonal, h_fine, h_start, h_offsets,
-                 h_block, weights, restrict, prolong, h_state)
+                 h_block, weights, restrict, prolong, h_state, smoothing, coarsest)
 
     precondition()
     for c in range(channels):
@@ -239,5 +239,6 @@ def solve_imputation(item: np.ndarray, removed: np.ndarray,
     solution, converged = _conjugate_gradients(
         padded, weights=stencil[1], restrict=4.0 * full_weighting,
         prolong=2.0 ** ndim * full_weighting, relative_residual=RELATIVE_RESIDUAL,
-        max_iterations=MAX_ITERATIONS, **packed)
+        max_iterations=MAX_ITERATIONS, smoothing=SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS,
+        **packed)
     return solution if converged else None
