@@ -11,12 +11,9 @@ from functools import cache
 
 import numpy as np
 from scipy import ndimage, sparse
-from scipy.sparse.linalg import cg, spsolve
+from scipy.sparse.linalg import spsolve
 
-# Unknowns up to which imputation solves directly (sparse LU). Beyond, in 2D / 3D, the LU's
-# fill-in (growing as m**1.5 / m**2) makes it slower than conjugate gradients: seconds for a
-# 224 x 224 image, minutes for a 32 x 64 x 64 volume. 1D systems are tridiagonal: always LU.
-DIRECT_SOLVE_LIMIT = 4096
+from . import multigrid
 
 
 def ranked_masks(cam: np.ndarray, counts: np.ndarray, most_first: bool) -> np.ndarray:
@@ -81,7 +78,14 @@ def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
 def _solve_imputation(flat_item, flat_removed, unknown, shape) -> np.ndarray:
     """(m, C): the values of the m unknown positions, from diag * v_i - sum_j w_ij v_j (j
     unknown) = sum_j w_ij x_j (j known), over in-bounds neighbours j of i (diag: their
-    weights' sum)."""
+    weights' sum). 2D and 3D: multigrid-preconditioned conjugate gradients (the system is
+    symmetric positive definite); 1D systems are tridiagonal: a direct sparse solve."""
+    if len(shape) > 1:
+        values = multigrid.solve_imputation(flat_item.reshape(-1, *shape),
+                                            flat_removed.reshape(shape),
+                                            neighbour_stencil(len(shape)))
+        if values is not None:
+            return values.T
     m = len(unknown)
     variable = np.full(flat_removed.size, -1, np.int64)
     variable[unknown] = np.arange(m)
@@ -107,17 +111,7 @@ def _solve_imputation(flat_item, flat_removed, unknown, shape) -> np.ndarray:
     values.append(diagonal)
     system = sparse.coo_matrix((np.concatenate(values),
                                 (np.concatenate(rows), np.concatenate(cols))), shape=(m, m))
-    if len(shape) == 1 or m <= DIRECT_SOLVE_LIMIT:
-        return np.asarray(spsolve(system.tocsc(), rhs)).reshape(m, -1)
-    # symmetric positive definite (the stencil is symmetric, every row diagonally dominant,
-    # and every group of removed positions touches a kept one): conjugate gradients
-    system = system.tocsr()
-    solution = np.empty_like(rhs)
-    for c in range(rhs.shape[1]):
-        solution[:, c], info = cg(system, rhs[:, c], rtol=1e-10, atol=0.0)
-        if info:  # not converged within 10 m iterations (never seen): solve directly
-            solution[:, c] = spsolve(system.tocsc(), rhs[:, c])
-    return solution
+    return np.asarray(spsolve(system.tocsc(), rhs)).reshape(m, -1)
 
 
 class Perturbation:
