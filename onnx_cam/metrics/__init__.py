@@ -16,7 +16,8 @@ from functools import cached_property
 
 import numpy as np
 
-from . import sanity
+from ..explanation import INPUT
+from . import complexity, faithfulness, sanity
 from .confidence import confidence
 from .curves import area, curves
 from .options import MetricError, Options, row_rng
@@ -40,8 +41,10 @@ class _Context:
         self.finite = rows.finite   # rows with NaN / Inf in their input or map: NaN metrics
         self.rows = rows if self.finite.all() else rows.subset(self.finite)
         self.method = method if method is not None else explanation.methods[0]
-        self.layer = layer if layer is not None else explanation.layers[0]
+        self.layer = layer if layer is not None else \
+            (explanation.layers[0] if explanation.layers else INPUT)
         self.map_score = explanation.score
+        self.predicted = np.asarray(explanation.predicted)
         self.scorer = Scorer(explainer, self.rows.inputs.shape[2:],
                              score_kind(explainer, options.score), options.batch_size)
         self.perturbation = Perturbation(self._baseline(), options.blur_sigma)
@@ -130,11 +133,13 @@ FAITHFULNESS: dict[str, Callable] = {
     "deletion": _curve(False), "insertion": _curve(True),
     "road": _road, "road_morf": _road, "road_lerf": _road,
     "avg_drop": _confidence, "avg_increase": _confidence,
+    **faithfulness.METRICS,
 }
 CHECKS: dict[str, Callable] = {
     "randomization_spearman": _randomization, "randomization_ssim": _randomization,
     "random_label_spearman": _random_label, "random_label_ssim": _random_label,
     "class_distance": _class_distance,
+    **complexity.METRICS,
 }
 METRICS = (*FAITHFULNESS, *(f"{m}_random" for m in FAITHFULNESS), *CHECKS)
 
@@ -159,6 +164,13 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
           model against the original ones (Adebayo et al.)
       random_label_spearman, random_label_ssim (lower)   maps of a random other class
       class_distance   RMS distance from the mean map of the rows of the same class
+      Quantus' faithfulness metrics (faithfulness.py; each also as <name>_random):
+      faithfulness_correlation, faithfulness_estimate, monotonicity,
+          monotonicity_correlation, irof, sufficiency (higher); pixel_flipping,
+          selectivity, infidelity (Captum's), infidelity_quantus (lower);
+          region_perturbation (higher with order="morf")
+      complexity.py: sparseness (higher), complexity, effective_complexity (lower);
+          arcc (higher; pytorch-grad-cam's harmonic-mean composite)
     """
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [n for n in names if n not in METRICS]

@@ -41,6 +41,29 @@ class Options:
     batch_size: perturbed copies per ONNX Runtime run.
     seed: seeds the noise, the random maps and labels, and the randomised weights.
     class_stats: reference ClassStatistics for "class_distance" (None: the rows' own).
+
+    Quantus' faithfulness and complexity metrics (faithfulness.py, complexity.py; a feature
+    is a position of a map, or an element (channel, position) of a per-channel attribution):
+    features_in_step: features removed per step (faithfulness_estimate, monotonicity,
+        monotonicity_correlation, pixel_flipping); None: the `step` fraction of them.
+    subset_size, runs: faithfulness_correlation's random subsets (224 features, 100 runs).
+    subsets: (rows, runs, subset_size) feature indices to use instead of random ones.
+    samples: draws per step (monotonicity_correlation, 100) or noise draws (infidelity, 10);
+        None: each metric's default.
+    eps: monotonicity_correlation's smallest |score| it divides by, and effective_complexity's
+        threshold on |map| / max |map| (1e-5 both, Quantus' defaults).
+    uniform_range: (low, high) of monotonicity_correlation's fill values; None: the item's
+        (min, max). fills: (rows, steps, samples) fill values to use instead of random ones.
+    patch_size: side of region_perturbation / selectivity's patches and of IROF's default
+        segments (8 samples); infidelity_patch_sizes: infidelity_quantus' patches ((4,)).
+    regions: patches region_perturbation removes (100).
+    segments: IROF's segments, (N, *spatial) int labels per input item (e.g. superpixels);
+        None: a grid of `patch_size` patches.
+    sufficiency_threshold: normalised distance within which maps count as alike (0.6).
+    infidelity_noise: std of infidelity's Gaussian perturbations (input units, 0.1).
+    perturbations: (rows, samples, C, *spatial) infidelity perturbations I (the input
+        becomes x - I) to use instead of random ones.
+    absolute: score |map| instead of the map; None: each metric's Quantus default.
     """
 
     score: str | None = None
@@ -54,6 +77,22 @@ class Options:
     batch_size: int = 64
     seed: int = 0
     class_stats: object = None
+    features_in_step: int | None = None
+    subset_size: int = 224
+    runs: int = 100
+    subsets: np.ndarray | None = None
+    samples: int | None = None
+    eps: float = 1e-5
+    uniform_range: tuple[float, float] | None = None
+    fills: np.ndarray | None = None
+    patch_size: int = 8
+    infidelity_patch_sizes: tuple[int, ...] = (4,)
+    regions: int = 100
+    segments: np.ndarray | None = None
+    sufficiency_threshold: float = 0.6
+    infidelity_noise: float = 0.1
+    perturbations: np.ndarray | None = None
+    absolute: bool | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict) -> Options:
@@ -88,6 +127,21 @@ class Options:
                               f"{RANDOMIZATIONS}.")
         if self.batch_size < 1:
             raise MetricError(f"batch_size must be >= 1, got {self.batch_size}.")
+        for name in ("subset_size", "runs", "patch_size", "regions"):
+            if getattr(self, name) < 1:
+                raise MetricError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("features_in_step", "samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise MetricError(f"{name} must be >= 1 (or None), got {getattr(self, name)}.")
+        if not len(self.infidelity_patch_sizes) or min(self.infidelity_patch_sizes) < 1:
+            raise MetricError(f"infidelity_patch_sizes={self.infidelity_patch_sizes} must be "
+                              "patch sides >= 1, e.g. (4,).")
+        if self.eps < 0 or self.infidelity_noise <= 0 or self.sufficiency_threshold < 0:
+            raise MetricError("eps and sufficiency_threshold must be >= 0, infidelity_noise "
+                              "> 0.")
+        if self.uniform_range is not None and not self.uniform_range[0] < self.uniform_range[1]:
+            raise MetricError(f"uniform_range={self.uniform_range} must be (low, high), "
+                              "low < high.")
 
 
 def row_rng(seed: int, row: int, purpose: int) -> np.random.Generator:
