@@ -125,7 +125,7 @@ def test_monotonicity(quantus, case):
 
 def test_monotonicity_correlation(quantus, case):
     model, x, exp, res, a = case
-    step, samples = 8, 5
+    step, samples = 8 if x.ndim == 3 else 24, 5
     metric = quantus.MonotonicityCorrelation(features_in_step=step, nr_samples=samples,
                                              disable_warnings=True, **per_item(a))
     np.random.seed(4)
@@ -162,6 +162,7 @@ def test_selectivity(quantus, case):
     np.testing.assert_allclose(ours["selectivity"], expected, **TOL)
 
 
+@pytest.mark.slow
 def test_irof_with_quantus_superpixels(quantus, case):
     model, x, exp, res, a = case
     if x.ndim != 4 or x.shape[1] != 1:
@@ -173,13 +174,14 @@ def test_irof_with_quantus_superpixels(quantus, case):
                                                  "slic") for item in x])
     metric = quantus.IROF(perturb_baseline=0.0, return_aggregate=False,
                           disable_warnings=True, **per_item(a))
-    # one item per call: Quantus pads the curves of a batch to its longest segment count
+    # one item per call: Quantus pads the curves of a batch to its longest segment count;
+    # SLIC makes a segment of each of the 144 pixels, one Quantus call each: two items
     expected = np.concatenate([
         metric(model=model, x_batch=x[i:i + 1], y_batch=np.asarray(res.targets[i:i + 1]),
                a_batch=a[i:i + 1], channel_first=True, softmax=True, device="cpu")
-        for i in range(len(x))])
+        for i in range(2)])
     ours = evaluate(exp, x, res, "irof", score="probs", baseline="zero", segments=segments)
-    np.testing.assert_allclose(ours["irof"], expected, **TOL)
+    np.testing.assert_allclose(ours["irof"][:2], expected, **TOL)
 
 
 def test_sufficiency(quantus, case):
