@@ -145,3 +145,31 @@ def test_channels_last_model_gives_the_same_values(method):
                  **options)
     for name in names:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_arcc_equals_pytorch_grad_cams(monkeypatch):
+    from references import pytorch_grad_cam
+
+    pgc = pytorch_grad_cam()
+    from pytorch_grad_cam.metrics import arcc as pgc_arcc
+    from pytorch_grad_cam.metrics import road as pgc_road
+
+    # its ROAD adds torch.randn noise, ours numpy's: both noise-free
+    monkeypatch.setattr(pgc_road.NoisyLinearImputer.__init__, "__defaults__",
+                        (0.0, pgc_road.neighbors_weights))
+    torch.manual_seed(5)
+    model = small_cnn(2, classes=3)
+    x = torch.randn(3, 2, 12, 10)
+    exp = onnx_cam.Explainer(model, example_input=x)
+    res = exp.explain(x.numpy(), targets=[0, 2, 1], layers="/3/Relu_output_0",
+                      methods="gradcam")
+    # no ties at 0: its ROAD removes by percentile (ties together), ours exact counts
+    key = ("gradcam", "/3/Relu_output_0")
+    jitter = np.random.default_rng(0).random(res.cams[key].shape) * 1e-3
+    res.cams[key] = (res.cams[key] + jitter).astype(np.float32)
+    targets = [pgc.utils.model_targets.ClassifierOutputTarget(t) for t in (0, 2, 1)]
+    base = pgc.GradCAM(model, target_layers=[model[3]])
+    theirs = pgc_arcc.ARCC(base)(x, res.cam(), targets, model)
+    ours = evaluate(exp, x.numpy(), res, "arcc", score="logits", road_noise=0.0)["arcc"]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
