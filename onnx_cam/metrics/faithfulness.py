@@ -24,6 +24,7 @@ from .features import (
     relevance,
     removed,
     step_masks,
+    step_of,
     stream_rows,
     unit_area,
 )
@@ -57,16 +58,25 @@ def _masked(rows: Rows, r: int, masks: np.ndarray) -> np.ndarray:
     return masks.reshape(len(masks), channels, *rows.maps.shape[1:])
 
 
-def _remove_steps(ctx, rows: Rows, masks_of: Callable[[int], np.ndarray]) -> list[np.ndarray]:
-    """Per row, the scores with the features of each of its masks (steps, F) removed."""
+def _remove_steps(ctx, rows: Rows, count: int,
+                  masks_of: Callable[[int, slice], np.ndarray]) -> list[np.ndarray]:
+    """Per row, the scores with the features of each of its `count` masks removed;
+    masks_of(r, part) gives the masks (len(part), F) of steps `part`."""
     batch = ctx.options.batch_size
 
     def copies(r):
-        masks = masks_of(r)
-        for part in chunks(len(masks), batch):
-            yield removed(ctx.perturbation, rows.item(r), _masked(rows, r, masks[part]))
+        for part in chunks(count, batch):
+            yield removed(ctx.perturbation, rows.item(r), _masked(rows, r, masks_of(r, part)))
 
     return stream_rows(rows, ctx.scorer, copies)
+
+
+def _steps(ctx, a: np.ndarray, most_first: bool) -> tuple[list[np.ndarray], int]:
+    """Each row's step of each feature (`features_in_step` at a time, most or least
+    relevant first) and the number of steps."""
+    per = features_in_step(a.shape[1], ctx.options.features_in_step, ctx.options.step)
+    order = [descending(v) if most_first else np.argsort(v, kind="stable") for v in a]
+    return [step_of(o, per) for o in order], -(-a.shape[1] // per)
 
 
 def faithfulness_correlation(ctx, rows: Rows) -> dict[str, np.ndarray]:
@@ -87,12 +97,12 @@ def faithfulness_correlation(ctx, rows: Rows) -> dict[str, np.ndarray]:
     elif subsets.min() < 0 or subsets.max() >= count:
         raise MetricError(f"subsets index features 0 ... {count - 1}.")
 
-    def masks_of(r):
-        masks = np.zeros((o.runs, count), bool)
-        masks[np.arange(o.runs)[:, None], subsets[r]] = True
+    def masks_of(r, part):
+        masks = np.zeros((part.stop - part.start, count), bool)
+        masks[np.arange(len(masks))[:, None], subsets[r, part]] = True
         return masks
 
-    scores = np.stack(_remove_steps(ctx, rows, masks_of))
+    scores = np.stack(_remove_steps(ctx, rows, o.runs, masks_of))
     sums = np.take_along_axis(a[:, None, :], subsets, axis=2).sum(axis=2)
     return {"faithfulness_correlation": pearson(sums, ctx.original[:, None] - scores)}
 
@@ -102,10 +112,10 @@ def faithfulness_estimate(ctx, rows: Rows) -> dict[str, np.ndarray]:
     `features_in_step` at a time from the most relevant, between each group's relevance sum
     and the score drop when that group alone is removed. Higher is better."""
     a = relevance(rows, _absolute(ctx, False)).reshape(len(rows), -1)
-    per = features_in_step(a.shape[1], ctx.options.features_in_step, ctx.options.step)
-    groups = [step_masks(descending(a[r]), per, cumulative=False) for r in range(len(rows))]
-    scores = np.stack(_remove_steps(ctx, rows, groups.__getitem__))
-    sums = np.stack([g @ a[r] for r, g in enumerate(groups)])
+    step, steps = _steps(ctx, a, most_first=True)
+    scores = np.stack(_remove_steps(ctx, rows, steps, lambda r, part: step_masks(
+        step[r], part, cumulative=False)))
+    sums = np.stack([np.bincount(s, a[r], steps) for r, s in enumerate(step)])
     return {"faithfulness_estimate": pearson(sums, ctx.original[:, None] - scores)}
 
 
@@ -115,12 +125,9 @@ def monotonicity(ctx, rows: Rows) -> dict[str, np.ndarray]:
     else 0. Higher is better. (Quantus 0.6.0 fills the baseline into the baseline instead of
     putting x back, so it always returns True; this puts x back.)"""
     a = relevance(rows, _absolute(ctx, True)).reshape(len(rows), -1)
-    per = features_in_step(a.shape[1], ctx.options.features_in_step, ctx.options.step)
-
-    def masks_of(r):
-        return ~step_masks(np.argsort(a[r], kind="stable"), per, cumulative=True)
-
-    curves = _remove_steps(ctx, rows, masks_of)
+    step, steps = _steps(ctx, a, most_first=False)
+    curves = _remove_steps(ctx, rows, steps, lambda r, part: ~step_masks(
+        step[r], part, cumulative=True))
     return {"monotonicity": np.array([float(np.all(np.diff(c) >= 0)) for c in curves])}
 
 
@@ -132,11 +139,8 @@ def monotonicity_correlation(ctx, rows: Rows) -> dict[str, np.ndarray]:
     `eps`). Higher is better. steps x samples forward passes per row."""
     o = ctx.options
     a = relevance(rows, _absolute(ctx, True)).reshape(len(rows), -1)
-    per = features_in_step(a.shape[1], o.features_in_step, o.step)
     samples = o.samples or MONOTONICITY_SAMPLES
-    steps = -(-a.shape[1] // per)
-    groups = [step_masks(np.argsort(a[r], kind="stable"), per, cumulative=False)
-              for r in range(len(rows))]
+    step, steps = _steps(ctx, a, most_first=False)
     fills = _given(ctx, rows, "fills", (steps, samples))
 
     def values(r):
@@ -147,18 +151,19 @@ def monotonicity_correlation(ctx, rows: Rows) -> dict[str, np.ndarray]:
         return row_rng(o.seed, rows.ids[r], FILLS).uniform(low, high, (steps, samples))
 
     def copies(r):
-        masks, fill, item = _masked(rows, r, groups[r]), values(r).ravel(), rows.item(r)
+        fill, item = values(r).ravel(), rows.item(r)
         expand = (1,) * (item.ndim - 1)
         for part in chunks(steps * samples, o.batch_size):
             which = np.arange(part.start, part.stop)
-            yield np.where(masks[which // samples], fill[which].reshape(-1, 1, *expand),
+            masks = step[r][None] == (which // samples)[:, None]
+            yield np.where(_masked(rows, r, masks), fill[which].reshape(-1, 1, *expand),
                            item[None]).astype(item.dtype)
 
     scores = np.stack(stream_rows(rows, ctx.scorer, copies)).reshape(len(rows), steps, samples)
     y = ctx.original
     scale = np.where(np.abs(y) >= o.eps, 1.0 / np.where(y == 0, 1, y) ** 2, 1.0)
     variance = ((scores - y[:, None, None]) ** 2).mean(axis=2) * scale[:, None]
-    sums = np.stack([g @ a[r] for r, g in enumerate(groups)])
+    sums = np.stack([np.bincount(s, a[r], steps) for r, s in enumerate(step)])
     return {"monotonicity_correlation": spearman(sums, variance)}
 
 
@@ -166,9 +171,9 @@ def pixel_flipping(ctx, rows: Rows) -> dict[str, np.ndarray]:
     """Bach et al. 2015: the score as the features are removed `features_in_step` at a
     time, most relevant first; the curve's area (unit steps). Lower is better."""
     a = relevance(rows, _absolute(ctx, False)).reshape(len(rows), -1)
-    per = features_in_step(a.shape[1], ctx.options.features_in_step, ctx.options.step)
-    curves = _remove_steps(ctx, rows,
-                           lambda r: step_masks(descending(a[r]), per, cumulative=True))
+    step, steps = _steps(ctx, a, most_first=True)
+    curves = _remove_steps(ctx, rows, steps, lambda r, part: step_masks(
+        step[r], part, cumulative=True))
     return {"pixel_flipping": unit_area(np.stack(curves))}
 
 

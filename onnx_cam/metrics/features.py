@@ -48,13 +48,18 @@ def features_in_step(count: int, requested: int | None, step: float) -> int:
     return requested
 
 
-def step_masks(order: np.ndarray, per_step: int, cumulative: bool) -> np.ndarray:
-    """(steps, F) bool: step j holds features order[j * per_step: (j + 1) * per_step], or
-    every feature up to there when `cumulative`."""
+def step_of(order: np.ndarray, per_step: int) -> np.ndarray:
+    """(F,) the step at which each feature comes: order[j * per_step: (j + 1) * per_step]
+    come at step j."""
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
-    step = rank // per_step
-    steps = np.arange(-(-len(order) // per_step))[:, None]
+    return rank // per_step
+
+
+def step_masks(step: np.ndarray, which: slice, cumulative: bool) -> np.ndarray:
+    """(len(which), F) bool: the features of steps `which` (every one up to there when
+    `cumulative`), built a chunk at a time so fine steps never hold steps x F at once."""
+    steps = np.arange(which.start, which.stop)[:, None]
     return step[None] <= steps if cumulative else step[None] == steps
 
 
