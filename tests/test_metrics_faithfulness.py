@@ -137,7 +137,8 @@ def test_channels_last_model_gives_the_same_values(method):
     x_last = np.ascontiguousarray(x.transpose(0, 2, 1))
     last = onnx_cam.Explainer(ChannelsLast(body), example_input=torch.from_numpy(x_last),
                               channels_last=True)
-    names = [m for m in faithfulness.METRICS if m != "sufficiency"] + ["sparseness", "complexity"]
+    names = [m for m in faithfulness.METRICS if m != "sufficiency"] + ["sparseness", "complexity",
+                                                                      "arcc"]
     options = {"subset_size": 20, "runs": 10, "samples": 4, "patch_size": 6,
                "infidelity_patch_sizes": (5,)}
     a = evaluate(first, x, first.explain(x, targets=1, methods=method), names, **options)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..explanation import INPUT
 from .features import pearson, relevance
 from .road import road
 from .scoring import Rows
@@ -71,7 +72,8 @@ def _masked_maps(ctx, rows: Rows) -> np.ndarray:
     masked = given * (cams[..., None] if ctx.explainer.model.channels_last else cams[:, None])
     res = ctx.explainer.explain(masked, targets=rows.targets.tolist(),
                                 foils=None if rows.foils is None else rows.foils.tolist(),
-                                layers=ctx.layer, methods=ctx.method, score=ctx.map_score,
+                                layers=None if ctx.layer == INPUT else ctx.layer,
+                                methods=ctx.method, score=ctx.map_score,
                                 batch_size=ctx.options.batch_size)
     return res.cam(ctx.method, ctx.layer)
 
