@@ -21,7 +21,7 @@ from onnx_cam.metrics import MetricError, evaluate
 SHAPES = {1: (40,), 2: (12, 12)}
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 CASES = [(2, 1, "gradcam"), (1, 1, "gradcam"), (2, 2, "integrated_gradients"),
-         (1, 2, "integrated_gradients")]
+         pytest.param((1, 2, "integrated_gradients"), marks=pytest.mark.slow)]
 
 
 def make_model(dims: int, channels: int) -> nn.Sequential:
