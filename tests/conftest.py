@@ -76,3 +76,14 @@ def peak_in_subprocess(imports: str, call: str, error: str, budget: str) -> dict
                           env={**os.environ, "ONNX_CAM_MAX_MEMORY": budget})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def pytest_configure(config):
+    # pytest-xdist's controller unpickles the warnings its workers report, and a reference
+    # library's warning class (scikit-learn's, raised under Quantus) lives in .venv/refs. The
+    # controller runs no test, so the reference path is safe on its sys.path (workers add it
+    # only when a test asks for a reference: see references.py).
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from references import REFS
+        if str(REFS) not in sys.path:
+            sys.path.append(str(REFS))

@@ -14,9 +14,8 @@ from torch import nn
 
 import onnx_cam
 from onnx_cam.metrics import MetricError, evaluate, independent_randomization
-from onnx_cam.metrics.options import row_rng
+from onnx_cam.metrics.options import Purpose, row_rng
 from onnx_cam.metrics.randomisation import (
-    SMOOTH,
     efficient,
     flat_ssim,
     independent,
@@ -134,7 +133,7 @@ def test_smooth_maps_match_torch_saliency_over_the_same_noise():
     ours = maps_of(exp, rows, "saliency", "input", "logits", 64, samples=5, noise=0.1, seed=3)
     for r in range(len(x)):
         item = x[r].astype(np.float64)
-        noise = 0.1 * (item.max() - item.min()) * row_rng(3, r, SMOOTH).standard_normal(
+        noise = 0.1 * (item.max() - item.min()) * row_rng(3, r, Purpose.SMOOTH).standard_normal(
             (4, *item.shape))
         copies = torch.tensor(np.concatenate([item + noise, item[None]]), dtype=torch.float32,
                               requires_grad=True)

@@ -17,10 +17,10 @@ from functools import cached_property
 import numpy as np
 
 from ..explanation import INPUT
-from . import localisation, randomisation, robustness, sanity
+from . import complexity, faithfulness, localisation, randomisation, robustness, sanity
 from .confidence import confidence
 from .curves import area, curves
-from .options import MetricError, Options, row_rng
+from .options import MetricError, Options, Purpose, row_rng
 from .perturb import Perturbation, linear_impute, neighbour_stencil, ranked_masks
 from .relevance import relevance
 from .road import road
@@ -29,7 +29,6 @@ from .scoring import Rows, Scorer, score_kind
 from .similarity import spearman, ssim
 from .stats import ClassStatistics
 
-RANDOM_MAP = 3  # row_rng purpose: the random-map baseline
 DEFAULT_METRICS = ("deletion", "insertion", "road", "avg_drop", "avg_increase")
 
 
@@ -48,6 +47,7 @@ class _Context:
         self.layer = layer if layer is not None else (
             explanation.layers[0] if explanation.layers else INPUT)
         self.map_score = explanation.score
+        self.predicted = np.asarray(explanation.predicted)
         side = explainer._side
         self.scorer = Scorer(explainer, self.rows.inputs.shape[2:],
                              score_kind(explainer, options.score), options.batch_size,
@@ -89,7 +89,7 @@ class _Context:
     def random_rows(self) -> Rows:
         """The rows with uniformly random maps in place of theirs (the random-map baseline)."""
         shape = self.rows.maps.shape[1:]
-        maps = np.stack([row_rng(self.options.seed, i, RANDOM_MAP).random(shape)
+        maps = np.stack([row_rng(self.options.seed, i, Purpose.RANDOM_MAP).random(shape)
                          for i in self.rows.ids]).astype(np.float32)
         return self.rows.with_maps(maps)
 
@@ -161,11 +161,13 @@ FAITHFULNESS: dict[str, Callable] = {
     "deletion": _curve(False), "insertion": _curve(True),
     "road": _road, "road_morf": _road, "road_lerf": _road,
     "avg_drop": _confidence, "avg_increase": _confidence,
+    **faithfulness.METRICS,
 }
 CHECKS: dict[str, Callable] = {
     "randomization_spearman": _randomization, "randomization_ssim": _randomization,
     "random_label_spearman": _random_label, "random_label_ssim": _random_label,
     "class_distance": _class_distance,
+    **complexity.METRICS,
 }
 METRICS = (*FAITHFULNESS, *(f"{m}_random" for m in FAITHFULNESS), *CHECKS, *FAMILIES)
 
@@ -200,6 +202,13 @@ def evaluate(explainer, x, explanation, metrics: str | Sequence[str] = DEFAULT_M
           relevance_rank_accuracy, auc, focus, energy_pointing_game
       randomisation (randomisation.py): mprt_independent, smooth_mprt, random_logit (lower),
           efficient_mprt (higher)
+      Quantus' faithfulness metrics (faithfulness.py; each also as <name>_random):
+      faithfulness_correlation, faithfulness_estimate, monotonicity,
+          monotonicity_correlation, irof, sufficiency (higher); pixel_flipping,
+          selectivity, infidelity (Captum's), infidelity_quantus (lower);
+          region_perturbation (higher with order="morf")
+      complexity.py: sparseness (higher), complexity, effective_complexity (lower);
+          arcc (higher; pytorch-grad-cam's harmonic-mean composite)
     """
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [n for n in names if n not in METRICS]

@@ -10,11 +10,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.integrate import trapezoid
 
-from .options import row_rng
+from .options import Purpose, row_rng
 from .perturb import Perturbation, ranked_masks, removal_counts
 from .scoring import Rows, Scorer
-
-NOISE = 1  # row_rng purpose: the noise of an imputation
 
 
 def curve_fractions(positions: int, step: float) -> np.ndarray:
@@ -38,7 +36,7 @@ def curves(rows: Rows, scorer: Scorer, perturbation: Perturbation, *, step: floa
             masks = ranked_masks(rows.maps[r], counts, most_first=order == "morf")
             if insertion:  # inserted: the first counts[k]; removed: all the others
                 masks = ~masks
-            rng = row_rng(seed, rows.ids[r], NOISE)
+            rng = row_rng(seed, rows.ids[r], Purpose.NOISE)
             yield perturbation.apply(rows.item(r), masks, rng), rows.targets[r], rows.foil(r)
 
     return fractions, scorer.stream(blocks()).reshape(len(rows), len(fractions))

@@ -14,6 +14,14 @@ BETTER: dict[str, str] = {
     "avg_drop": "lower", "avg_increase": "higher",
     "randomization_spearman": "lower", "randomization_ssim": "lower",
     "random_label_spearman": "lower", "random_label_ssim": "lower",
+    # faithfulness (Quantus')
+    "faithfulness_correlation": "higher", "faithfulness_estimate": "higher",
+    "monotonicity": "higher", "monotonicity_correlation": "higher", "irof": "higher",
+    "sufficiency": "higher", "pixel_flipping": "lower", "selectivity": "lower",
+    "infidelity": "lower", "infidelity_quantus": "lower", "region_perturbation": "higher",
+    # complexity
+    "sparseness": "higher", "complexity": "lower", "effective_complexity": "lower",
+    "arcc": "higher",
     # robustness
     "max_sensitivity": "lower", "avg_sensitivity": "lower", "local_lipschitz_estimate": "lower",
     "continuity": "lower", "relative_input_stability": "lower",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import IntEnum
 
 import numpy as np
 
@@ -52,6 +53,29 @@ class Options:
     continuity_steps: Continuity's number of translations.
     smooth_samples / smooth_noise: Smooth MPRT's copies per row and noise std, as a fraction
         of each item's value range.
+
+    Quantus' faithfulness and complexity metrics (faithfulness.py, complexity.py; a feature
+    is a position of a map, or an element (channel, position) of a per-channel attribution):
+    features_in_step: features removed per step (faithfulness_estimate, monotonicity,
+        monotonicity_correlation, pixel_flipping); None: the `step` fraction of them.
+    subset_size, runs: faithfulness_correlation's random subsets (224 features, 100 runs).
+    subsets: (rows, runs, subset_size) feature indices to use instead of random ones.
+    samples: draws per step (monotonicity_correlation, 100) or noise draws (infidelity, 10);
+        None: each metric's default.
+    eps: monotonicity_correlation's smallest |score| it divides by, and effective_complexity's
+        threshold on |map| / max |map| (1e-5 both, Quantus' defaults).
+    uniform_range: (low, high) of monotonicity_correlation's fill values; None: the item's
+        (min, max). fills: (rows, steps, samples) fill values to use instead of random ones.
+    patch_size: side of region_perturbation / selectivity's patches and of IROF's default
+        segments (8 samples); infidelity_patch_sizes: infidelity_quantus' patches ((4,)).
+    regions: patches region_perturbation removes (100).
+    segments: IROF's segments, (N, *spatial) int labels per input item (e.g. superpixels);
+        None: a grid of `patch_size` patches.
+    sufficiency_threshold: normalised distance within which maps count as alike (0.6).
+    infidelity_noise: std of infidelity's Gaussian perturbations (input units, 0.1).
+    perturbations: (rows, samples, C, *spatial) infidelity perturbations I (the input
+        becomes x - I) to use instead of random ones.
+    absolute: score |map| instead of the map; None: each metric's Quantus default.
     """
 
     score: str | None = None
@@ -77,6 +101,22 @@ class Options:
     continuity_steps: int = 28
     smooth_samples: int = 50
     smooth_noise: float = 0.1
+    features_in_step: int | None = None
+    subset_size: int = 224
+    runs: int = 100
+    subsets: np.ndarray | None = None
+    samples: int | None = None
+    eps: float = 1e-5
+    uniform_range: tuple[float, float] | None = None
+    fills: np.ndarray | None = None
+    patch_size: int = 8
+    infidelity_patch_sizes: tuple[int, ...] = (4,)
+    regions: int = 100
+    segments: np.ndarray | None = None
+    sufficiency_threshold: float = 0.6
+    infidelity_noise: float = 0.1
+    perturbations: np.ndarray | None = None
+    absolute: bool | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict) -> Options:
@@ -130,6 +170,37 @@ class Options:
         if not 0 <= low < high:
             raise MetricError(f"stability_noise={self.stability_noise} must be (low, high) "
                               "with 0 <= low < high, e.g. (0.02, 0.2).")
+        for name in ("subset_size", "runs", "patch_size", "regions"):
+            if getattr(self, name) < 1:
+                raise MetricError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("features_in_step", "samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise MetricError(f"{name} must be >= 1 (or None), got {getattr(self, name)}.")
+        if not len(self.infidelity_patch_sizes) or min(self.infidelity_patch_sizes) < 1:
+            raise MetricError(f"infidelity_patch_sizes={self.infidelity_patch_sizes} must be "
+                              "patch sides >= 1, e.g. (4,).")
+        if self.eps < 0 or self.infidelity_noise <= 0 or self.sufficiency_threshold < 0:
+            raise MetricError("eps and sufficiency_threshold must be >= 0, infidelity_noise "
+                              "> 0.")
+        if self.uniform_range is not None and not self.uniform_range[0] < self.uniform_range[1]:
+            raise MetricError(f"uniform_range={self.uniform_range} must be (low, high), "
+                              "low < high.")
+
+
+class Purpose(IntEnum):
+    """What a row's random draws are for: each its own stream (row_rng), so two metrics never
+    share draws."""
+
+    NOISE = 1           # an imputation's noise (ROAD, deletion with "interp")
+    LABEL = 2           # the random other label
+    RANDOM_MAP = 3      # the random-map baseline
+    SENSITIVITY = 10    # Max- / Avg-Sensitivity
+    LIPSCHITZ = 11      # Local Lipschitz Estimate
+    STABILITY = 12      # relative stabilities
+    SMOOTH = 13         # Smooth MPRT
+    SUBSETS = 20        # faithfulness_correlation's subsets
+    FILLS = 21          # monotonicity_correlation's fill values
+    PERTURBATIONS = 22  # infidelity's perturbations
 
 
 def row_rng(seed: int, row: int, purpose: int) -> np.random.Generator:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from scipy import ndimage, stats
 
-from .options import row_rng
+from .options import Purpose, row_rng
 from .relevance import explain_copies, relevance
 from .sanity import (
     Cascade,
@@ -28,7 +28,6 @@ from .sanity import (
 from .scoring import Rows
 from .similarity import spearman, ssim
 
-SMOOTH = 13        # row_rng purpose: Smooth MPRT's noise
 ENTROPY_BINS = 100  # Efficient MPRT's histogram (Quantus' n_bins default)
 SSIM_WINDOW = 7     # Quantus' SSIM: scikit-image's default window over the flattened map
 
@@ -46,7 +45,7 @@ def maps_of(explainer, rows: Rows, method, layer: str, score: str, batch_size: i
             block = np.repeat(item[None], samples, axis=0)
             if samples > 1:
                 std = noise * (item.max() - item.min())
-                rng = row_rng(seed, int(rows.ids[r]), SMOOTH)
+                rng = row_rng(seed, int(rows.ids[r]), Purpose.SMOOTH)
                 block[:-1] += std * rng.standard_normal((samples - 1, *item.shape))
             yield r, block
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curves import NOISE
-from .options import ROAD_FRACTIONS, row_rng
+from .options import ROAD_FRACTIONS, Purpose, row_rng
 from .perturb import Perturbation, ranked_masks, removal_counts
 from .scoring import Rows, Scorer
 
@@ -32,7 +31,7 @@ def road(rows: Rows, scorer: Scorer, original: np.ndarray, *, fractions=ROAD_FRA
         for r in range(len(rows)):
             masks = np.concatenate([ranked_masks(rows.maps[r], counts, most_first=True),
                                     ranked_masks(rows.maps[r], counts, most_first=False)])
-            yield imputer.apply(rows.item(r), masks, row_rng(seed, rows.ids[r], NOISE)), \
+            yield imputer.apply(rows.item(r), masks, row_rng(seed, rows.ids[r], Purpose.NOISE)), \
                 rows.targets[r], rows.foil(r)
 
     scores = scorer.stream(blocks()).reshape(len(rows), 2, len(counts))

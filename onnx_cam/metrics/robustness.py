@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..explanation import INPUT
-from .options import row_rng
+from .options import Purpose, row_rng
 from .relevance import explain_copies, model_layout, relevance
 from .scoring import Rows
 
-SENSITIVITY, LIPSCHITZ, STABILITY = 10, 11, 12  # row_rng purposes: the noise of each family
+SENSITIVITY, LIPSCHITZ, STABILITY = Purpose.SENSITIVITY, Purpose.LIPSCHITZ, Purpose.STABILITY
 LIPSCHITZ_EPS = 1e-10   # Quantus' lipschitz_constant guard
 CONTINUITY_EPS = 1e-9   # Quantus' Continuity guard
 

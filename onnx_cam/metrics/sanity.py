@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..explainer import Explainer
-from .options import MetricError, row_rng
+from .options import MetricError, Purpose, row_rng
 from .scoring import Rows
 from .similarity import spearman, ssim
 
@@ -30,7 +30,6 @@ WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GR
 # the weighted layer that feeds them, else stand alone
 NORMALIZATIONS = {"BatchNormalization": (1, 2), "InstanceNormalization": (1, 2),
                   "LayerNormalization": (1, 2)}
-LABEL = 2  # row_rng purpose: the random label
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,7 @@ def random_labels(rows: Rows, classes: int, seed: int = 0) -> np.ndarray:
         if not len(others):
             raise MetricError(f"Row {r} has no other class to draw a random label from (the "
                               f"model scores {classes} classes).")
-        labels[r] = row_rng(seed, rows.ids[r], LABEL).choice(others)
+        labels[r] = row_rng(seed, rows.ids[r], Purpose.LABEL).choice(others)
     return labels
 
 

@@ -20,7 +20,8 @@ class Rows:
 
     given: the input as the model takes it (for re-explaining); inputs: the same, channels
     first (N, C, *spatial), what is perturbed and scored; maps: (rows, *spatial); ids: each
-    row's index in the explanation (what seeds its random draws).
+    row's index in the explanation (what seeds its random draws); attributions: the signed
+    input attribution (rows, C or 1, *spatial) of an input-level method, None for CAMs.
     """
 
     given: np.ndarray
@@ -30,6 +31,7 @@ class Rows:
     foils: np.ndarray | None
     maps: np.ndarray
     ids: np.ndarray
+    attributions: np.ndarray | None = None
 
     @classmethod
     def from_explanation(cls, explainer, x, explanation, method=None, layer=None) -> Rows:
@@ -44,9 +46,10 @@ class Rows:
         if maps.shape[1:] != inputs.shape[2:]:
             raise InputError(f"The maps are {maps.shape[1:]} but the input's spatial axes are "
                              f"{inputs.shape[2:]}: pass the x that was explained.")
+        name = explanation._key(method, layer)[0]
         return cls(given, inputs, items, np.asarray(explanation.targets),
                    None if explanation.foils is None else np.asarray(explanation.foils), maps,
-                   np.arange(len(items)))
+                   np.arange(len(items)), explanation.attributions.get(name))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -62,7 +65,7 @@ class Rows:
         return -1 if self.foils is None else int(self.foils[row])
 
     def with_maps(self, maps: np.ndarray) -> Rows:
-        return replace(self, maps=maps)
+        return replace(self, maps=maps, attributions=None)
 
     @property
     def finite(self) -> np.ndarray:
@@ -74,7 +77,9 @@ class Rows:
     def subset(self, keep: np.ndarray) -> Rows:
         return replace(self, items=self.items[keep], targets=self.targets[keep],
                        foils=None if self.foils is None else self.foils[keep],
-                       maps=self.maps[keep], ids=self.ids[keep])
+                       maps=self.maps[keep], ids=self.ids[keep],
+                       attributions=None if self.attributions is None
+                       else self.attributions[keep])
 
 
 class Scorer:
