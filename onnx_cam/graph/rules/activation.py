@@ -21,8 +21,10 @@ def _mask(b, op, x, value):
 # would stop ONNX Runtime from fusing Conv + BatchNorm + Relu in the forward pass.
 @register("Relu")
 def relu(b, node, grads, wants):
+    """g * Sign(y): Sign of a ReLU output is exactly 1 or 0, and one Sign + Mul runs 2-4x
+    faster in ONNX Runtime than Greater + Where (benchmarks/bench_core.py notes)."""
     y, g = node.outputs[0], grads[0]
-    return [b.where(_mask(b, "Greater", y, 0.0), g, np.float32(0))]
+    return [b.mul(g, b.op("Sign", [y]))]
 
 
 @register("LeakyRelu")
