@@ -13,7 +13,10 @@ Per (model, layer), after one warm-up round, the median of ``--repeats`` interle
   to the layer only: a data-only backward of the head; layer-resolution maps, not resized);
 - **TorchCAM** 0.5 ``GradCAM(model, layer)``: ``scores = model(x)``, ``cam(classes, scores)``
   (its backward hook; layer-resolution maps, normalised, not resized);
-- **ORT inference**: the plain export run by an ``InferenceSession``: the floor.
+- **ORT inference**: the plain export run by an ``InferenceSession``;
+- **head**: the part of the model above the layer run alone in ONNX Runtime (fed the layer's
+  activations). A data-only backward of the head costs about its forward, so "floor" =
+  (inference + head) / inference is about the least any gradient method can cost there.
 
 Captum and TorchCAM are given the predicted classes (computed once, untimed); pytorch-grad-cam
 and onnx-cam find them themselves. Every side uses ``--threads`` threads (torch and ONNX
@@ -372,6 +375,7 @@ def bench_layer(model, x, exp, name, module_name, plain, args):
                                         batch_size=len(x_np)),
         **peers(model, module_name, x, classes),
         "ORT inference": lambda: plain.run(None, {plain_in: x_np}),
+        "head": head_forward(exp, name, x_np, args.threads),
     }
     sides["onnx-cam"]()  # rewrites the graph, builds and caches the session
     for fn in sides.values():  # warm-up
@@ -393,6 +397,22 @@ def bench_layer(model, x, exp, name, module_name, plain, args):
     if args.profile:
         profile = op_profile(exp, name, x_np, args.threads)
     return med, diff, profile
+
+
+def head_forward(exp, name, x_np, threads):
+    """A call running the part of the model above `name` (layer -> logits) in ONNX Runtime:
+    what a data-only backward of the head costs, about; inference + this is the floor."""
+    from onnx_cam.graph.cut import head_model
+
+    tensor = exp.model.resolve_layer(name).tensor
+    head = head_model(exp.model, tensor, tuple(x_np.shape[2:]))
+    _, layers = exp.activations_and_gradients(x_np, targets=None, layers=name,
+                                              batch_size=len(x_np))
+    feeds = {head.input_names[0]: layers[name][0]}
+    if len(head.input_names) > 1:  # a skip connection from the model input around the layer
+        feeds[head.input_names[1]] = x_np
+    sess = session(head.proto.SerializeToString(), threads)
+    return lambda: sess.run(None, feeds)
 
 
 def op_profile(exp, name, x_np, threads):
@@ -419,19 +439,21 @@ def bench_model(title, model, shape, layers, args):
 
 
 HEADER = ("| model | layer | onnx-cam (s) | {peers} | ORT inference (s) | lead over fastest peer "
-          "| cost vs inference | max abs diff |")
+          "| cost vs inference | floor vs inference | max abs diff |")
+SELF = ("onnx-cam", "ORT inference", "head")
 
 
 def print_row(model, layer, med, diff, profile):
-    peer_names = [k for k in med if k not in ("onnx-cam", "ORT inference")]
+    peer_names = [k for k in med if k not in SELF]
     if not print_row.header_done:
         print(HEADER.format(peers=" | ".join(f"{p} (s)" for p in peer_names)))
-        print("|---|---|" + "---:|" * (len(peer_names) + 5))
+        print("|---|---|" + "---:|" * (len(peer_names) + 6))
         print_row.header_done = True
     ours, fastest = med["onnx-cam"], min(med[p] for p in peer_names)
     cells = " | ".join(f"{med[p]:.3f}" for p in peer_names)
     print(f"| {model} | {layer} | {ours:.3f} | {cells} | {med['ORT inference']:.3f} "
-          f"| {fastest / ours:.2f}x | {ours / med['ORT inference']:.2f}x | {diff:.0e} |")
+          f"| {fastest / ours:.2f}x | {ours / med['ORT inference']:.2f}x "
+          f"| {1 + med['head'] / med['ORT inference']:.2f}x | {diff:.0e} |")
     if profile:
         print(f"|  | ORT profile (ms per run): {profile} |")
     sys.stdout.flush()
