@@ -1,39 +1,42 @@
-"""End-to-end benchmark: onnx-cam vs hook-based torch Grad-CAM vs plain ONNX Runtime inference.
+"""End-to-end Grad-CAM benchmark: onnx-cam vs pytorch-grad-cam, Captum and TorchCAM, and plain
+ONNX Runtime inference, at the deepest and a middle layer of a 2D, a 1D and a 3D CNN.
 
-For each (model, layer) and after warm-up, the median of ``--repeats`` interleaved rounds of:
+Per (model, layer), after one warm-up round, the median of ``--repeats`` interleaved rounds of:
 
-(a) **torch hooks** -- Grad-CAM as pytorch-grad-cam computes it: a forward hook keeps the
-    layer's output, a tensor hook keeps its gradient, ``backward()`` of the sum of the target
-    logits with parameter gradients ON (like a normal model), then channel weights = spatial
-    mean of the gradient, weighted sum, ReLU, ``F.interpolate`` (linear / bilinear / trilinear,
-    ``align_corners=False``) to the input size and per-item min-max -- all in torch;
-(b) **ORT inference** -- a plain export (``do_constant_folding=True``) run by an
-    ``InferenceSession`` with default options: the floor;
-(c) **onnx-cam** -- ``Explainer.explain(x, targets=None, layers=..., methods="gradcam")`` end
-    to end (session cached: warmed up once first).
+- **onnx-cam**: ``Explainer.explain(x, targets=None, layers=..., methods="gradcam")`` end to end
+  (the predicted class, one session run; channel weights, ReLU, resize to the input, per-item
+  normalisation; the session is built in a first untimed call);
+- **pytorch-grad-cam** 1.5.7 ``GradCAM(model, [layer])(x, targets=None)`` (its forward, a full
+  ``backward()`` with parameter gradients, resize and normalisation); it supports 2D and 3D
+  only, so on the 1D model its procedure re-written in torch (``HookGradCAM``) runs instead;
+- **Captum** 0.9 ``LayerGradCam(model, layer).attribute(x, target)`` (``torch.autograd.grad``
+  to the layer only: a data-only backward of the head; layer-resolution maps, not resized);
+- **TorchCAM** 0.5 ``GradCAM(model, layer)``: ``scores = model(x)``, ``cam(classes, scores)``
+  (its backward hook; layer-resolution maps, normalised, not resized);
+- **ORT inference**: the plain export run by an ``InferenceSession``;
+- **head**: the part of the model above the layer run alone in ONNX Runtime (fed the layer's
+  activations). A data-only backward of the head costs about its forward, so "floor" =
+  (inference + head) / inference is about the least any gradient method can cost there.
 
-Then where (c)'s time goes: the rewritten model's ``session.run``, measured inside the same
-explain() calls (the cached session is wrapped by a timer), and the rest of each call (numba
-kernels + Python); "kernels alone" re-runs the numba kernels (Grad-CAM raw map + fused resize /
-normalise) on their own; ``activations_and_gradients`` is timed too.
+Captum and TorchCAM are given the predicted classes (computed once, untimed); pytorch-grad-cam
+and onnx-cam find them themselves. Every side uses ``--threads`` threads (torch and ONNX
+Runtime). "lead" is the fastest peer's time over onnx-cam's, "cost" onnx-cam's over inference.
+Random weights, seeded; BatchNorm statistics calibrated on random batches, eval mode; no
+softmax, so every side explains the raw logits. onnx-cam's map is checked against the torch
+recipe's (max abs difference, same classes). The peers are test-only references:
+pytorch-grad-cam and TorchCAM are imported from ``.venv/refs`` as ``tests/references.py``
+does; a missing one is reported and left out.
 
-The CAMs of (a), computed for the classes onnx-cam explained, are compared with onnx-cam's:
-the maximum absolute difference is printed. These models have no softmax, so both explain the
-raw logits.
-
-Random weights, seeded; BatchNorm running statistics are calibrated on random batches (so
-they are non-trivial and activations stay in range), affine parameters randomised, then
-every model is put in eval mode.
-
-    python benchmarks/bench_core.py            # full sizes (~4-5 min on 2 busy cores)
-    python benchmarks/bench_core.py --quick    # small sizes (~2 min)
-    python benchmarks/bench_core.py --models resnet18 --repeats 7 --numba-threads 1
-    python benchmarks/bench_core.py --profile  # also per-op-type ORT profile of (c)'s run
+    python benchmarks/bench_core.py             # full sizes, 2 threads (~10 min, 2 busy cores)
+    python benchmarks/bench_core.py --quick     # small sizes (~1 min)
+    python benchmarks/bench_core.py --models resnet18 --repeats 5
+    python benchmarks/bench_core.py --profile       # also ORT per-op-type times of onnx-cam's run
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import os
@@ -55,7 +58,6 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import onnx_cam  # noqa: E402
-from onnx_cam import kernels  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -181,6 +183,7 @@ def prepare(model: nn.Module, shape: tuple, seed: int) -> nn.Module:
     return model
 
 
+
 # ============================================================================ (a) torch hooks
 class HookGradCAM:
     """pytorch-grad-cam's recipe (ActivationsAndGradients + GradCAM), kept in torch."""
@@ -271,21 +274,13 @@ def make_explainer(model: nn.Module, x: torch.Tensor, threads: int, layer_module
             f"{first}; {second}; exported manually, layers named by ONNX tensor")
 
 
-class TimedSession:
-    """Forwards run() to an InferenceSession and adds up the milliseconds spent in it."""
 
-    def __init__(self, sess):
-        self.sess, self.ms = sess, 0.0
 
-    def run(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return self.sess.run(*args, **kwargs)
-        finally:
-            self.ms += (time.perf_counter() - t0) * 1e3
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - t0) * 1e3, out
 
-    def __getattr__(self, item):
-        return getattr(self.sess, item)
 
 
 def load() -> str:
@@ -293,12 +288,6 @@ def load() -> str:
         return "/".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         return "n/a"
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return (time.perf_counter() - t0) * 1e3, out
 
 
 def ort_op_profile(proto_bytes: bytes, feeds: dict, outputs: list, threads: int, runs: int):
@@ -320,197 +309,192 @@ def ort_op_profile(proto_bytes: bytes, feeds: dict, outputs: list, threads: int,
     return {k: v / n for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}
 
 
+# ============================================================================ the peers
+REFS = os.path.join(sys.prefix, "refs")
+_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+
+
+def import_reference(package: str):
+    """`package` from .venv/refs, as tests/references.py imports it (torchvision's op schemas
+    defined first, so PyPI's torchvision imports beside this torch), or None."""
+    for op in ("nms", "qnms"):
+        try:
+            torch.library.define(f"torchvision::{op}", _SCHEMA)
+        except RuntimeError:
+            pass  # defined by an earlier call
+    if REFS not in sys.path:
+        sys.path.append(REFS)
+    try:
+        return importlib.import_module(package)
+    except Exception as exc:  # a missing or broken reference is reported, not fatal
+        print(f"- {package} not importable ({type(exc).__name__}: {exc}); left out")
+        return None
+
+
+def peers(model, module_name: str, x: torch.Tensor, classes: list[int]) -> dict:
+    """name -> a zero-argument call computing the batch's Grad-CAM as that library does."""
+    layer = model.get_submodule(module_name)
+    calls = {}
+    pgc = import_reference("pytorch_grad_cam")
+    if pgc is not None and x.dim() in (4, 5):
+        def grad_cam():  # hooks live for the call only, so they never slow the other sides
+            with pgc.GradCAM(model=model, target_layers=[layer]) as cam:
+                return cam(input_tensor=x, targets=None)
+        calls["pytorch-grad-cam"] = grad_cam
+    else:
+        def recipe():
+            hook = HookGradCAM(model, layer)
+            try:
+                return hook(x)
+            finally:
+                hook.close()
+        calls["pytorch-grad-cam (recipe)"] = recipe
+    from captum.attr import LayerGradCam
+
+    captum = LayerGradCam(model, layer)
+    target = torch.tensor(classes)
+    calls["Captum"] = lambda: captum.attribute(x, target=target)
+    tc = import_reference("torchcam.methods")
+    if tc is not None:
+        def torchcam():
+            with tc.GradCAM(model, module_name, input_shape=tuple(x.shape[1:])) as extractor:
+                return extractor(classes, model(x))
+        calls["TorchCAM"] = torchcam
+    return calls
+
+
 # ============================================================================ benchmark
-def bench_layer(model, x, exp, name, module_name, plain, args, notes):
-    """Times (a), (b), (c) and the split of (c) for one layer; checks the CAMs agree."""
+def bench_layer(model, x, exp, name, module_name, plain, args):
+    """One table row: the median time of every side, and onnx-cam's CAM vs the torch recipe."""
     x_np = x.numpy().copy()
-    spatial = tuple(x.shape[2:])
     plain_in = plain.get_inputs()[0].name
-    hook = HookGradCAM(model, model.get_submodule(module_name))
-
-    def run_a():
-        return hook(x)
-
-    def run_b():
-        return plain.run(None, {plain_in: x_np})
-
-    def run_c():
-        return exp.explain(x_np, targets=None, layers=name, methods="gradcam",
-                           batch_size=args.batch)
-
-    def run_d():
-        return exp.activations_and_gradients(x_np, targets=None, layers=name,
-                                             batch_size=args.batch)
-
-    t0 = time.perf_counter()
-    run_c()  # rewrites the graph, builds and caches the session
-    first_ms = (time.perf_counter() - t0) * 1e3
-    # the cached session, wrapped so that explain() reports its own session.run time
-    tensor = exp.model.resolve_layer(name).tensor
-    key = next(k for k in exp._sessions if k[0] == (tensor,))
-    cam_model, sess = exp._sessions[key]
-    timer = TimedSession(sess)
-    exp._sessions[key] = (cam_model, timer)
-    outs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
-    feeds = {cam_model.input_name: x_np}
-    _, acts, grads = sess.run(outs, feeds)
-
-    def run_k():  # Grad-CAM's kernels, called directly (what the gradcam method runs)
-        raw = kernels.weighted_channel_sum(acts, kernels.spatial_mean(grads))
-        return kernels.resize_normalize(raw, spatial)
-
-    for _ in range(args.warmup):
-        run_a(), run_b(), run_c(), run_d(), run_k()
-    samples = defaultdict(list)
-    for _ in range(args.repeats):  # interleaved rounds: drifting load hits all alike
-        for tag, fn in (("a", run_a), ("b", run_b), ("c", run_c), ("d", run_d), ("k", run_k)):
-            timer.ms = 0.0
-            ms, _ = timed(fn)
-            samples[tag].append(ms)
-            if tag == "c":
-                samples["c_run"].append(timer.ms)
-                samples["c_rest"].append(ms - timer.ms)
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    low = {k: min(v) for k, v in samples.items()}
-    exp._sessions[key] = (cam_model, sess)
-
-    # correctness: the torch hook CAM for the classes onnx-cam explained
-    res = run_c()
-    cam_t = hook(x, torch.from_numpy(res.targets.astype(np.int64))).numpy()
-    hook.close()
     with torch.no_grad():
-        pred_t = model(x).argmax(1).numpy()
-    diff = float(np.abs(res.cam("gradcam", name) - cam_t).max())
-    agree = int((pred_t == res.predicted).sum())
+        classes = model(x).argmax(1).tolist()
+    sides = {
+        "onnx-cam": lambda: exp.explain(x_np, targets=None, layers=name, methods="gradcam",
+                                        batch_size=len(x_np)),
+        **peers(model, module_name, x, classes),
+        "ORT inference": lambda: plain.run(None, {plain_in: x_np}),
+        "head": head_forward(exp, name, x_np, args.threads),
+    }
+    sides["onnx-cam"]()  # rewrites the graph, builds and caches the session
+    for fn in sides.values():  # warm-up
+        fn()
+    samples = defaultdict(list)
+    for _ in range(args.repeats):  # interleaved rounds: drifting load hits every side alike
+        for tag, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[tag].append(time.perf_counter() - t0)
+    med = {tag: statistics.median(v) for tag, v in samples.items()}
 
+    res = sides["onnx-cam"]()
+    hook = HookGradCAM(model, model.get_submodule(module_name))
+    reference = hook(x, torch.from_numpy(res.targets.astype(np.int64))).numpy()
+    hook.close()
+    diff = float(np.abs(res.cam("gradcam", name) - reference).max())
+    profile = None
     if args.profile:
-        runs = max(2, args.repeats // 2)
-        prof = ort_op_profile(cam_model.proto.SerializeToString(), feeds, outs, args.threads,
-                              runs)
-        base = ort_op_profile(export_bytes(model, x, fold=True), {plain_in: x_np}, None,
-                              args.threads, runs)
-        notes.append(f"ORT profile at {module_name}, ms per run by op type -- onnx-cam model: "
-                     + ", ".join(f"{k} {v:.1f}" for k, v in list(prof.items())[:8])
-                     + " | plain model: "
-                     + ", ".join(f"{k} {v:.1f}" for k, v in list(base.items())[:5]))
-    row = {"layer": module_name, "a": med["a"], "b": med["b"], "c": med["c"],
-           "speedup": med["a"] / med["c"], "cost": med["c"] / med["b"], "diff": diff,
-           "agree": f"{agree}/{len(x)}", "speedup_min": low["a"] / low["c"],
-           "cost_min": low["c"] / low["b"]}
-    split = {"layer": module_name, "shape": tuple(acts.shape), "c_run": med["c_run"],
-             "c_rest": med["c_rest"], "k": med["k"], "d": med["d"],
-             "run_vs_b": med["c_run"] / med["b"], "first": first_ms}
-    return row, split
+        profile = op_profile(exp, name, x_np, args.threads)
+    return med, diff, profile
+
+
+def head_forward(exp, name, x_np, threads):
+    """A call running the part of the model above `name` (layer -> logits) in ONNX Runtime:
+    what a data-only backward of the head costs, about; inference + this is the floor."""
+    from onnx_cam.graph.cut import head_model
+
+    tensor = exp.model.resolve_layer(name).tensor
+    head = head_model(exp.model, tensor, tuple(x_np.shape[2:]))
+    _, layers = exp.activations_and_gradients(x_np, targets=None, layers=name,
+                                              batch_size=len(x_np))
+    feeds = {head.input_names[0]: layers[name][0]}
+    if len(head.input_names) > 1:  # a skip connection from the model input around the layer
+        feeds[head.input_names[1]] = x_np
+    sess = session(head.proto.SerializeToString(), threads)
+    return lambda: sess.run(None, feeds)
+
+
+def op_profile(exp, name, x_np, threads):
+    """ONNX Runtime's per-op-type milliseconds of onnx-cam's rewritten model at `name`."""
+    tensor = exp.model.resolve_layer(name).tensor
+    cam_model, _ = exp._sessions[next(k for k in exp._sessions if k[0] == (tensor,))]
+    outs = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names]
+    per_op = ort_op_profile(cam_model.proto.SerializeToString(), {cam_model.input_name: x_np},
+                            outs, threads, runs=2)
+    return ", ".join(f"{k} {v:.0f}" for k, v in list(per_op.items())[:8])
 
 
 def bench_model(title, model, shape, layers, args):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed + 1))
-    notes = []
-    t0 = time.perf_counter()
     plain = session(export_bytes(model, x, fold=True), args.threads)
-    exp, names, note = make_explainer(model, x, args.threads, layers, args.spinning)
-    if note:
-        notes.append(note)
-    notes.append(f"setup (plain export + session, Explainer incl. torch export): "
-                 f"{(time.perf_counter() - t0) * 1e3:.0f} ms; head: {exp.head}"
-                 + (" -- no softmax, so both sides explain the raw logits"
-                    if exp.head is None else ""))
-    rows, splits = [], []
+    rt = onnx_cam.RuntimeOptions(intra_op_threads=args.threads)
+    exp = onnx_cam.Explainer(model, example_input=x, runtime=rt)
+    rows = []
     for layer in layers:
-        row, split = bench_layer(model, x, exp, names[layer], layer, plain, args, notes)
-        rows.append({"model": title, **row})
-        splits.append(split)
-
-    print(f"\n### {title} -- input {tuple(shape)}, {args.threads} threads, "
-          f"median of {args.repeats} after {args.warmup} warm-up\n")
-    print("| model | layer | torch hooks (ms) | ORT inference (ms) | onnx-cam (ms) "
-          "| speed-up vs torch (a/c) | cost vs inference (c/b) | max abs diff vs torch "
-          "| argmax agree |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['model']} | {r['layer']} | {r['a']:.1f} | {r['b']:.1f} | {r['c']:.1f} "
-              f"| {r['speedup']:.2f}x | {r['cost']:.2f}x | {r['diff']:.1e} | {r['agree']} |")
-    print("\nWhere onnx-cam's time goes (medians; the two explain columns are measured inside "
-          "the same explain() calls):\n")
-    print("| layer | layer shape | explain: session.run (ms) | explain: kernels + Python (ms) "
-          "| kernels alone (ms) | activations_and_gradients (ms) | session.run / ORT inference "
-          "| first explain (ms) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for s in splits:
-        print(f"| {s['layer']} | {s['shape']} | {s['c_run']:.1f} | {s['c_rest']:.1f} "
-              f"| {s['k']:.1f} | {s['d']:.1f} | {s['run_vs_b']:.2f}x | {s['first']:.0f} |")
-    print("\n- first explain = graph rewrite + session creation (+ numba JIT/cache load on the "
-          "first model)")
-    for n in notes:
-        print(f"- {n}")
-    sys.stdout.flush()
+        med, diff, profile = bench_layer(model, x, exp, layer, layer, plain, args)
+        rows.append((f"{title} {'x'.join(map(str, shape))}", layer, med, diff, profile))
+        print_row(*rows[-1])
     return rows
+
+
+HEADER = ("| model | layer | onnx-cam (s) | {peers} | ORT inference (s) | lead over fastest peer "
+          "| cost vs inference | floor vs inference | max abs diff |")
+SELF = ("onnx-cam", "ORT inference", "head")
+
+
+def print_row(model, layer, med, diff, profile):
+    peer_names = [k for k in med if k not in SELF]
+    if not print_row.header_done:
+        print(HEADER.format(peers=" | ".join(f"{p} (s)" for p in peer_names)))
+        print("|---|---|" + "---:|" * (len(peer_names) + 6))
+        print_row.header_done = True
+    ours, fastest = med["onnx-cam"], min(med[p] for p in peer_names)
+    cells = " | ".join(f"{med[p]:.3f}" for p in peer_names)
+    print(f"| {model} | {layer} | {ours:.3f} | {cells} | {med['ORT inference']:.3f} "
+          f"| {fastest / ours:.2f}x | {ours / med['ORT inference']:.2f}x "
+          f"| {1 + med['head'] / med['ORT inference']:.2f}x | {diff:.0e} |")
+    if profile:
+        print(f"|  | ORT profile (ms per run): {profile} |")
+    sys.stdout.flush()
+
+
+print_row.header_done = False
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller inputs and batches")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed rounds (default 3; use 5-7 on a quiet machine)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first call")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="threads for torch and both ORT sessions (default: all cores)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads for torch and ONNX Runtime (default 2)")
     p.add_argument("--models", default="resnet18,ecg1d,cnn3d",
                    help="comma-separated subset of resnet18,ecg1d,cnn3d")
     p.add_argument("--profile", action="store_true",
-                   help="also print ORT per-op-type times of the rewritten and plain models")
-    p.add_argument("--numba-threads", type=int, default=None,
-                   help="numba.set_num_threads for the kernels (default: numba's, = cores)")
+                   help="also print ORT per-op-type times of onnx-cam's rewritten model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--spinning", action="store_true",
-                   help="let onnx-cam's ONNX Runtime threads spin when idle (ORT's default)")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
-    if args.numba_threads:
-        import numba
-        numba.set_num_threads(args.numba_threads)
     q = args.quick
-    specs = {
-        "resnet18": ("ResNet-18 2D", lambda: ResNet18(),
+    specs = {  # (title, model, input shape, [deepest, middle] layers)
+        "resnet18": ("ResNet-18", ResNet18,
                      (4, 3, 112, 112) if q else (16, 3, 224, 224), ["layer4", "layer2"]),
-        "ecg1d": ("ECG ResNet 1D", lambda: ECGResNet1d(),
+        "ecg1d": ("ECG ResNet 1D", ECGResNet1d,
                   (4, 12, 2500) if q else (16, 12, 5000), ["layer4", "layer2"]),
-        "cnn3d": ("CNN 3D", lambda: CNN3d(),
-                  (2, 1, 16, 32, 32) if q else (8, 1, 32, 64, 64), ["stage4"]),
+        "cnn3d": ("3D CNN", CNN3d,
+                  (2, 1, 16, 32, 32) if q else (8, 1, 32, 64, 64), ["stage4", "stage2"]),
     }
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, onnx-cam "
-          f"{onnx_cam.__version__}, {os.cpu_count()} CPUs, threads={args.threads}, "
-          f"{'quick' if q else 'full'} mode, numba threads "
-          f"{args.numba_threads or 'default'}; load average {load()} "
-          "(other processes on the machine inflate and scatter every timing)")
+          f"{onnx_cam.__version__}, {args.threads} threads everywhere, median of {args.repeats} "
+          f"interleaved rounds, {'quick' if q else 'full'} sizes; load average {load()}\n")
     t0 = time.perf_counter()
-    all_rows = []
     for key in args.models.split(","):
         title, build, shape, layers = specs[key]
         torch.manual_seed(args.seed)
         model = prepare(build(), (max(shape[0], 8), *shape[1:]), args.seed)
-        args.batch = shape[0]
-        all_rows += bench_model(title, model, shape, layers, args)
-
-    print("\n### Targets (issue): >= 3x faster than torch hooks and <= 1.3x plain ORT "
-          "inference, at the deepest layer\n")
-    print("(medians as in the tables; ratios of the fastest samples are given too, since load "
-          "from other processes only ever adds time. Torch hooks cost the same at every layer "
-          "of a model: backward() runs to the first layer's weights either way.)\n")
-    deepest = {key: specs[key][3][0] for key in args.models.split(",")}
-    titles = {specs[key][0]: key for key in deepest}
-    for r in all_rows:
-        target = r["layer"] == deepest[titles[r["model"]]]
-        mark = (lambda ok: "met" if ok else "MISSED") if target else (lambda ok: "info")
-        print(f"- {r['model']} / {r['layer']}{'' if target else ' (not a target layer)'}: "
-              f"speed-up {r['speedup']:.2f}x ({mark(r['speedup'] >= 3.0)}; "
-              f"{r['speedup_min']:.2f}x from minima), "
-              f"cost vs inference {r['cost']:.2f}x ({mark(r['cost'] <= 1.3)}; "
-              f"{r['cost_min']:.2f}x from minima), "
-              f"CAM max abs diff {r['diff']:.1e}")
+        bench_model(title, model, shape, layers, args)
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s; load average {load()}")
 
 

@@ -281,3 +281,17 @@ def test_gather_nd_accumulates_repeated_positions(batch_dims):
             return x[idx[..., 0], idx[..., 1], idx[..., 2]]
     assert_vjp_matches_torch("GatherND", shape, [indices.astype(np.int64)],
                              {"batch_dims": batch_dims}, 17, reference)
+
+
+def test_relu_gradient_is_exact_at_and_around_zero():
+    """dx = g * Sign(y): g bit for bit where the input is positive (also subnormal), 0 where it
+    is zero, -0.0 or negative, as torch's ReLU backward gives."""
+    torch = pytest.importorskip("torch")
+    _, session, ops = _single_node("Relu", (1, 2, 3, 4))
+    assert "Where" not in ops
+    tiny = np.float32(1e-42)  # subnormal
+    x = np.array([0.0, -0.0, tiny, -tiny, 3.5, -2.0] * 8, np.float32).reshape(2, 2, 3, 4)
+    g = np.random.default_rng(7).standard_normal(x.shape).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    torch.relu(xt).backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(session.run(None, {"x": x, "g": g})[1], xt.grad.numpy())
