@@ -1,17 +1,26 @@
 """Regenerate the README's pictures (docs/gallery/) with onnx_cam.viz, from small models
-trained here in seconds on generated data (fixed seeds, no downloads):
+trained here in seconds on generated data (no downloads; each section seeds itself):
 
-    python scripts/gallery.py --out docs/gallery      # about a minute on 2 CPU cores
+    python scripts/gallery.py --out docs/gallery            # every section
+    python scripts/gallery.py --only vit segmentation       # some sections' pictures only
 
-- ECG-like 3-lead signals (125 Hz, 6 s): normal rhythm, a premature ventricular beat (PVC) or
-  a dropped beat; a 1D CNN, and a 2D CNN reading the leads as a signal-image (1, leads, T);
-- images of a square, a disc or a cross in noise (scripts/demo.py's data and CNN), also
-  explained contrastively ("disc vs square");
-- volumes holding a ball or a bar (scripts/demo.py's data and CNN): a montage and a GIF;
-- DNA: one-hot sequences of 60 to 100 bases, zero-padded to 100, with or without a
-  TATAAT box; the padding is left out of the picture;
-- one item of each modality explained by every method (SESS needs a model with free spatial
-  axes, which these exports are not, so it is left out).
+Sections:
+- ecg: ECG-like 3-lead signals (125 Hz, 6 s): normal rhythm, a premature ventricular beat
+  (PVC) or a dropped beat; a 1D CNN, and a 2D CNN reading the leads as a signal-image
+  (1, leads, T); every method on one ECG;
+- metadata: several inputs, an ECG and (age, sex); the label needs both (a PVC is "PVC"
+  below 60, "PVC, older" from 60 on); the maps cover the ECG, the metadata is fed as given;
+- images: a square, a disc or a cross in noise (scripts/demo.py's data and CNN), also
+  explained contrastively ("disc vs square") and by every method;
+- volumes: a ball or a bar (scripts/demo.py's data and CNN): a montage, a GIF, every method;
+- dna: one-hot sequences of 60 to 100 bases, zero-padded to 100, with or without a TATAAT
+  box; the padding is left out of the picture;
+- vit: a tiny ViT on the shapes: Grad-CAM and HiResCAM on a token-grid layer, the rollouts;
+- segmentation: a U-Net on scenes of discs and squares, Segmentation targets with and
+  without a mask;
+- detection: a YOLO-style head on the same scenes, Detection targets beside EigenCAM.
+SESS is left out of "every method": it needs a model with free spatial axes, which these
+exports are not.
 """
 
 from __future__ import annotations
