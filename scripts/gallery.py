@@ -1,17 +1,26 @@
 """Regenerate the README's pictures (docs/gallery/) with onnx_cam.viz, from small models
-trained here in seconds on generated data (fixed seeds, no downloads):
+trained here in seconds on generated data (no downloads; each section seeds itself):
 
-    python scripts/gallery.py --out docs/gallery      # about a minute on 2 CPU cores
+    python scripts/gallery.py --out docs/gallery            # every section
+    python scripts/gallery.py --only vit segmentation       # some sections' pictures only
 
-- ECG-like 3-lead signals (125 Hz, 6 s): normal rhythm, a premature ventricular beat (PVC) or
-  a dropped beat; a 1D CNN, and a 2D CNN reading the leads as a signal-image (1, leads, T);
-- images of a square, a disc or a cross in noise (scripts/demo.py's data and CNN), also
-  explained contrastively ("disc vs square");
-- volumes holding a ball or a bar (scripts/demo.py's data and CNN): a montage and a GIF;
-- DNA: one-hot sequences of 60 to 100 bases, zero-padded to 100, with or without a
-  TATAAT box; the padding is left out of the picture;
-- one item of each modality explained by every method (SESS needs a model with free spatial
-  axes, which these exports are not, so it is left out).
+Sections:
+- ecg: ECG-like 3-lead signals (125 Hz, 6 s): normal rhythm, a premature ventricular beat
+  (PVC) or a dropped beat; a 1D CNN, and a 2D CNN reading the leads as a signal-image
+  (1, leads, T); every method on one ECG;
+- metadata: several inputs, an ECG and (age, sex); the label needs both (a PVC is "PVC"
+  below 60, "PVC, older" from 60 on); the maps cover the ECG, the metadata is fed as given;
+- images: a square, a disc or a cross in noise (scripts/demo.py's data and CNN), also
+  explained contrastively ("disc vs square") and by every method;
+- volumes: a ball or a bar (scripts/demo.py's data and CNN): a montage, a GIF, every method;
+- dna: one-hot sequences of 60 to 100 bases, zero-padded to 100, with or without a TATAAT
+  box; the padding is left out of the picture;
+- vit: a tiny ViT on the shapes: Grad-CAM and HiResCAM on a token-grid layer, the rollouts;
+- segmentation: a U-Net on scenes of discs and squares, Segmentation targets with and
+  without a mask;
+- detection: a YOLO-style head on the same scenes, Detection targets beside EigenCAM.
+SESS is left out of "every method": it needs a model with free spatial axes, which these
+exports are not.
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from torch import nn
 
 import onnx_cam
@@ -39,6 +50,7 @@ LEADS = ["I", "II", "V1"]
 ECG_CLASSES = ["normal", "PVC", "dropped beat"]
 BASES = "ACGT"
 MOTIF = "TATAAT"
+SHAPE_CLASSES = ["square", "disc", "cross"]
 
 
 # ---- ECG-like signals --------------------------------------------------------------------
@@ -131,6 +143,198 @@ def dna_net() -> nn.Sequential:
     return nn.Sequential(layers)
 
 
+# ---- several inputs: an ECG and (age, sex) --------------------------------------------------
+METADATA_CLASSES = ["normal", "PVC", "PVC, older"]
+
+
+class EcgWithMetadata(nn.Module):
+    """Convolutions over the leads; (age, sex) through an MLP, joined before the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(demo.block(1, 3, 16, 9), nn.MaxPool1d(2),
+                                      demo.block(1, 16, 32, 7), nn.MaxPool1d(2),
+                                      demo.block(1, 32, 32, 5))
+        self.metadata = nn.Sequential(nn.Linear(2, 16), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def forward(self, ecg, metadata):
+        pooled = self.features(ecg).mean(-1)
+        return self.head(torch.cat([pooled, self.metadata(metadata)], 1))
+
+
+def make_ecg_with_metadata(n: int, rng: np.random.Generator):
+    """ECGs with a PVC or none, (age / 100, sex), and a label needing both: a PVC is "PVC"
+    below age 60 and "PVC, older" from 60 on."""
+    x, beat = make_ecg(3 * n, rng)
+    keep = np.flatnonzero(beat != 2)[:n]          # normal rhythm or one PVC
+    x, pvc = x[keep], beat[keep] == 1
+    age = rng.uniform(20, 90, len(keep))
+    metadata = np.stack([age / 100, rng.integers(0, 2, len(keep))], 1).astype(np.float32)
+    label = np.where(pvc, np.where(age >= 60, 2, 1), 0)
+    return x, metadata, label
+
+
+def train_two_inputs(net: nn.Module, x, metadata, y, epochs: int = 6, batch: int = 32) -> float:
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    tensors = [torch.from_numpy(a) for a in (x, metadata, y)]
+    for _ in range(epochs):
+        order = torch.randperm(len(y))
+        for s in range(0, len(y), batch):
+            idx = order[s:s + batch]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(tensors[0][idx], tensors[1][idx]),
+                                               tensors[2][idx])
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        return float((net(tensors[0], tensors[1]).argmax(1) == tensors[2]).float().mean())
+
+
+# ---- a tiny ViT -----------------------------------------------------------------------------
+class TinyViT(nn.Module):
+    """A convolution, then conv patches (6 x 6 grid of 8 x 8 pixels), a class token, two
+    pre-norm blocks. The first convolution (a "hybrid" stem) lets it learn from 440 images."""
+
+    def __init__(self, width: int = 32, heads: int = 2, classes: int = 3):
+        super().__init__()
+        self.stem = demo.block(2, 1, 16)
+        self.patch_embed = nn.Conv2d(16, width, 8, stride=8)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.randn(1, 37, width) * 0.02)
+        self.blocks = nn.Sequential(*[Block(width, heads) for _ in range(2)])
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, classes)
+
+    def forward(self, x):
+        tokens = self.patch_embed(self.stem(x)).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], 1)
+        return self.head(self.norm(self.blocks(tokens + self.pos_embed))[:, 0])
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads, self.norm1, self.norm2 = heads, nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(),
+                                 nn.Linear(2 * width, width))
+
+    def forward(self, x):
+        n, t, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attention = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+        x = x + self.proj((attention @ v).transpose(1, 2).reshape(n, t, c))
+        return x + self.mlp(self.norm2(x))
+
+
+# ---- dense scenes: segmentation and detection ------------------------------------------------
+DENSE_CLASSES = ["background", "disc", "square"]
+SCENE = 48        # pixels a side
+STRIDE = 8        # the detector's cell size: a 6 x 6 grid of boxes
+
+
+def make_dense_scenes(n: int, rng: np.random.Generator, objects: int = 3):
+    """Noisy images holding `objects` discs or squares of random sizes, apart: the images
+    (n, 1, S, S), label maps (n, S, S) (0 background, 1 disc, 2 square) and boxes
+    (n, objects, 5): pixel corners x1, y1, x2, y2 (ends exclusive) and class."""
+    x = rng.normal(0, 0.3, (n, 1, SCENE, SCENE)).astype(np.float32)
+    labels = np.zeros((n, SCENE, SCENE), np.int64)
+    boxes = np.zeros((n, objects, 5), np.int64)
+    yy, xx = np.ogrid[:SCENE, :SCENE]
+    for i in range(n):
+        k = 0
+        while k < objects:
+            half = int(rng.integers(4, 9))
+            cy, cx = rng.integers(half, SCENE - half, 2)
+            box = (cx - half, cy - half, cx + half + 1, cy + half + 1)
+            if any(box[0] < b[2] + 2 and b[0] < box[2] + 2 and box[1] < b[3] + 2
+                   and b[1] < box[3] + 2 for b in boxes[i, :k]):
+                continue
+            cls = int(rng.integers(1, 3))
+            shape = ((yy - cy) ** 2 + (xx - cx) ** 2 <= (half + 0.5) ** 2 if cls == 1
+                     else (abs(yy - cy) <= half) & (abs(xx - cx) <= half))
+            x[i, 0][shape] += 1.0
+            labels[i][shape] = cls
+            boxes[i, k] = (*box, cls)
+            k += 1
+    return x, labels, boxes
+
+
+class TinyUNet(nn.Module):
+    """Two poolings down, two transposed convolutions up, skip connections concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc1 = demo.block(2, 1, 8)
+        self.enc2 = nn.Sequential(nn.MaxPool2d(2), demo.block(2, 8, 16))
+        self.bottom = nn.Sequential(nn.MaxPool2d(2), demo.block(2, 16, 32), demo.block(2, 32, 32))
+        self.up2, self.dec2 = nn.ConvTranspose2d(32, 16, 2, 2), demo.block(2, 32, 16)
+        self.up1, self.dec1 = nn.ConvTranspose2d(16, 8, 2, 2), demo.block(2, 16, 8)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        d2 = self.dec2(torch.cat([self.up2(self.bottom(e2)), e2], 1))
+        return self.out(self.dec1(torch.cat([self.up1(d2), e1], 1)))
+
+
+class TinyYolo(nn.Module):
+    """A YOLO-style raw head: per cell of a 6 x 6 grid one box (cx, cy, w, h in pixels,
+    decoded from its cell), objectness and the class scores (disc, square) after sigmoid;
+    output (N, 36 boxes, 7)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block1 = demo.block(2, 1, 8)
+        self.block2 = nn.Sequential(nn.MaxPool2d(2), demo.block(2, 8, 16))
+        self.block3 = nn.Sequential(nn.MaxPool2d(2), demo.block(2, 16, 32))
+        self.block4 = nn.Sequential(nn.MaxPool2d(2), demo.block(2, 32, 32))
+        self.head = nn.Conv2d(32, 7, 1)
+        cells = SCENE // STRIDE
+        ys, xs = torch.meshgrid(torch.arange(cells * 1.0), torch.arange(cells * 1.0),
+                                indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()])[None])
+
+    def forward(self, x):
+        p = self.head(self.block4(self.block3(self.block2(self.block1(x))))).flatten(2)
+        xy = (torch.sigmoid(p[:, :2]) + self.grid) * STRIDE
+        wh = torch.exp(p[:, 2:4]) * 2 * STRIDE
+        return torch.cat([xy, wh, torch.sigmoid(p[:, 4:])], 1).transpose(1, 2)
+
+
+def train_yolo(net: TinyYolo, x: np.ndarray, boxes: np.ndarray, epochs: int = 12,
+               batch: int = 16) -> None:
+    """Each object is assigned to the cell holding its centre: binary cross-entropy on every
+    cell's objectness, on the assigned cells' classes, and an L1 loss on their boxes."""
+    cells = SCENE // STRIDE
+    n = len(x)
+    objectness = np.zeros((n, cells * cells), np.float32)
+    target = np.zeros((n, cells * cells, 6), np.float32)   # cx, cy, w, h, disc, square
+    for i, k in zip(*np.nonzero(boxes[:, :, 4])):
+        x1, y1, x2, y2, cls = boxes[i, k]
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        cell = int(cy // STRIDE) * cells + int(cx // STRIDE)
+        objectness[i, cell] = 1
+        target[i, cell] = (cx, cy, x2 - x1, y2 - y1, cls == 1, cls == 2)
+    xt, obj_t, box_t = map(torch.from_numpy, (x, objectness, target))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    bce = nn.functional.binary_cross_entropy
+    net.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(n).split(batch):
+            out = net(xt[idx]).clamp(0, None)
+            pos = obj_t[idx] > 0
+            loss = (bce(out[..., 4].clamp(1e-6, 1 - 1e-6), obj_t[idx])
+                    + bce(out[..., 5:][pos].clamp(1e-6, 1 - 1e-6), box_t[idx][..., 4:][pos])
+                    + (out[..., :4][pos] - box_t[idx][..., :4][pos]).abs().mean() / STRIDE)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+
+
 # ---- every method on one item ---------------------------------------------------------------
 EVERY_METHOD = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "gradcamelementwise",
                 "eigencam", "eigengradcam", "scorecam", "ablationcam", "shapleycam", "kpcacam",
@@ -175,26 +379,50 @@ def titles(res, rows, y_true) -> list[str]:
 
 
 def fit(name: str, net: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int,
-        start: float) -> None:
-    accuracy = demo.train(net, x, y, epochs, batch=batch)
+        start: float, lr: float = 1e-2) -> None:
+    accuracy = demo.train(net, x, y, epochs, batch=batch, lr=lr)
     print(f"[{name}] train accuracy {accuracy:.0%} ({time.perf_counter() - start:.0f}s)")
+
+
+def grey(item: np.ndarray) -> np.ndarray:
+    """The input item as an RGB picture, nothing overlaid."""
+    return viz.overlay_rgb(item, np.zeros(item.shape[1:]), alpha=0.0)
+
+
+def panel_figure(panels, suptitle: str, path: Path, size: float = 2.0) -> None:
+    """Rows of panels (title, RGB picture, draw or None; draw(ax) adds contours or boxes)
+    and one colour bar: the overlays' normalised importance (jet)."""
+    rows, columns = len(panels), len(panels[0])
+    fig = Figure(figsize=(size * columns + 0.8, size * rows + 0.7), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, columns)).reshape(rows, columns)
+    for row, row_axes in zip(panels, axes):
+        for (title, picture, draw), ax in zip(row, row_axes):
+            ax.imshow(picture)
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=8)
+            if draw is not None:
+                draw(ax)
+    fig.colorbar(ScalarMappable(cmap="jet"), ax=axes.ravel().tolist(), shrink=0.8,
+                 label="normalised importance")
+    fig.suptitle(suptitle, fontsize=9)
+    fig.savefig(path, dpi=110)
+    report(path)
 
 
 def report(path: Path) -> None:
     print(f"  wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/gallery"))
-    out = parser.parse_args().out
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+def seeded(seed: int) -> np.random.Generator:
+    """Seed torch and return a numpy generator: each section is reproducible on its own."""
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
 
-    # -- ECG: a 1D CNN, and a 2D CNN on the leads as a signal-image --------------------------
+
+# ---- sections: each writes its pictures -----------------------------------------------------
+def ecg_section(out: Path, start: float) -> None:
+    """A 1D CNN, and a 2D CNN on the leads as a signal-image."""
+    rng = seeded(0)
     x, y = make_ecg(600, rng)
     x_test, y_test = x[:100], y[:100]
     net1, net2 = ecg_net_1d(), ecg_net_2d()
@@ -236,13 +464,37 @@ def main() -> None:
                        path=path)
     report(path)
 
-    # -- images ----------------------------------------------------------------------------
+
+def metadata_section(out: Path, start: float) -> None:
+    """Several inputs: an ECG and (age, sex); the maps cover the ECG."""
+    rng = seeded(0)
+    x, metadata, y = make_ecg_with_metadata(700, rng)
+    net = EcgWithMetadata()
+    accuracy = train_two_inputs(net, x[100:], metadata[100:], y[100:].astype(np.int64))
+    print(f"[ecg + metadata] train accuracy {accuracy:.0%} ({time.perf_counter() - start:.0f}s)")
+    test = {"ecg": x[:100], "metadata": metadata[:100]}
+    exp = onnx_cam.Explainer(net, example_input=(torch.from_numpy(x[:2]),
+                                                 torch.from_numpy(metadata[:2])),
+                             class_names=METADATA_CLASSES)
+    res = exp.explain(test, layers="features.4")
+    rows = pick(y[:100], res.predicted, [1, 2])
+    row_titles = [f"{viz.row_title(res, r, true_label=int(y[r]))}; age "
+                  f"{100 * metadata[r, 0]:.0f}, sex {int(metadata[r, 1])}" for r in rows]
+    path = out / "ecg_with_metadata.png"
+    viz.signal_figure(x[rows], res.cam()[rows], res.score_range()[rows], fs=FS,
+                      channel_names=LEADS, titles=row_titles,
+                      suptitle="Grad-CAM over the ECG of a model also fed (age, sex)",
+                      colorbar_label="Grad-CAM importance", path=path)
+    report(path)
+
+
+def images_section(out: Path, start: float) -> None:
+    rng = seeded(1)
     x, y, _ = demo.make_scenes(500, rng, (48, 48), demo.SHAPES_2D, grow=2.0)
     x_test, y_test = x[:60], y[:60]
     net = demo.net_2d()
     fit("2d", net, x[60:], y[60:], epochs=5, batch=32, start=start)
-    exp = onnx_cam.Explainer(net, example_input=x_test[:2], class_names=["square", "disc",
-                                                                          "cross"])
+    exp = onnx_cam.Explainer(net, example_input=x_test[:2], class_names=SHAPE_CLASSES)
     res = exp.explain(x_test, layers="pool2")
     rows = pick(y_test, res.predicted, [0, 1, 2])
     path = out / "shapes_overlay.png"
@@ -265,7 +517,9 @@ def main() -> None:
                        colorbar_label="Grad-CAM importance", path=path)
     report(path)
 
-    # -- volumes -----------------------------------------------------------------------------
+
+def volumes_section(out: Path, start: float) -> None:
+    rng = seeded(2)
     x, y, _ = demo.make_scenes(280, rng, (16, 32, 32), demo.SHAPES_3D, grow=1.0)
     x_test, y_test = x[:40], y[:40]
     net = demo.net_3d()
@@ -287,7 +541,9 @@ def main() -> None:
                 f"Every method on one volume, its middle slice ({titles(res, [r], y_test)[0]}); "
                 "CAMs at block2", out / "every_method_volume.png")
 
-    # -- DNA tokens --------------------------------------------------------------------------
+
+def dna_section(out: Path, start: float) -> None:
+    rng = seeded(3)
     x, y, seqs = make_dna(900, rng)
     net = dna_net()
     fit("dna", net, x[100:], y[100:], epochs=6, batch=32, start=start)
@@ -299,7 +555,133 @@ def main() -> None:
                      title="Grad-CAM (relu2) — " + titles(res, [r], y)[0],
                      colorbar_label="Grad-CAM importance", path=path)
     report(path)
-    print(f"gallery written to {out}/ in {time.perf_counter() - start:.0f}s")
+
+
+def vit_section(out: Path, start: float) -> None:
+    """A tiny ViT: Grad-CAM on a token-grid layer beside the two rollouts."""
+    rng = seeded(4)
+    x, y, region = demo.make_scenes(500, rng, (48, 48), demo.SHAPES_2D, grow=2.0)
+    x_test, y_test = x[:60], y[:60]
+    net = nn.Sequential(OrderedDict(vit=TinyViT()))
+    fit("vit", net, x[60:], y[60:], epochs=20, batch=32, start=start, lr=3e-3)
+    exp = onnx_cam.Explainer(net, example_input=x_test[:2], class_names=SHAPE_CLASSES)
+    methods = ["gradcam", "hirescam", "attention_rollout", "gradient_rollout"]
+    res = exp.explain(x_test, layers="vit.blocks.1.norm1", methods=methods)
+    print("  pointing game (map maximum on the shape, 60 held-out images): " + ", ".join(
+        f"{viz.method_title(m)} {demo.pointing_game(res.cam(m), region[:60])[0]:.0%}"
+        for m in methods))
+    rows = pick(y_test, res.predicted, [0, 1, 2])
+    panels = [[(titles(res, [r], y_test)[0].replace(" · ", "\n"), grey(x_test[r]), None)]
+              + [(viz.method_title(m), viz.overlay_rgb(x_test[r], res.cam(m)[r]), None)
+                 for m in methods] for r in rows]
+    panel_figure(panels, "A tiny ViT (6 x 6 patches of 8 x 8 pixels, a class token): Grad-CAM "
+                 "and HiResCAM on the token grid\nof vit.blocks.1.norm1 (class token dropped), "
+                 "and the two rollouts", out / "vit_shapes.png")
+
+
+def segmentation_section(out: Path, start: float) -> None:
+    """A small U-Net on scenes of discs and squares: why "disc" everywhere, on one disc."""
+    rng = seeded(5)
+    x, labels, boxes = make_dense_scenes(400, rng)
+    x_test, labels_test, boxes_test = x[:40], labels[:40], boxes[:40]
+    net = nn.Sequential(OrderedDict(unet=TinyUNet()))  # demo.train indexes a Sequential
+    fit("segmentation (pixels)", net, x[40:], labels[40:], epochs=6, batch=16, start=start)
+    exp = onnx_cam.Explainer(net, example_input=x_test[:2], class_names=DENSE_CLASSES)
+    discs = np.array([(b[:, 4] == 1).sum() for b in boxes_test])
+    r = int(np.flatnonzero((discs == 2) & ((boxes_test[:, :, 4] == 2).sum(1) >= 1))[0])
+    one_disc = np.zeros(labels_test[r].shape, bool)
+    x1, y1, x2, y2, _ = boxes_test[r][boxes_test[r][:, 4] == 1][0]
+    one_disc[y1:y2, x1:x2] = labels_test[r, y1:y2, x1:x2] == 1
+    targets = [[onnx_cam.Segmentation("disc"), onnx_cam.Segmentation("disc", mask=one_disc),
+                onnx_cam.Segmentation("square")]]
+    res = exp.explain(x_test[[r]], targets=targets, layers="unet.dec2",
+                      methods=["gradcam", "hirescam"])
+    predicted = res.predicted[0]
+
+    def label_contours(ax):
+        ax.contour(predicted == 1, levels=[0.5], colors="yellow", linewidths=1.2)
+        ax.contour(predicted == 2, levels=[0.5], colors="cyan", linewidths=1.2)
+
+    def mask_outline(ax):
+        ax.contour(one_disc, levels=[0.5], colors="white", linewidths=1.2, linestyles="--")
+
+    shown = [("gradcam", 0, 'Segmentation("disc")'),
+             ("gradcam", 1, 'Segmentation("disc", mask),\nGrad-CAM'),
+             ("hirescam", 1, 'Segmentation("disc", mask),\nHiResCAM'),
+             ("gradcam", 2, 'Segmentation("square")')]
+    panels = [[("input; predicted disc (yellow),\nsquare (cyan)", grey(x_test[r]), label_contours)]
+              + [(name, viz.overlay_rgb(x_test[r], res.cam(method)[k]),
+                  mask_outline if k == 1 else None) for method, k, name in shown]]
+    panel_figure(panels, "Segmentation targets on a U-Net, CAMs at its decoder (unet.dec2); "
+                 "mask: one disc (dashed).\nGrad-CAM's channel weights light every disc, "
+                 "HiResCAM keeps to the mask", out / "segmentation.png", size=2.3)
+
+
+def detection_section(out: Path, start: float) -> None:
+    """A YOLO-style head on the same scenes: one box's Detection Grad-CAM, and EigenCAM."""
+    rng = seeded(6)
+    x, _, boxes = make_dense_scenes(400, rng)
+    x_test, boxes_test = x[:40], boxes[:40]
+    net = TinyYolo()
+    train_yolo(net, x[40:], boxes[40:])
+    print(f"[detection] trained ({time.perf_counter() - start:.0f}s)")
+    exp = onnx_cam.Explainer(net, example_input=x_test[:2], class_names=["disc", "square"])
+    r = int(np.flatnonzero((boxes_test[:, :, 4] > 0).sum(1) == 3)[0])
+    objects = boxes_test[r][boxes_test[r][:, 4] > 0]
+    disc = tuple(float(v) for v in objects[objects[:, 4] == 1][0, :4])
+    square = tuple(float(v) for v in objects[objects[:, 4] == 2][0, :4])
+    res = exp.explain(x_test[[r]], targets=[[
+        onnx_cam.Detection(disc, cls="disc", objectness=True),
+        onnx_cam.Detection(square, cls="square", objectness=True)]], layers="block3",
+        methods=["gradcam", "hirescam"])
+    eigen = exp.explain(x_test[[r]], methods="eigencam", layers="block3")
+    with torch.no_grad():
+        found = net(torch.from_numpy(x_test[[r]]))[0].numpy()
+    kept = found[found[:, 4] * found[:, 5:].max(1) > 0.5]
+    blank = grey(x_test[r])
+
+    def draw(*chosen, colour="white"):
+        def boxes_on(ax):
+            for cx, cy, w, h in chosen:
+                ax.add_patch(Rectangle((cx - w / 2 - 0.5, cy - h / 2 - 0.5), w, h, fill=False,
+                                       edgecolor=colour, linewidth=1.2))
+        return boxes_on
+
+    def cxcywh(c):
+        return ((c[0] + c[2]) / 2, (c[1] + c[3]) / 2, c[2] - c[0], c[3] - c[1])
+
+    panels = [[("input; boxes kept\n(confidence > 0.5)", blank,
+                draw(*kept[:, :4], colour="lime")),
+               ("Grad-CAM, disc box", viz.overlay_rgb(x_test[r], res.cam("gradcam")[0]),
+                draw(cxcywh(disc))),
+               ("HiResCAM, disc box", viz.overlay_rgb(x_test[r], res.cam("hirescam")[0]),
+                draw(cxcywh(disc))),
+               ("HiResCAM, square box", viz.overlay_rgb(x_test[r], res.cam("hirescam")[1]),
+                draw(cxcywh(square))),
+               (f"{viz.method_title('eigencam')} (no target)",
+                viz.overlay_rgb(x_test[r], eigen.cam()[0]), None)]]
+    panel_figure(panels, 'Detection(box, "disc" / "square", objectness=True) on a YOLO-style '
+                 "head, CAMs at block3:\nGrad-CAM's channel weights light other objects too, "
+                 "HiResCAM keeps to the box's cell", out / "detection.png", size=2.3)
+
+
+SECTIONS = {"ecg": ecg_section, "metadata": metadata_section, "images": images_section,
+            "volumes": volumes_section, "dna": dna_section, "vit": vit_section,
+            "segmentation": segmentation_section, "detection": detection_section}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/gallery"))
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), metavar="NAME",
+                        help=f"write only these sections' pictures: {', '.join(SECTIONS)}")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    for name in args.only or SECTIONS:
+        SECTIONS[name](args.out, start)
+    print(f"gallery written to {args.out}/ in {time.perf_counter() - start:.0f}s")
 
 
 if __name__ == "__main__":

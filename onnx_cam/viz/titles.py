@@ -24,6 +24,7 @@ _METHOD_TITLES = {
     "guided_backprop": "Guided Backprop", "deconvolution": "Deconvolution",
     "guided_gradcam": "Guided Grad-CAM", "fullgrad": "FullGrad", "occlusion": "Occlusion",
     "rise": "RISE", "lime": "LIME", "kernelshap": "KernelSHAP",
+    "attention_rollout": "Attention Rollout", "gradient_rollout": "Gradient Rollout",
 }
 
 
