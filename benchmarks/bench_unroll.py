@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_metrics import timed  # noqa: E402
 
 import onnx_cam  # noqa: E402
 from onnx_cam.converters import export_keras  # noqa: E402
@@ -53,15 +53,6 @@ def gru_model(length: int):
     h = L.Conv1D(32, 3, padding="same", activation="relu", name="conv2")(h)
     h = L.GlobalAveragePooling1D(name="gap")(h)
     return keras.Model(inp, L.Dense(4, name="logits")(h))
-
-
-def timed(call, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def tape_gradcam(model, x):
