@@ -20,17 +20,19 @@ from onnx_cam.metrics.directions import BETTER
 # (metric, margin) by which Grad-CAM beats RandomCAM (mean over 6 seeds and 6 items) and the
 # uniformly random map on the planted models, in the metric's better direction: correlations
 # by an absolute difference, IROF by a difference per segment, the rest by a ratio.
-# Left out: monotonicity (one bit per row: 1 for any map whose removal order keeps the
-# score falling, as both here), sufficiency (compares rows with each other, not a map with
-# the model), infidelity_quantus (relevance taken unscaled: it ranks maps by their scale).
+# Left out, as they cannot rank maps on this model: monotonicity (one bit per row; the
+# planted score rises with every restored feature in almost any order: 1D Grad-CAM 1.00,
+# RandomCAM 0.97), sufficiency (the fraction of rows with nearby maps predicted alike: all
+# rows are class 1, so it measures how alike the 6 maps are, not the model),
+# infidelity_quantus (unscaled relevance: it ranks maps by their scale, not their shape).
 OVER_RANDOMCAM = {"faithfulness_correlation": 0.5, "faithfulness_estimate": 0.5,
                   "monotonicity_correlation": 0.4, "pixel_flipping": 3.0, "selectivity": 2.5,
                   "deletion": 2.5, "road": 2.5, "region_perturbation": 1.5, "irof": 0.2,
-                  # bounded by construction: a perfect map fills the first third (1D) /
-                  # quarter (2D) of the insertion curve, the random order the rest;
+                  # bounded: a perfect map has the full score after the first third (1D) /
+                  # quarter (2D) of the curve, any order has it at the end
                   "insertion": 1.4,
                   # a map weighs both input channels of its position alike, but only
-                  # channel 0's noise moves the score: a perfect map halves the error
+                  # channel 0's noise moves the score: a perfect map halves a random one's
                   "infidelity": 1.5}
 DIFFERENCE = ("faithfulness_correlation", "faithfulness_estimate", "monotonicity_correlation")
 
