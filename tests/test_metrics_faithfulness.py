@@ -20,9 +20,9 @@ from onnx_cam.metrics.directions import BETTER
 # (metric, margin) by which Grad-CAM beats RandomCAM (mean over 6 seeds and 6 items) and the
 # uniformly random map on the planted models, in the metric's better direction: correlations
 # by an absolute difference, IROF by a difference per segment, the rest by a ratio.
-# Left out, as they cannot rank maps on this model: monotonicity (one bit per row; the
-# planted score rises with every restored feature in almost any order: 1D Grad-CAM 1.00,
-# RandomCAM 0.97), sufficiency (the fraction of rows with nearby maps predicted alike: all
+# Left out, as they cannot rank maps on these models: monotonicity (one bit per row; the 1D
+# score rises with every restored feature in almost any order: Grad-CAM 1.00, RandomCAM
+# 0.97; 2D 1.00 / 0.61), sufficiency (the fraction of rows with nearby maps predicted alike: all
 # rows are class 1, so it measures how alike the 6 maps are, not the model),
 # infidelity_quantus (unscaled relevance: it ranks maps by their scale, not their shape).
 OVER_RANDOMCAM = {"faithfulness_correlation": 0.5, "faithfulness_estimate": 0.5,
