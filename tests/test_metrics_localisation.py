@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from planted import gradcam_and_randomcam
 from torch import nn
 
 import onnx_cam
-from onnx_cam.methods import RandomCAM
 from onnx_cam.metrics import MetricError, evaluate
 from onnx_cam.metrics.localisation import FAMILIES
 from onnx_cam.metrics.relevance import relevance
@@ -128,63 +128,12 @@ def test_masks_are_checked():
                  top_k=41)
 
 
-# ---- the planted cases --------------------------------------------------------------------------
-class Gate(nn.Module):
-    """Multiplies by a fixed 0 / 1 mask: only the region reaches the score."""
-
-    def __init__(self, mask: np.ndarray):
-        super().__init__()
-        self.register_buffer("mask", torch.from_numpy(mask.astype(np.float32))[None, None])
-
-    def forward(self, h):
-        return h * self.mask
-
-
-def planted(region: np.ndarray) -> nn.Sequential:
-    """Two input channels, 8 feature channels: 0-3 smooth input channel 0, 4-7 filter channel
-    1 (which carries strong patterns everywhere); only channels 0-3 inside `region` reach
-    class 1's logit. Grad-CAM weights channels 0-3 only; RandomCAM's random weights mix in
-    the ignored channels 4-7."""
-    dims = region.ndim
-    conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims](2, 8, 5, padding=2)
-    pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}[dims]
-    head = nn.Linear(8, 2)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.weight[:4, 0] = 1 / 5 ** dims
-        conv.weight[4:, 1] = torch.randn(conv.weight[4:, 1].shape)
-        conv.bias.zero_()
-        head.weight.copy_(torch.tensor([[0.0] * 8, [40.0] * 4 + [0.0] * 4]))
-        head.bias.copy_(torch.tensor([0.0, -2.0]))
-    return nn.Sequential(conv, nn.ReLU(), Gate(region), pool(1), nn.Flatten(), head).eval()
-
-
-def planted_inputs(dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """The region the planted model reads (samples 100-200 of 1000; the top-right quadrant of
-    32 x 32) and 6 items: evidence inside it on channel 0, strong noise on channel 1."""
-    rng = np.random.default_rng(0)
-    if dims == 1:
-        region = np.zeros(1000, bool)
-        region[100:200] = True
-    else:
-        region = np.zeros((32, 32), bool)
-        region[:16, 16:] = True
-    x = np.stack([rng.normal(0, 0.02, (6, *region.shape)),
-                  rng.normal(0, 2.0, (6, *region.shape))], axis=1).astype(np.float32)
-    x[:, 0, region] += 1.0
-    return region, x
-
-
+# ---- the planted cases (tests/planted.py) -------------------------------------------------------
 @pytest.mark.parametrize("dims", [1, 2], ids=["1d", "2d"])
 def test_planted_gradcam_beats_randomcam_on_every_localisation_metric(dims):
-    region, x = planted_inputs(dims)
-    masks = np.broadcast_to(region, (6, *region.shape))
-    exp = onnx_cam.Explainer(planted(region), example_input=torch.from_numpy(x))
-    res = exp.explain(x, targets=1, layers="1", methods=["gradcam", RandomCAM(seed=1)])
-    assert (res.probs[:, 1] > 0.9).all()
-    good = evaluate(exp, x, res, NAMES, method="gradcam", masks=masks, top_k=0.05)
-    rand = evaluate(exp, x, res, NAMES, method="randomcam", masks=masks, top_k=0.05)
+    gradcam, random = gradcam_and_randomcam(dims, NAMES, top_k=0.05)
     for name in NAMES:
-        assert (good[name] > 0.9).all(), (name, good[name])
-        assert good[name].mean() > rand[name].mean() + 0.3, (name, rand[name])
+        assert (gradcam[name] > 0.9).all(), (name, gradcam[name])
+        # mean over 6 RandomCAM seeds and 6 items; a map that is 0 everywhere (every
+        # position's weighted sum negative: ReLU) has no relevance mass to share out: NaN
+        assert gradcam[name].mean() - np.nanmean(random[name]) > 0.35, (name, random[name])

@@ -10,6 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from planted import LAYER, planted_inputs, planted_model, planted_region
 from torch import nn
 
 import onnx_cam
@@ -155,10 +156,10 @@ def test_independent_randomization_lists_every_parameter_layer():
 
 @pytest.mark.parametrize("dims", [1, 2], ids=["1d", "2d"])
 def test_planted_randomisation_decorrelates_gradcam(dims):
-    from test_metrics_localisation import planted, planted_inputs
-    region, x = planted_inputs(dims)
-    exp = onnx_cam.Explainer(planted(region), example_input=torch.from_numpy(x))
-    res = exp.explain(x, targets=1, layers="1", methods="gradcam")
+    region = planted_region(dims)
+    x = planted_inputs(region)
+    exp = onnx_cam.Explainer(planted_model(region), example_input=torch.from_numpy(x))
+    res = exp.explain(x, targets=1, layers=LAYER, methods="gradcam")
     v = evaluate(exp, x, res, ["mprt_independent", "smooth_mprt", "efficient_mprt",
                                "randomization_spearman"], smooth_samples=3)
     assert (v["randomization_spearman"] < 0.5).all()
