@@ -89,6 +89,34 @@ def test_equals_pytorch_grad_cam_with_its_reshape_transform(case, method):
     np.testing.assert_allclose(res.cam(), ref_cam, atol=0.05)
 
 
+@pytest.mark.parametrize("case", ["vit", "deit_distilled"])
+def test_ablationcam_equals_pytorch_grad_cam_ablation_layer_vit(case):
+    """The head is fed the token tensor with a channel ablated at every token, prefix tokens
+    included (AblationLayerVit). pytorch-grad-cam's batch_size=1: with more, its fill value
+    sinks by 1e7 per row of a batch (it takes the minimum of the batch it ablates)."""
+    pgc = pytorch_grad_cam()
+    model, x, exp, layer, reshape = _case(case)
+    module = model.get_submodule(layer)
+    targets = [pgc.utils.model_targets.ClassifierOutputTarget(t) for t in TARGETS]
+    cam = pgc.AblationCAM(model, target_layers=[module], reshape_transform=reshape,
+                          ablation_layer=pgc.ablation_layer.AblationLayerVit(), batch_size=1)
+    with torch.no_grad():
+        cam.activations_and_grads(x)
+    acts = cam.activations_and_grads.activations[0].numpy()
+    ref_raw = np.maximum(cam.get_cam_image(x, module, targets, acts, None, False), 0)
+    raw = exp.explain(x.numpy(), targets=TARGETS, layers=layer, methods="ablationcam").raw()
+    assert raw.shape == ref_raw.shape and ref_raw.max() > 0
+    np.testing.assert_allclose(raw, ref_raw, rtol=1e-4, atol=1e-4 * np.abs(ref_raw).max())
+
+
+def test_reciprocam_and_concept_scores_refused_on_tokens_with_a_prefix():
+    _, x, exp, layer, _ = _case("vit")
+    with pytest.raises(onnx_cam.errors.UnsupportedModelError, match="prefix token"):
+        exp.explain(x.numpy(), targets=TARGETS, layers=layer, methods="reciprocam")
+    with pytest.raises(onnx_cam.errors.UnsupportedModelError, match="scores=False"):
+        exp.factorize(x.numpy(), layer, components=2)
+
+
 def test_grids_found_and_attention_internals_not_offered():
     _, _, exp, _, _ = _case("deit_distilled")
     infos = {layer.name: layer for layer in exp.layer_info}

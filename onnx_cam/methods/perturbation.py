@@ -130,7 +130,9 @@ class AblationCAM(WeightedChannels):
     it is ablated. Only the head above the layer is run, once per channel.
 
     As pytorch-grad-cam, an ablated channel is set to 0 when the item's activations have
-    minimum 0 (after ReLU), else to that minimum minus 1e7.
+    minimum 0 (after ReLU), else to that minimum minus 1e7. On a token layer (ViT, DeiT) the
+    head is fed the token tensor with the channel ablated at every token, prefix tokens
+    included, and the minimum is taken over them too (pytorch-grad-cam's AblationLayerVit).
     """
 
     name = "ablationcam"
@@ -142,23 +144,22 @@ class AblationCAM(WeightedChannels):
         return batch.activations.shape[0] * (batch.activations.shape[1] + 1)
 
     def weights(self, batch: LayerBatch) -> np.ndarray:
-        acts = batch.activations
-        n, c = acts.shape[:2]
-        step = batch.probe.batch_size
+        n, c = batch.activations.shape[:2]
+        probe, step = batch.probe, batch.probe.batch_size
         weights = np.empty((n, c), np.float32)
         for i in range(n):
-            item = acts[i]
+            item, axis = probe.head_feed(batch.layer, batch.activations[i], batch.inputs[i])
             low = item.min()
             fill = 0.0 if low == 0 else low - 1e7
-            original = batch.probe.head_scores(batch.layer, item[None], batch.inputs[i],
-                                               batch.seeds[i])[0]
+            original = probe.head_scores(batch.layer, item[None], batch.inputs[i],
+                                         batch.seeds[i], as_fed=True)[0]
             ablated = np.empty(c, np.float32)
             for start in range(0, c, step):
                 channels = np.arange(start, min(start + step, c))
                 variants = np.repeat(item[None], len(channels), axis=0)
-                variants[np.arange(len(channels)), channels] = fill
-                ablated[channels] = batch.probe.head_scores(batch.layer, variants,
-                                                            batch.inputs[i], batch.seeds[i])
+                np.moveaxis(variants, axis + 1, 1)[np.arange(len(channels)), channels] = fill
+                ablated[channels] = probe.head_scores(batch.layer, variants, batch.inputs[i],
+                                                      batch.seeds[i], as_fed=True)
             weights[i] = (original - ablated) / original
         return weights
 
