@@ -390,3 +390,34 @@ def test_slice_and_pad_with_run_time_parameters_equal_torch_autograd():
     ref = torch.relu((conv.grad * conv).sum(1)).detach().numpy()
     assert ref.max() > 0
     np.testing.assert_allclose(res.raw(), ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["vit", "deit_distilled"])
+def test_input_gradients_through_the_expanded_class_token_equal_captum(case):
+    """The class (and distillation) token is Expand'ed to Shape(x)[0] and concatenated before
+    the patch tokens: the token count must be static for the Concat's gradient (input
+    attributions against Captum, Grad-CAM at patch_embed against pytorch-grad-cam)."""
+    captum_attr = pytest.importorskip("captum.attr", reason="Captum is the reference: pip "
+                                      "install --no-deps captum==0.9.0")
+    from onnx_cam.methods import IntegratedGradients, Saliency
+
+    model, x, exp, _, _ = _case(case)
+    res = exp.explain(x.numpy(), targets=TARGETS,
+                      methods=[Saliency(absolute=False), IntegratedGradients(n_steps=7)])
+    refs = {"saliency": captum_attr.Saliency(model).attribute(x.clone(), target=TARGETS,
+                                                                abs=False),
+            "integrated_gradients": captum_attr.IntegratedGradients(model).attribute(
+                x.clone(), target=TARGETS, n_steps=7)}
+    for name, ref in refs.items():
+        ref = ref.detach().numpy()
+        np.testing.assert_allclose(res.attribution(name), ref, rtol=1e-4,
+                                   atol=1e-4 * np.abs(ref).max(), err_msg=name)
+    pgc = pytorch_grad_cam()
+    cam = pgc.GradCAM(model, target_layers=[model.patch_embed],
+                      reshape_transform=_tokens_to_grid(0, (4, 4)))
+    cam(x, targets=[pgc.utils.model_targets.ClassifierOutputTarget(t) for t in TARGETS])
+    acts, grads = (a[0].numpy() for a in (cam.activations_and_grads.activations,
+                                          cam.activations_and_grads.gradients))
+    ref_raw = np.maximum(cam.get_cam_image(x, model.patch_embed, None, acts, grads, False), 0)
+    raw = exp.explain(x.numpy(), targets=TARGETS, layers="patch_embed").raw()
+    np.testing.assert_allclose(raw, ref_raw, rtol=1e-4, atol=1e-4 * np.abs(ref_raw).max())
