@@ -95,9 +95,9 @@ class Probe:
             raise UnsupportedModelError(
                 f"Layer {layer!r} holds tokens read as a {tokens.grid} patch grid after "
                 f"{tokens.prefix} prefix token(s) (class, distillation or register tokens). "
-                "ReciproCAM and factorize() scores feed the head above the layer a grid "
-                "alone, which leaves the prefix tokens undefined. Use ablationcam, scorecam "
-                "or a gradient method on this layer (or factorize(..., scores=False)).")
+                "factorize() scores feed the head above the layer a grid of concepts alone, "
+                "which leaves the prefix tokens undefined: use factorize(..., scores=False) "
+                "on this layer, or a Swin-style (N, H, W, C) layer.")
         sub, _ = self._session(layer)
         feeds = [activations]
         if self._model.input_name in sub.input_names:
@@ -119,6 +119,13 @@ class Probe:
             return activations, 0
         values = self._outputs(("tensor", layer), [item_input[None]])[0]
         return values, tokens.roles.index(1) - 1  # the batch is first (head_model)
+
+    def head_feed_masks(self, layer: str, masks: np.ndarray) -> np.ndarray:
+        """Masks (m, *s) of positions of `layer` as masks of the head's feed (head_feed):
+        broadcast over the channels, and for a token layer with its prefix tokens kept."""
+        tokens = self._model.token_views.get(layer)
+        return masks[:, None] if tokens is None else tokens.token_masks(masks)
+
 
 def _as_feed(values: np.ndarray) -> np.ndarray:
     """Floats as float32; integer token ids as given (already in the model's dtype)."""

@@ -109,12 +109,42 @@ def test_ablationcam_equals_pytorch_grad_cam_ablation_layer_vit(case):
     np.testing.assert_allclose(raw, ref_raw, rtol=1e-4, atol=1e-4 * np.abs(ref_raw).max())
 
 
-def test_reciprocam_and_concept_scores_refused_on_tokens_with_a_prefix():
+@pytest.mark.parametrize("case", ["vit", "deit_distilled"])
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_reciprocam_keeps_the_prefix_tokens_as_a_direct_torch_loop(case, gaussian):
+    """ViT-ReciproCAM (Byun & Lee, 2023, cls_token=True): the head is fed the layer's tokens
+    with the prefix tokens kept and the grid tokens masked around one position; written here
+    as a forward hook on the torch block."""
+    from onnx_cam.methods import ReciproCAM
+
+    model, x, exp, layer, _ = _case(case)
+    prefix = {"vit": 1, "deit_distilled": 2}[case]
+    side = 4
+    weight = {0: 1.0, 1: 0.0} if not gaussian else {0: 0.5, 1: 0.25}
+    masks = torch.zeros(side * side, prefix + side * side, 1)
+    masks[:, :prefix] = 1
+    for p in range(side * side):
+        for q in range(side * side):
+            distance = (abs(p // side - q // side), abs(p % side - q % side))
+            if max(distance) <= 1:
+                masks[p, prefix + q] = weight[distance[0]] * weight[distance[1]]
+    hook = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: out * masks)
+    try:
+        with torch.no_grad():
+            want = np.stack([model(x[i:i + 1].repeat(side * side, 1, 1, 1))[:, t].numpy()
+                             for i, t in enumerate(TARGETS)]).reshape(len(x), side, side)
+    finally:
+        hook.remove()
+    raw = exp.explain(x.numpy(), targets=TARGETS, layers=layer,
+                      methods=ReciproCAM(gaussian=gaussian)).raw()
+    np.testing.assert_allclose(raw, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_concept_scores_refused_on_tokens_with_a_prefix():
     _, x, exp, layer, _ = _case("vit")
-    with pytest.raises(onnx_cam.errors.UnsupportedModelError, match="prefix token"):
-        exp.explain(x.numpy(), targets=TARGETS, layers=layer, methods="reciprocam")
     with pytest.raises(onnx_cam.errors.UnsupportedModelError, match="scores=False"):
         exp.factorize(x.numpy(), layer, components=2)
+    assert exp.factorize(x.numpy(), layer, components=2, scores=False).scores is None
 
 
 def test_grids_found_and_attention_internals_not_offered():

@@ -175,7 +175,9 @@ class ReciproCAM(CamMethod):
     one-hot mask; the authors' code instead copies the position's own feature vector, so
     weighted, over the neighbourhood. The score is the explained logit (seed . logits) as
     for Ablation-CAM, where the authors' code takes the softmax probability; the map is
-    that score, signed (not ReLU'd).
+    that score, signed (not ReLU'd). On a token layer (ViT, DeiT) the prefix tokens (class,
+    distillation, register tokens) are kept whole, as ViT-ReciproCAM's (Byun & Lee, 2023)
+    cls_token=True, and the grid tokens are masked.
     """
 
     name = "reciprocam"
@@ -208,13 +210,16 @@ class ReciproCAM(CamMethod):
         acts, probe = batch.activations, batch.probe
         spatial = acts.shape[2:]
         count = int(np.prod(spatial))
+        feeds = [probe.head_feed(batch.layer, acts[i], batch.inputs[i])[0]
+                 for i in range(len(acts))]
         maps = np.empty((len(acts), count), np.float32)
         for start in range(0, count, probe.batch_size):
             positions = np.arange(start, min(start + probe.batch_size, count))
-            masks = self.spatial_masks(spatial, positions)[:, None]
-            for i in range(len(acts)):
-                maps[i, positions] = probe.head_scores(batch.layer, acts[i][None] * masks,
-                                                       batch.inputs[i], batch.seeds[i])
+            masks = probe.head_feed_masks(batch.layer, self.spatial_masks(spatial, positions))
+            for i, feed in enumerate(feeds):
+                maps[i, positions] = probe.head_scores(batch.layer, feed[None] * masks,
+                                                       batch.inputs[i], batch.seeds[i],
+                                                       as_fed=True)
         return maps.reshape(acts.shape[:1] + spatial)
 
 
