@@ -70,6 +70,15 @@ class TokenGrid:
         return out
 
 
+    def token_masks(self, masks: np.ndarray) -> np.ndarray:
+        """Masks (m, *grid) as masks of the tensor with its batch first (m, ...), broadcast
+        over the channels; the prefix tokens are kept (1)."""
+        m = len(masks)
+        flat = np.concatenate([np.ones((m, self.prefix), masks.dtype), masks.reshape(m, -1)],
+                              axis=1)
+        return flat.reshape([m] + [flat.shape[1] if r == 2 else 1 for r in self.roles[1:]])
+
+
 @dataclass(frozen=True)
 class GridLayer:
     """A grid found for one tensor: (N, C, *grid) as `axes` (Layer.axes) or `tokens`."""

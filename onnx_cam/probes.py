@@ -77,18 +77,27 @@ class Probe:
         return self._logits(None, [inputs]) @ seed
 
     def head_scores(self, layer: str, activations: np.ndarray, item_input: np.ndarray,
-                    seed: np.ndarray) -> np.ndarray:
+                    seed: np.ndarray, as_fed: bool = False) -> np.ndarray:
         """seed . logits with `layer`'s activations replaced, (m, C, *s) -> (m,)."""
-        return self.head_logits(layer, activations, item_input) @ seed
+        return self.head_logits(layer, activations, item_input, as_fed) @ seed
 
     def head_logits(self, layer: str, activations: np.ndarray,
-                    item_input: np.ndarray | None = None) -> np.ndarray:
-        """The logits (m, K) of the head above `layer` run on `activations` (m, C, *s).
+                    item_input: np.ndarray | None = None, as_fed: bool = False) -> np.ndarray:
+        """The logits (m, K) of the head above `layer` run on `activations` (m, C, *s), or
+        with `as_fed` on activations in the layout of `head_feed`.
 
         `item_input` is the one input item whose activations were modified; it is repeated
         when the head also reads the model input (a skip connection around the layer), and
         without it such a head is refused.
         """
+        tokens = self._model.token_views.get(layer)
+        if tokens is not None and not as_fed:
+            raise UnsupportedModelError(
+                f"Layer {layer!r} holds tokens read as a {tokens.grid} patch grid after "
+                f"{tokens.prefix} prefix token(s) (class, distillation or register tokens). "
+                "factorize() scores feed the head above the layer a grid of concepts alone, "
+                "which leaves the prefix tokens undefined: use factorize(..., scores=False) "
+                "on this layer, or a Swin-style (N, H, W, C) layer.")
         sub, _ = self._session(layer)
         feeds = [activations]
         if self._model.input_name in sub.input_names:
@@ -99,6 +108,23 @@ class Probe:
                     "choose a layer no skip connection bypasses.")
             feeds.append(np.broadcast_to(item_input, (len(activations), *item_input.shape)))
         return self._logits(layer, feeds)
+
+    def head_feed(self, layer: str, activations: np.ndarray,
+                  item_input: np.ndarray) -> tuple[np.ndarray, int]:
+        """One item's values of `layer` in the layout the head above it is fed, and their
+        channel axis: its (C, *s) `activations` as given, or for a token layer the tensor
+        (T, C) as it is, prefix tokens included, computed again from `item_input`."""
+        tokens = self._model.token_views.get(layer)
+        if tokens is None:
+            return activations, 0
+        values = self._outputs(("tensor", layer), [item_input[None]])[0]
+        return values, tokens.roles.index(1) - 1  # the batch is first (head_model)
+
+    def head_feed_masks(self, layer: str, masks: np.ndarray) -> np.ndarray:
+        """Masks (m, *s) of positions of `layer` as masks of the head's feed (head_feed):
+        broadcast over the channels, and for a token layer with its prefix tokens kept."""
+        tokens = self._model.token_views.get(layer)
+        return masks[:, None] if tokens is None else tokens.token_masks(masks)
 
 
 def _as_feed(values: np.ndarray) -> np.ndarray:

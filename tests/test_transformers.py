@@ -89,6 +89,64 @@ def test_equals_pytorch_grad_cam_with_its_reshape_transform(case, method):
     np.testing.assert_allclose(res.cam(), ref_cam, atol=0.05)
 
 
+@pytest.mark.parametrize("case", ["vit", "deit_distilled"])
+def test_ablationcam_equals_pytorch_grad_cam_ablation_layer_vit(case):
+    """The head is fed the token tensor with a channel ablated at every token, prefix tokens
+    included (AblationLayerVit). pytorch-grad-cam's batch_size=1: with more, its fill value
+    sinks by 1e7 per row of a batch (it takes the minimum of the batch it ablates)."""
+    pgc = pytorch_grad_cam()
+    model, x, exp, layer, reshape = _case(case)
+    module = model.get_submodule(layer)
+    targets = [pgc.utils.model_targets.ClassifierOutputTarget(t) for t in TARGETS]
+    cam = pgc.AblationCAM(model, target_layers=[module], reshape_transform=reshape,
+                          ablation_layer=pgc.ablation_layer.AblationLayerVit(), batch_size=1)
+    with torch.no_grad():
+        cam.activations_and_grads(x)
+    acts = cam.activations_and_grads.activations[0].numpy()
+    ref_raw = np.maximum(cam.get_cam_image(x, module, targets, acts, None, False), 0)
+    raw = exp.explain(x.numpy(), targets=TARGETS, layers=layer, methods="ablationcam").raw()
+    assert raw.shape == ref_raw.shape and ref_raw.max() > 0
+    np.testing.assert_allclose(raw, ref_raw, rtol=1e-4, atol=1e-4 * np.abs(ref_raw).max())
+
+
+@pytest.mark.parametrize("case", ["vit", "deit_distilled"])
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_reciprocam_keeps_the_prefix_tokens_as_a_direct_torch_loop(case, gaussian):
+    """ViT-ReciproCAM (Byun & Lee, 2023, cls_token=True): the head is fed the layer's tokens
+    with the prefix tokens kept and the grid tokens masked around one position; written here
+    as a forward hook on the torch block."""
+    from onnx_cam.methods import ReciproCAM
+
+    model, x, exp, layer, _ = _case(case)
+    prefix = {"vit": 1, "deit_distilled": 2}[case]
+    side = 4
+    weight = {0: 1.0, 1: 0.0} if not gaussian else {0: 0.5, 1: 0.25}
+    masks = torch.zeros(side * side, prefix + side * side, 1)
+    masks[:, :prefix] = 1
+    for p in range(side * side):
+        for q in range(side * side):
+            distance = (abs(p // side - q // side), abs(p % side - q % side))
+            if max(distance) <= 1:
+                masks[p, prefix + q] = weight[distance[0]] * weight[distance[1]]
+    hook = model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: out * masks)
+    try:
+        with torch.no_grad():
+            want = np.stack([model(x[i:i + 1].repeat(side * side, 1, 1, 1))[:, t].numpy()
+                             for i, t in enumerate(TARGETS)]).reshape(len(x), side, side)
+    finally:
+        hook.remove()
+    raw = exp.explain(x.numpy(), targets=TARGETS, layers=layer,
+                      methods=ReciproCAM(gaussian=gaussian)).raw()
+    np.testing.assert_allclose(raw, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_concept_scores_refused_on_tokens_with_a_prefix():
+    _, x, exp, layer, _ = _case("vit")
+    with pytest.raises(onnx_cam.errors.UnsupportedModelError, match="scores=False"):
+        exp.factorize(x.numpy(), layer, components=2)
+    assert exp.factorize(x.numpy(), layer, components=2, scores=False).scores is None
+
+
 def test_grids_found_and_attention_internals_not_offered():
     _, _, exp, _, _ = _case("deit_distilled")
     infos = {layer.name: layer for layer in exp.layer_info}
@@ -362,3 +420,34 @@ def test_slice_and_pad_with_run_time_parameters_equal_torch_autograd():
     ref = torch.relu((conv.grad * conv).sum(1)).detach().numpy()
     assert ref.max() > 0
     np.testing.assert_allclose(res.raw(), ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["vit", "deit_distilled"])
+def test_input_gradients_through_the_expanded_class_token_equal_captum(case):
+    """The class (and distillation) token is Expand'ed to Shape(x)[0] and concatenated before
+    the patch tokens: the token count must be static for the Concat's gradient (input
+    attributions against Captum, Grad-CAM at patch_embed against pytorch-grad-cam)."""
+    captum_attr = pytest.importorskip("captum.attr", reason="Captum is the reference: pip "
+                                      "install --no-deps captum==0.9.0")
+    from onnx_cam.methods import IntegratedGradients, Saliency
+
+    model, x, exp, _, _ = _case(case)
+    res = exp.explain(x.numpy(), targets=TARGETS,
+                      methods=[Saliency(absolute=False), IntegratedGradients(n_steps=7)])
+    refs = {"saliency": captum_attr.Saliency(model).attribute(x.clone(), target=TARGETS,
+                                                                abs=False),
+            "integrated_gradients": captum_attr.IntegratedGradients(model).attribute(
+                x.clone(), target=TARGETS, n_steps=7)}
+    for name, ref in refs.items():
+        ref = ref.detach().numpy()
+        np.testing.assert_allclose(res.attribution(name), ref, rtol=1e-4,
+                                   atol=1e-4 * np.abs(ref).max(), err_msg=name)
+    pgc = pytorch_grad_cam()
+    cam = pgc.GradCAM(model, target_layers=[model.patch_embed],
+                      reshape_transform=_tokens_to_grid(0, (4, 4)))
+    cam(x, targets=[pgc.utils.model_targets.ClassifierOutputTarget(t) for t in TARGETS])
+    acts, grads = (a[0].numpy() for a in (cam.activations_and_grads.activations,
+                                          cam.activations_and_grads.gradients))
+    ref_raw = np.maximum(cam.get_cam_image(x, model.patch_embed, None, acts, grads, False), 0)
+    raw = exp.explain(x.numpy(), targets=TARGETS, layers="patch_embed").raw()
+    np.testing.assert_allclose(raw, ref_raw, rtol=1e-4, atol=1e-4 * np.abs(ref_raw).max())

@@ -34,6 +34,10 @@ SHAPE_INPUTS = {
     "Split": (1,), "Range": (0, 1, 2), "OneHot": (1,), "TopK": (1,),
 }
 
+# ops whose output's shape is their shape input: shape inference sizes it when that input is
+# built from the batch size read by Shape and constants
+SIZED_BY_TARGET = frozenset({"Expand", "Tile", "ConstantOfShape"})
+
 Affine = tuple[np.ndarray, np.ndarray]  # (a, c): value = a * N + c, elementwise
 # (p, q), each shaped (1, *rest): value[n, ...] = p * n + q, n the index along the first axis
 PerItem = tuple[np.ndarray, np.ndarray]
@@ -64,6 +68,8 @@ def resolve_batch_shapes(graph: gs.Graph, batch: str) -> bool:
                 node.inputs[i] = gs.Constant(f"{tensor.name}/onnx_cam_static",
                                              pinned.astype(dtype))
                 changed = True
+            elif node.op in SIZED_BY_TARGET:
+                changed |= _read_batch_size(graph, node, i, values[tensor.name], batch)
     return changed
 
 
@@ -99,10 +105,32 @@ def _pinned(node: gs.Node, i: int, value: Affine, batch: str) -> np.ndarray | No
     return target
 
 
+def _read_batch_size(graph: gs.Graph, node: gs.Node, i: int, value: Affine,
+                     batch: str) -> bool:
+    """A shape input whose entries are the batch size N or constants (timm's class token
+    expanded to the batch: Where(Equal([N, -1, -1], -1), 1, [N, -1, -1])) rebuilt as
+    Concat(Shape(input)[k:k+1] for N, constants), which ONNX shape inference follows."""
+    a, c = value
+    source = next((t for t in graph.inputs if batch in (t.shape or ())), None)
+    if source is None or a.ndim != 1 or not all((x, y) == (1, 0) for x, y in zip(a, c) if x):
+        return False
+    name = f"{node.inputs[i].name}/onnx_cam_batch"
+    size = gs.Variable(f"{name}/size", dtype=np.int64, shape=[1])
+    k = list(source.shape).index(batch)
+    graph.nodes.append(gs.Node("Shape", f"{name}/shape", {"start": k, "end": k + 1},
+                               [source], [size]))
+    parts = [size if x else gs.Constant(f"{name}/{j}", np.array([y], np.int64))
+             for j, (x, y) in enumerate(zip(a, c))]
+    target = gs.Variable(name, dtype=np.int64, shape=[len(a)])
+    graph.nodes.append(gs.Node("Concat", name, {"axis": 0}, parts, [target]))
+    node.inputs[i] = target
+    return True
+
+
 def _value(tensor, values: dict[str, Affine]) -> Affine | None:
     if isinstance(tensor, gs.Constant):
         c = np.asarray(tensor.values)
-        if c.dtype.kind not in "iu":
+        if c.dtype.kind not in "iub":
             return None
         c = c.astype(np.int64)
         return np.zeros_like(c), c
@@ -130,11 +158,27 @@ def _shape(node, args, batch):
 
 
 def _gather(node, args, batch):
-    indices = _constant(args[1]) if _known(args, 0, 1) else None
+    indices = _constant(args[1]) if _known(args, 1) else None
     if indices is None or node.attrs.get("axis", 0) != 0:
         return None
+    if args[0] is None:  # sizes read from a shape known in part (a token count unknown yet)
+        return _gathered_sizes(node.inputs[0], indices, batch)
     a, c = args[0]
     return np.take(a, indices, axis=0), np.take(c, indices, axis=0)
+
+
+def _gathered_sizes(shape, indices: np.ndarray, batch: str) -> Affine | None:
+    """Shape(x)[indices] where those sizes of x are known (static, or the batch)."""
+    if len(shape.inputs) != 1 or shape.inputs[0].op != "Shape" or shape.inputs[0].attrs:
+        return None
+    dims = shape.inputs[0].inputs[0].shape
+    if dims is None or ((indices < -len(dims)) | (indices >= len(dims))).any():
+        return None
+    picked = [dims[int(i)] for i in indices.reshape(-1)]
+    if not all(isinstance(d, int) or d == batch for d in picked):
+        return None
+    a = np.array([1 if d == batch else 0 for d in picked], np.int64).reshape(indices.shape)
+    return a, np.array([0 if d == batch else d for d in picked], np.int64).reshape(indices.shape)
 
 
 def _slice(node, args, batch):
@@ -287,9 +331,31 @@ def _gather_per_item(graph: gs.Graph, node: gs.Node, value: PerItem, batch: str)
     return True
 
 
+def _equal(node, args, batch):
+    """Equal, exact where both sides are constants, or one is N (>= 1) and the other < 1."""
+    if not _known(args, 0, 1):
+        return None
+    a1, a2, c1, c2 = np.broadcast_arrays(args[0][0], args[1][0], args[0][1], args[1][1])
+    unequal = ((a1 == 1) & (c1 == 0) & (a2 == 0) & (c2 < 1)) | (
+        (a2 == 1) & (c2 == 0) & (a1 == 0) & (c1 < 1))
+    if ((a1 != 0) | (a2 != 0))[~unequal].any():
+        return None
+    equal = (c1 == c2) & ~unequal
+    return np.zeros_like(c1), equal.astype(np.int64)
+
+
+def _where(node, args, batch):
+    condition = _constant(args[0]) if _known(args, 0, 1, 2) else None
+    if condition is None:
+        return None
+    chosen = condition.astype(bool)
+    return (np.where(chosen, args[1][0], args[2][0]), np.where(chosen, args[1][1], args[2][1]))
+
+
 _PER_ITEM_OPS = {"Range": _range, "Mul": _per_item_arith, "Add": _per_item_arith,
                  "Unsqueeze": _per_item_reshaped, "Cast": _per_item_reshaped}
 _OPS = {"Shape": _shape, "Gather": _gather, "Slice": _slice, "Concat": _concat,
         "Unsqueeze": _reshaped, "Squeeze": _reshaped, "Reshape": _reshaped,
         "Flatten": _reshaped, "Identity": _reshaped, "Cast": _reshaped,
-        "Add": _add, "Sub": _add, "Mul": _mul, "Div": _div}
+        "Add": _add, "Sub": _add, "Mul": _mul, "Div": _div, "Equal": _equal,
+        "Where": _where}

@@ -44,7 +44,8 @@ def _side(model: Model, tensors: dict) -> list:
 
 def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubModel:
     """The part of the model above `layer`: inputs (layer[, model input], *side inputs) ->
-    score.
+    score. A layer with an (N, C, *spatial) view is fed that view, a token layer its tensor
+    as it is (prefix tokens included, batch first).
 
     Walking back from the score and stopping at the layer ends only at constants, the layer,
     or the model's input (a skip connection around the layer); the input is then fed too.
@@ -65,12 +66,13 @@ def head_model(model: Model, layer: str, spatial_shape: tuple[int, ...]) -> SubM
             stack.extend(node.inputs)
     for node in list(layer_tensor.inputs):
         node.outputs = [o for o in node.outputs if o is not layer_tensor]
-    if layer in model.token_views:
+    tokens = model.token_views.get(layer)
+    if tokens is not None and tokens.roles.index(0) != 0:
         raise UnsupportedModelError(
-            f"Layer {layer!r} holds tokens read as a patch grid; the head above it reads the "
-            "prefix tokens too, which its (N, C, *grid) view leaves out, so it cannot be fed "
-            "a grid alone (Ablation-CAM, ReciproCAM, factorize scores). Use a gradient method "
-            "or scorecam on this layer, or a Swin-style (N, H, W, C) layer.")
+            f"Layer {layer!r} holds tokens read as a patch grid with the batch on axis "
+            f"{tokens.roles.index(0)}; the head above it is fed the tensor as it is, which "
+            "onnx-cam does only with the batch first. Use a gradient method or scorecam on "
+            "this layer.")
     axes = model.layer_axes.get(layer)
     if axes is not None:  # the head is fed the layer's (N, C, *spatial) view
         shape = [layer_tensor.shape[axes.index(k)] for k in range(len(axes) - axes.count(None))]

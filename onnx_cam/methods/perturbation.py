@@ -130,7 +130,9 @@ class AblationCAM(WeightedChannels):
     it is ablated. Only the head above the layer is run, once per channel.
 
     As pytorch-grad-cam, an ablated channel is set to 0 when the item's activations have
-    minimum 0 (after ReLU), else to that minimum minus 1e7.
+    minimum 0 (after ReLU), else to that minimum minus 1e7. On a token layer (ViT, DeiT) the
+    head is fed the token tensor with the channel ablated at every token, prefix tokens
+    included, and the minimum is taken over them too (pytorch-grad-cam's AblationLayerVit).
     """
 
     name = "ablationcam"
@@ -142,23 +144,22 @@ class AblationCAM(WeightedChannels):
         return batch.activations.shape[0] * (batch.activations.shape[1] + 1)
 
     def weights(self, batch: LayerBatch) -> np.ndarray:
-        acts = batch.activations
-        n, c = acts.shape[:2]
-        step = batch.probe.batch_size
+        n, c = batch.activations.shape[:2]
+        probe, step = batch.probe, batch.probe.batch_size
         weights = np.empty((n, c), np.float32)
         for i in range(n):
-            item = acts[i]
+            item, axis = probe.head_feed(batch.layer, batch.activations[i], batch.inputs[i])
             low = item.min()
             fill = 0.0 if low == 0 else low - 1e7
-            original = batch.probe.head_scores(batch.layer, item[None], batch.inputs[i],
-                                               batch.seeds[i])[0]
+            original = probe.head_scores(batch.layer, item[None], batch.inputs[i],
+                                         batch.seeds[i], as_fed=True)[0]
             ablated = np.empty(c, np.float32)
             for start in range(0, c, step):
                 channels = np.arange(start, min(start + step, c))
                 variants = np.repeat(item[None], len(channels), axis=0)
-                variants[np.arange(len(channels)), channels] = fill
-                ablated[channels] = batch.probe.head_scores(batch.layer, variants,
-                                                            batch.inputs[i], batch.seeds[i])
+                np.moveaxis(variants, axis + 1, 1)[np.arange(len(channels)), channels] = fill
+                ablated[channels] = probe.head_scores(batch.layer, variants, batch.inputs[i],
+                                                      batch.seeds[i], as_fed=True)
             weights[i] = (original - ablated) / original
         return weights
 
@@ -174,7 +175,9 @@ class ReciproCAM(CamMethod):
     one-hot mask; the authors' code instead copies the position's own feature vector, so
     weighted, over the neighbourhood. The score is the explained logit (seed . logits) as
     for Ablation-CAM, where the authors' code takes the softmax probability; the map is
-    that score, signed (not ReLU'd).
+    that score, signed (not ReLU'd). On a token layer (ViT, DeiT) the prefix tokens (class,
+    distillation, register tokens) are kept whole, as ViT-ReciproCAM's (Byun & Lee, 2023)
+    cls_token=True, and the grid tokens are masked.
     """
 
     name = "reciprocam"
@@ -207,13 +210,16 @@ class ReciproCAM(CamMethod):
         acts, probe = batch.activations, batch.probe
         spatial = acts.shape[2:]
         count = int(np.prod(spatial))
+        feeds = [probe.head_feed(batch.layer, acts[i], batch.inputs[i])[0]
+                 for i in range(len(acts))]
         maps = np.empty((len(acts), count), np.float32)
         for start in range(0, count, probe.batch_size):
             positions = np.arange(start, min(start + probe.batch_size, count))
-            masks = self.spatial_masks(spatial, positions)[:, None]
-            for i in range(len(acts)):
-                maps[i, positions] = probe.head_scores(batch.layer, acts[i][None] * masks,
-                                                       batch.inputs[i], batch.seeds[i])
+            masks = probe.head_feed_masks(batch.layer, self.spatial_masks(spatial, positions))
+            for i, feed in enumerate(feeds):
+                maps[i, positions] = probe.head_scores(batch.layer, feed[None] * masks,
+                                                       batch.inputs[i], batch.seeds[i],
+                                                       as_fed=True)
         return maps.reshape(acts.shape[:1] + spatial)
 
 
