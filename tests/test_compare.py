@@ -173,6 +173,10 @@ def test_radar_scales_each_metric_by_its_better_direction():
     np.testing.assert_allclose(scores["m", "a"], [1.0, 0.0])      # lowest deletion: best
     np.testing.assert_allclose(scores["m", "b"], [0.0, 1.0])      # highest road: best
     np.testing.assert_allclose(scores["m", "c"], [0.75, 0.25])
+    # widened to the items' spread, a small difference of means stays small
+    _, scores = normalised(means, Spec, {"deletion": (0.0, 1.0), "road": (0.0, 0.5)})
+    np.testing.assert_allclose(scores["m", "a"], [0.8, 0.2])
+    np.testing.assert_allclose(scores["m", "c"], [0.7, 0.4])
 
 
 def test_a_2d_job_through_the_command(tmp_path):

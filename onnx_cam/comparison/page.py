@@ -26,7 +26,8 @@ def write_page(path: Path, table, group, spec, explainers: dict, disagreements: 
     columns = {name: table.column(name).to_numpy(zero_copy_only=False)
                for name in table.column_names}
     means = _means(columns, spec)
-    sections = [_overview(group, spec), _radar(means, spec), _mean_table(means, spec),
+    sections = [_overview(group, spec), _radar(means, spec, _spread(columns, spec)),
+                _mean_table(means, spec),
                 _distributions(columns, spec), _cost(columns, means, spec),
                 _per_class(columns, group, spec, explainers)]
     sections += [_disagreement(group, spec, ref, explainers[ref.name], disagreements)
@@ -83,25 +84,39 @@ def _overview(group, spec) -> str:
     return f"<h2>Run</h2>{_table(None, rows)}"
 
 
-def normalised(means: dict, spec) -> tuple[list[str], dict]:
+def normalised(means: dict, spec, spread: dict | None = None) -> tuple[list[str], dict]:
     """The metrics with a better direction, and {(model, method): [0..1 per metric]} where 1
-    is the best mean of that metric over every model and method, 0 the worst (0.5 when all
-    are equal)."""
+    is the best end of that metric's axis and 0 the worst. An axis spans the means of every
+    model and method, widened to spread[metric] = (low, high) when given (the items' 5th to
+    95th percentiles: a difference of means much smaller than the items' spread stays small on
+    the chart); 0.5 when it spans nothing."""
     axes = [m for m in spec.metrics if m in BETTER]
     scores = {(ref.name, method): [] for ref in spec.models for method in spec.methods}
     for metric in axes:
         values = np.array([means[model, method, metric][0] for model, method in scores])
         finite = values[np.isfinite(values)]
-        span = finite.max() - finite.min() if len(finite) else 0.0
-        low = finite.min() if len(finite) else 0.0
+        bounds = [*finite, *(spread or {}).get(metric, ())]
+        low, high = (min(bounds), max(bounds)) if bounds else (0.0, 0.0)
+        span = high - low
         for key, value in zip(scores, values):
             unit = 0.5 if not span > 0 else (value - low) / span
             scores[key].append(1 - unit if BETTER[metric] == "lower" and span > 0 else unit)
     return axes, scores
 
 
-def _radar(means: dict, spec) -> str:
-    axes, scores = normalised(means, spec)
+def _spread(columns: dict, spec) -> dict:
+    """{metric: (5th, 95th percentile)} of the items' values over every model and method."""
+    out = {}
+    for metric in spec.metrics:
+        values = columns["value"][_select(columns, metric=metric)].astype(np.float64)
+        values = values[np.isfinite(values)]
+        if len(values):
+            out[metric] = tuple(np.percentile(values, [5, 95]))
+    return out
+
+
+def _radar(means: dict, spec, spread: dict) -> str:
+    axes, scores = normalised(means, spec, spread)
     left_out = [m for m in spec.metrics if m not in BETTER]
     note = (f" Left out (no better direction): {', '.join(left_out)}." if left_out else "")
     if not axes:
@@ -135,10 +150,11 @@ def _radar(means: dict, spec) -> str:
             ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "", "", ""])
             ax.set_title(model, pad=18)
             ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.25, -0.15))
-    text = ("Each axis is a metric's mean over the items, scaled over every model and method "
-            "shown: the outer ring is the best mean (whether higher or lower is better for that "
-            "metric), the centre the worst; with fewer than three such metrics, bars show the "
-            "same scaled means." + note)
+    text = ("Each axis is a metric's mean over the items, on a scale from the worst to the best "
+            "end (whether higher or lower is better for that metric) of the items' 5th to 95th "
+            "percentiles over every model and method shown: methods whose means differ by much "
+            "less than the items' spread lie close together. With fewer than three such "
+            "metrics, bars show the same scaled means." + note)
     return f"<h2>Radar: methods per model</h2><p>{html.escape(text)}</p>{_png(fig)}"
 
 
