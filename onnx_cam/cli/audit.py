@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..progress import wanted
-from .options import add_preprocess_options, parse_class, preprocess_overrides
+from .options import add_job_options, parse_class, preprocess_overrides
 
 EXAMPLE = """\
 examples:
@@ -59,13 +59,7 @@ def add_parser(sub):
                         help="store this onnx_cam.metrics value per item and map, repeatable "
                              "(e.g. deletion, insertion, road, avg_drop; see onnx-cam "
                              "evaluate --help)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a store written by another job")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", help="address of a running Dask scheduler")
-    where.add_argument("--workers", type=int, help="start a local Dask cluster of N processes")
-    add_preprocess_options(parser, "a folder of images / CSV signals (arrays are taken as "
-                                   "they are)")
+    add_job_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     return parser

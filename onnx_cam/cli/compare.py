@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..progress import wanted
-from .options import add_preprocess_options, parse_class, preprocess_overrides
+from .options import add_job_options, parse_class, preprocess_overrides
 
 EXAMPLE = """\
 examples:
@@ -70,13 +70,7 @@ def add_parser(sub):
                         help="items per task, the unit of resume and of Dask (default 256)")
     parser.add_argument("--disagreements", type=int, default=6,
                         help="items shown with their maps per model (default 6)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a store written by another job")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", help="address of a running Dask scheduler")
-    where.add_argument("--workers", type=int, help="start a local Dask cluster of N processes")
-    add_preprocess_options(parser, "a folder of images / CSV signals (arrays are taken as "
-                                   "they are)")
+    add_job_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return parser
 

@@ -47,6 +47,18 @@ def add_preprocess_options(parser, title: str) -> None:
                           "channel)")
 
 
+def add_job_options(parser) -> None:
+    """The options of resumable jobs over a dataset (audit, compare): the store, Dask, and
+    how a folder of files is read."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a store written by another job")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", help="address of a running Dask scheduler")
+    where.add_argument("--workers", type=int, help="start a local Dask cluster of N processes")
+    add_preprocess_options(parser, "a folder of images / CSV signals (arrays are taken as "
+                                   "they are)")
+
+
 def preprocess_overrides(args) -> dict:
     """The Preprocess fields the options set (the others keep the model's defaults)."""
     given = {"size": args.size, "scale": args.scale, "mean": args.mean, "std": args.std,
