@@ -437,7 +437,9 @@ def _checked_by_value(
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
     feeds = {name: x.detach().cpu().numpy() for name, x in xs.items()}
     try:
-        session = ort.InferenceSession(probe.SerializeToString(),
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # the optimiser's notes on the probe are not the user's
+        session = ort.InferenceSession(probe.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         computed = dict(zip(names, session.run(None, feeds), strict=True))

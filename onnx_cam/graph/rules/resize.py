@@ -73,7 +73,10 @@ def interpolation_matrix(node, opset: int, r: int, axis: int, size: int, out: in
                                "probe", inputs,
                                [onnx.helper.make_tensor_value_info("y", 1, None)], consts),
         opset_imports=[onnx.helper.make_opsetid("", opset)])
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
     identity = np.eye(size, dtype=np.float32)
     columns = []
     for start in range(0, size, _PROBE_ROWS):
