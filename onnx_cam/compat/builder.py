@@ -123,9 +123,10 @@ class CamBuilder:
         """
         if extra_inputs_dict:
             raise UnsupportedModelError(
-                "extra_inputs_dict: onnx-cam explains models with one input. Wrap the model so "
-                "that its forward takes only the data (e.g. a module whose forward(x) returns "
-                "model(x, **extra_inputs_dict)) and pass the wrapper.")
+                "extra_inputs_dict: the SignalGrad-CAM drop-in explains models with one input. "
+                "Wrap the model so that its forward takes only the data (e.g. a module whose "
+                "forward(x) returns model(x, **extra_inputs_dict)) and pass the wrapper, or use "
+                "onnx_cam.Explainer, which takes several inputs (explain({'x': ..., ...})).")
         items = as_list(data_list)
         explainers = as_list(explainer_types)
         request = _Request(
