@@ -58,8 +58,23 @@ _EXPLAINERS: dict[tuple, Explainer] = {}
 _ARRAYS: dict[tuple, dict] = {}
 
 
+class Chunked:
+    """A job over `dataset` in chunks of `chunk_items` items (the unit of resume and Dask)."""
+
+    dataset: Dataset
+    chunk_items: int
+
+    @property
+    def chunks(self) -> int:
+        return -(-len(self.dataset) // self.chunk_items)
+
+    def bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_items
+        return start, min(start + self.chunk_items, len(self.dataset))
+
+
 @dataclass(frozen=True)
-class AuditSpec:
+class AuditSpec(Chunked):
     """What a worker needs to process one chunk; picklable."""
 
     model: str | bytes  # a path the workers can read, or the model's bytes (local jobs)
@@ -88,14 +103,6 @@ class AuditSpec:
             keys += ([(m, INPUT)] if get_method(m).level == "input"
                      else [(m, layer) for layer in self.layers])
         return keys
-
-    @property
-    def chunks(self) -> int:
-        return -(-len(self.dataset) // self.chunk_items)
-
-    def bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_items
-        return start, min(start + self.chunk_items, len(self.dataset))
 
 
 def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred", foil=None,

@@ -80,7 +80,7 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
-class CompareSpec:
+class CompareSpec(audit_job.Chunked):
     """What a worker needs to process one (model, chunk) task; picklable."""
 
     models: tuple[ModelRef, ...]
@@ -94,14 +94,6 @@ class CompareSpec:
     batch_size: int
     chunk_items: int
     labels: np.ndarray | None
-
-    @property
-    def chunks(self) -> int:
-        return -(-len(self.dataset) // self.chunk_items)
-
-    def bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_items
-        return start, min(start + self.chunk_items, len(self.dataset))
 
     def layer_of(self, ref: ModelRef, method: str) -> str:
         """The layer a method's map is under: "input" for input attributions."""
