@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from . import kernels, numerics
 from .errors import MemoryBudgetError, MethodError
-from .graph.cam_model import CamOutputs, export
+from .graph.cam_model import export
 from .graph.input_gradients import (
     GradientModel,
     build_gradient_model,
@@ -253,15 +253,7 @@ def _layer_gradients(explainer: Explainer, layer: str | None, layers: list[Layer
     if len(chosen) != 1:
         raise MethodError(f"This method needs one layer; the call names "
                           f"{[c.name for c in chosen]}. Configure it with layer=... .")
-    spatial = explainer.model.spatial_of(x)
-    cam_model, session = explainer._session((chosen[0].tensor,), spatial, True,
-                                            CamOutputs(score))
-    outputs = [cam_model.activation_names[0], cam_model.gradient_names[0]]
-    parts = [run_session(session, outputs, {
-        cam_model.input_name: x[s:s + batch], cam_model.seed_name: seeds[s:s + batch],
-        **side_feeds(explainer.model, side, len(x), s, min(len(x), s + batch))})
-        for s in range(0, len(x), batch)]
-    return tuple(np.concatenate(p) for p in zip(*parts))
+    return explainer._layer_values(chosen[0], x, seeds, score, side, batch)
 
 
 def _bias_gradients(explainer, sessions: _Sessions, spatial, score, x, seeds, point_item,

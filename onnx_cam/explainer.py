@@ -574,14 +574,24 @@ class Explainer:
         batch's shape (its `items`), explaining `seeds` (one seeded run, on a cached
         session)."""
         def rerun(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            cam_model, session = self._session((layer.tensor,), self.model.spatial_of(x), True,
-                                               CamOutputs(score))
-            feeds = {cam_model.input_name: np.ascontiguousarray(x, np.float32),
-                     cam_model.seed_name: seeds,
-                     **side_feeds(self.model, self._side_of(items), len(x))}
-            names = [*cam_model.activation_names, *cam_model.gradient_names]
-            return tuple(run_session(session, names, feeds))
+            return self._layer_values(layer, np.asarray(x, np.float32), seeds, score,
+                                      self._side_of(items))
         return rerun
+
+    def _layer_values(self, layer: Layer, x: np.ndarray, seeds: np.ndarray, score: str,
+                      side: SideInputs | None, batch: int | None = None):
+        """(activations, d score / d activations) at `layer` for inputs `x` (model layout,
+        channels first) seeded with `seeds`, `batch` rows per run (default: all at once)."""
+        cam_model, session = self._session((layer.tensor,), self.model.spatial_of(x), True,
+                                           CamOutputs(score))
+        names = [cam_model.activation_names[0], cam_model.gradient_names[0]]
+        batch = batch or len(x)
+        parts = [run_session(session, names, {
+            cam_model.input_name: np.ascontiguousarray(x[s:s + batch]),
+            cam_model.seed_name: seeds[s:s + batch],
+            **side_feeds(self.model, side, len(x), s, min(len(x), s + batch))})
+            for s in range(0, len(x), batch)]
+        return tuple(np.concatenate(p) for p in zip(*parts))
 
     def _side_of(self, items: np.ndarray) -> SideInputs | None:
         """The inputs fed as given of these items (None: a model with one input)."""
