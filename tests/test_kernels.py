@@ -375,6 +375,8 @@ def test_overlay_matches_formula(n, hw, channels, as_uint8, per_item, alpha, nam
     rng = _rng(seed)
     cams = rng.random((n, *hw), dtype=np.float32)
     shape = ((n,) if per_item else ()) + hw + (() if channels is None else (channels,))
+    # A shared colour image shaped exactly like the maps is read as grayscale (documented).
+    assume(per_item or shape != cams.shape)
     image = rng.uniform(-0.1, 1.1, shape)  # float64, partly out of [0, 1] (clipped)
     if as_uint8:
         image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
