@@ -14,6 +14,11 @@ as (max |error|, ||error||_2) relative to the float64 gradient's (max |.|, ||.||
 is set by the few positions where a ReLU or max-pool decision flips in float32, on either side.
 --float64-only skips the timings.
 
+"forward bound" is the least time any ONNX Runtime implementation could take: the same number
+of forward passes (rows x steps or samples) through onnx-cam's session of the plain export in
+chunks of 64, with no backward at all; "most lead" is Captum's time over it, the largest
+speed-up any ONNX Runtime method could show on this CPU.
+
 One warm-up call per side (onnx-cam builds and caches its gradient session there), then the
 median of ``--repeats`` interleaved timed calls (default 1). The attributions of the last
 calls are compared (max |difference| / max |Captum|). Other processes on a shared machine
@@ -38,10 +43,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
-from bench_core import ECGResNet1d, ResNet18, load, prepare  # noqa: E402
+from bench_core import ECGResNet1d, ResNet18, export_bytes, load, prepare  # noqa: E402
 
 import onnx_cam  # noqa: E402
 from onnx_cam.methods import IntegratedGradients, SmoothGrad  # noqa: E402
+from onnx_cam.runtime import make_session  # noqa: E402
 
 warnings.filterwarnings("ignore")
 TARGETS = [0, 1, 2, 3]
@@ -71,10 +77,24 @@ def cases(model, x, exp):
                         noise=noise.numpy().reshape(len(x), SAMPLES, *x.shape[1:]))
     return [
         (f"Integrated Gradients ({STEPS} steps)", captum_ig,
-         lambda: exp.explain(xs, TARGETS, methods=ig, batch_size=CHUNK).attribution()),
+         lambda: exp.explain(xs, TARGETS, methods=ig, batch_size=CHUNK).attribution(),
+         len(x) * STEPS),
         (f"SmoothGrad ({SAMPLES} samples)", captum_smoothgrad,
-         lambda: exp.explain(xs, TARGETS, methods=smooth, batch_size=CHUNK).attribution()),
+         lambda: exp.explain(xs, TARGETS, methods=smooth, batch_size=CHUNK).attribution(),
+         len(x) * SAMPLES),
     ]
+
+
+def forward_bound(model, x, threads: int, rows: int) -> float:
+    """Seconds for `rows` forward passes of the plain export in onnx-cam's session, in chunks
+    of CHUNK rows (the median of three)."""
+    import onnx
+    proto = onnx.load_from_string(export_bytes(model, x, fold=True))
+    session = make_session(proto, onnx_cam.RuntimeOptions(intra_op_threads=threads))
+    chunk = np.random.default_rng(0).standard_normal((CHUNK, *x.shape[1:]), np.float32)
+    session.run(None, {"input": chunk})
+    times = [timed(lambda: session.run(None, {"input": chunk}))[0] for _ in range(3)]
+    return statistics.median(times) * rows / CHUNK
 
 
 def float64_errors(model, x, exp) -> tuple[str, str]:
@@ -106,7 +126,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="resnet18,ecg1d")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--float64", action="store_true",
                    help="also compare one input gradient of each side with float64 torch")
     p.add_argument("--float64-only", action="store_true", help="that comparison, no timings")
@@ -116,8 +136,9 @@ def main(argv=None):
              "ecg1d": ("ECG ResNet 1D 12x5000", ECGResNet1d, (4, 12, 5000))}
     print(f"torch {torch.__version__}, onnx-cam {onnx_cam.__version__}, {os.cpu_count()} CPUs, "
           f"threads={args.threads}, load average {load()}\n")
-    print("| model | method | Captum 0.9 (s) | onnx-cam (s) | speed-up | max rel. diff |")
-    print("|---|---|---|---|---|---|")
+    print("| model | method | Captum 0.9 (s) | onnx-cam (s) | speed-up | forward bound (s) "
+          "| most lead | max rel. diff |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for key in args.models.split(","):
         title, build, shape = specs[key]
         torch.manual_seed(0)
@@ -125,7 +146,7 @@ def main(argv=None):
         x = torch.randn(shape)
         exp = onnx_cam.Explainer(model, example_input=x, runtime=onnx_cam.RuntimeOptions(
             intra_op_threads=args.threads))
-        for name, reference, ours in [] if args.float64_only else cases(model, x, exp):
+        for name, reference, ours, rows in [] if args.float64_only else cases(model, x, exp):
             reference(), ours()  # warm-up: onnx-cam builds its gradient session here
             theirs, mine = [], []
             for _ in range(args.repeats):
@@ -135,12 +156,13 @@ def main(argv=None):
                 mine.append(t)
             a, b = statistics.median(theirs), statistics.median(mine)
             diff = float(np.abs(got - ref).max() / np.abs(ref).max())
-            print(f"| {title} | {name} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {diff:.1e} |",
-                  flush=True)
+            bound = forward_bound(model, x, args.threads, rows)
+            print(f"| {title} | {name} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {bound:.2f} | "
+                  f"{a / bound:.2f}x | {diff:.1e} |", flush=True)
         if args.float64 or args.float64_only:
             torch_error, our_error = float64_errors(model, x, exp)
             print(f"| {title} | gradient vs float64 torch (max / L2) | {torch_error} | "
-                  f"{our_error} | | |", flush=True)
+                  f"{our_error} | | | | |", flush=True)
     print(f"\nload average {load()}")
 
 

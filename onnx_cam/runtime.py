@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import UnsupportedModelError
+from .graph.lift_1d import lift_1d
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -103,6 +104,9 @@ def run(session, outputs: list[str], feeds: dict):
 
 
 def _make_session(proto: onnx.ModelProto, options: RuntimeOptions) -> ort.InferenceSession:
+    providers = options.resolved_providers()
+    if _blocked_layout(options, providers):
+        proto = lift_1d(proto)
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[options.optimization]
     so.intra_op_num_threads = options.intra_op_threads
@@ -112,5 +116,11 @@ def _make_session(proto: onnx.ModelProto, options: RuntimeOptions) -> ort.Infere
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return ort.InferenceSession(
-        proto.SerializeToString(), so, providers=options.resolved_providers(),
+        proto.SerializeToString(), so, providers=providers,
         disabled_optimizers=list(ROUNDING_FUSIONS) if options.exact_routes else None)
+
+
+def _blocked_layout(options: RuntimeOptions, providers: list) -> bool:
+    """Whether ONNX Runtime will run convolutions in its blocked CPU layout (NCHWc), which is
+    2D only, so 1D networks are worth lifting to height 1 (graph/lift_1d.py)."""
+    return providers == [CPU] and options.optimization == "all" and not options.exact_routes

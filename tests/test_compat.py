@@ -619,11 +619,12 @@ def test_same_results_as_signal_grad_cam(sgc, case):
         assert_cams(cams[key], their_cams[key], mismatched=0.3 if case.startswith("2d") else 0)
         np.testing.assert_allclose(probs[key], their_probs[key], rtol=1e-4, atol=1e-7)
         assert_same_types((cams, probs, ranges), (their_cams, their_probs, their_ranges), key)
-        # Score ranges agree in absolute terms (measured: 2.8e-9 at most over these cases);
-        # relatively they differ by up to 1.7e-5 ("clamped": values near 1e-6, float32
-        # log-softmax gradients of saturated items lose digits to cancellation on both sides)
+        # Score ranges agree to a float32 ulp of the larger ones (0.36 differs by 3e-8 when
+        # ONNX Runtime runs the 1D convolutions in its blocked 2D layout); the small ones
+        # differ relatively by up to 1.7e-5 ("clamped": values near 1e-6, float32 log-softmax
+        # gradients of saturated items lose digits to cancellation on both sides)
         for ours, theirs in zip(ranges[key], their_ranges[key]):
-            np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-8)
+            np.testing.assert_allclose(ours, theirs, rtol=2e-7, atol=1e-8)
 
 
 def assert_same_types(ours: tuple, theirs: tuple, key: str) -> None:
