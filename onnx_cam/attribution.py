@@ -183,7 +183,7 @@ def attribute_inputs(explainer: Explainer, rows: np.ndarray, seeds: np.ndarray,
                 bias_gradients=lambda x, s, d=sideb: _bias_gradients(
                     explainer, sessions, spatial, score, x, s, point_item, results_bytes,
                     batch_size, d),
-                attention=attention_runner(explainer, score, run_batch))
+                attention=attention_runner(explainer, score, run_batch, sideb))
             attr = np.asarray(method.attribute(batch), np.float32)
             parts.append(_check_shape(method, attr, batch.inputs))
             infos.append(batch.info)

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import UnsupportedModelError
 from .graph.cam_model import CamOutputs
 from .runtime import run as run_session
+from .side_inputs import side_feeds
 
 FUSED_ATTENTION = frozenset({"Attention", "MultiHeadAttention", "GroupQueryAttention",
                              "PackedAttention", "PackedMultiHeadAttention"})
@@ -73,18 +74,20 @@ def find_attention(model, spatial: tuple[int, ...]) -> Attention:
     return Attention(tuple(names), prefix, tuple(grid))
 
 
-def attention_runner(explainer, score: str, batch: int):
+def attention_runner(explainer, score: str, batch: int, side=None):
     """attention(x, seeds, gradients) -> (probabilities, d score / d probabilities or None):
-    lists over the blocks of (n, heads, T, T), from one seeded run per batch."""
+    lists over the blocks of (n, heads, T, T), from one seeded run per batch; `side`: the
+    other inputs of x's items (SideInputs) for a model with several inputs."""
     def attention(x: np.ndarray, seeds: np.ndarray, gradients: bool):
         spatial = explainer.model.spatial_of(x)
         found = find_attention(explainer.model, spatial)
         cam_model, session = explainer._session(found.tensors, spatial, True,
                                                 CamOutputs(score, gradients))
         names = [*cam_model.activation_names, *cam_model.gradient_names]
-        parts = [run_session(session, names, {cam_model.input_name: x[s:s + batch],
-                                              cam_model.seed_name: seeds[s:s + batch]})
-                 for s in range(0, len(x), batch)]
+        parts = [run_session(session, names, {
+            cam_model.input_name: x[s:s + batch], cam_model.seed_name: seeds[s:s + batch],
+            **side_feeds(explainer.model, side, len(x), s, min(len(x), s + batch))})
+            for s in range(0, len(x), batch)]
         arrays = [np.concatenate(p) for p in zip(*parts)]
         if any(a.shape[0] != len(x) for a in arrays):  # heads over windows of the batch
             raise UnsupportedModelError(

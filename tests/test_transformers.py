@@ -244,6 +244,32 @@ def test_gradient_rollout_equals_torch(case, prefix):
                                atol=1e-4)
 
 
+class _ScaledViT(nn.Module):
+    """A ViT with a second input: a per-item scale of each colour channel."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, image, scale):
+        return self.vit(image * scale[:, :, None, None])
+
+
+def test_rollouts_feed_each_item_its_other_inputs():
+    vit = _vit("vit_tiny_patch16_224")
+    g = torch.Generator().manual_seed(3)
+    x, scale = torch.randn(2, 3, 32, 32, generator=g), torch.rand(2, 3, generator=g) * 2
+    exp = onnx_cam.Explainer(_ScaledViT(vit), example_input=(x, scale))
+    inputs = {"image": x.numpy(), "scale": scale.numpy()}
+    scaled = x * scale[:, :, None, None]
+    res = exp.explain(inputs, targets=TARGETS, methods=["attention_rollout", "gradient_rollout"])
+    plain = _torch_rollout(_attention_probabilities(vit, scaled), 1, 0.9, "mean")
+    chefer = _torch_chefer(_attention_probabilities(vit, scaled, TARGETS), 1)
+    for name, ref in (("attention_rollout", plain), ("gradient_rollout", chefer)):
+        np.testing.assert_allclose(res.cam(name), _upsampled_cam(ref.reshape(2, 4, 4), (32, 32)),
+                                   atol=1e-4)
+
+
 def test_rollout_refuses_windowed_attention():
     _, x, exp, _, _ = _case("swin")
     with pytest.raises(onnx_cam.UnsupportedModelError, match="windowed attention"):
