@@ -82,8 +82,7 @@ def _solve_imputation(flat_item, flat_removed, unknown, shape) -> np.ndarray:
     symmetric positive definite); 1D systems are tridiagonal: a direct sparse solve."""
     if len(shape) > 1:
         values = multigrid.solve_imputation(flat_item.reshape(-1, *shape),
-                                            flat_removed.reshape(shape),
-                                            neighbour_stencil(len(shape)))
+                                            flat_removed.reshape(shape))
         if values is not None:
             return values.T
     m = len(unknown)
