@@ -23,9 +23,10 @@ definite, as conjugate gradients need, whatever the masks.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numba
 import numpy as np
-from scipy import ndimage
 
 COARSEST_POSITIONS = 64      # a level of at most this many positions is the coarsest
 SMOOTHING_SWEEPS = 1         # Jacobi sweeps before and after each coarse correction
@@ -66,8 +67,9 @@ def _apply(out, e, filtered, tmp, unknown, diagonal, strides, weight, centre):
         out[i] = unknown[i] * (diagonal[i] * e[i] - weight * (filtered[i] - centre * e[i]))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _dot(a, b):
+    """a . b, summed in any order (fastmath), so that the loop vectorises."""
     s = 0.0
     for i in range(a.shape[0]):
         s += a[i] * b[i]
@@ -164,15 +166,34 @@ def _strides(padded_shape: tuple[int, ...]) -> np.ndarray:
     return np.cumprod((1,) + padded_shape[:0:-1])[::-1].astype(np.int64)
 
 
-def _diagonal(shape: tuple[int, ...], weight: float) -> np.ndarray:
-    """The sum of each inner position's in-bounds neighbour weights, on the padded grid (its
+@cache
+def _diagonal(shape: tuple[int, ...]) -> np.ndarray:
+    """The sum of each position's in-bounds neighbour weights, on the padded grid, flat (its
     padding is left to the unknown indicator): B of the in-bounds indicator is the product
     over axes of 4 (3 at an edge, 2 on an axis of length 1)."""
     filtered = np.ones(())
     for n in shape:
         inside = np.pad(np.ones(n), 1)
         filtered = np.multiply.outer(filtered, np.convolve(inside, [1.0, 2.0, 1.0], "same"))
-    return weight * (filtered - 2.0 ** len(shape))
+    ndim = len(shape)
+    return ((filtered - 2.0 ** ndim) / (4.0 ** ndim - 2.0 ** ndim)).ravel()
+
+
+def _padded(array: np.ndarray, value) -> np.ndarray:
+    out = np.full(tuple(n + 2 for n in array.shape), value, array.dtype)
+    out[(slice(1, -1),) * array.ndim] = array
+    return out
+
+
+def _coarser(removed: np.ndarray) -> np.ndarray:
+    """Every second position per axis, unknown if the 3**n block around it is all unknown (or
+    out of bounds): an and over 3 strided slices per axis of the grid padded with True."""
+    block = _padded(removed, True)
+    for axis, n in enumerate(removed.shape):
+        before = (slice(None),) * axis
+        block = block[(*before, slice(0, n, 2))] & block[(*before, slice(1, n + 1, 2))] \
+            & block[(*before, slice(2, n + 2, 2))]
+    return block
 
 
 def _hierarchy(removed: np.ndarray) -> dict:
@@ -180,26 +201,24 @@ def _hierarchy(removed: np.ndarray) -> dict:
     outside the unknowns), where each level starts and its strides; coarse unknowns and their
     fine positions (level l + 1's between pairs[l] and pairs[l + 1])."""
     ndim = removed.ndim
-    weight = 1.0 / (4.0 ** ndim - 2.0 ** ndim)
     unknowns, diagonals, starts, strides, coarse, fine, pairs = [], [], [0], [], [], [], [0]
     finer = None
     while True:
-        state = np.pad(removed, 1)
-        local = np.flatnonzero(state)
+        state = _padded(removed, False)
         if finer is not None:      # padded coarse coordinate p is fine padded coordinate 2p - 1
+            local = np.flatnonzero(state)
             coords = np.array(np.unravel_index(local, state.shape))
             coarse.append(starts[-1] + local)
             fine.append(finer[0] + np.ravel_multi_index(2 * coords - 1, finer[1]))
             pairs.append(pairs[-1] + len(local))
         unknowns.append(state.ravel().astype(np.float64))
-        diagonals.append(unknowns[-1] * _diagonal(removed.shape, weight).ravel())
+        diagonals.append(unknowns[-1] * _diagonal(removed.shape))
         strides.append(_strides(state.shape))
         finer = (starts[-1], state.shape)
         starts.append(starts[-1] + state.size)
         if removed.size <= COARSEST_POSITIONS or max(removed.shape) <= 2:
             break
-        below = ndimage.minimum_filter(removed, 3, mode="constant", cval=True)
-        below = below[(slice(None, None, 2),) * ndim]
+        below = _coarser(removed)
         if not below.any():
             break
         removed = below
@@ -209,7 +228,8 @@ def _hierarchy(removed: np.ndarray) -> dict:
     return dict(unknown=np.concatenate(unknowns), diagonal=diagonal, inverse_diagonal=inverse,
                 start=np.array(starts), strides=np.stack(strides),
                 coarse=np.concatenate(coarse or [empty]), fine=np.concatenate(fine or [empty]),
-                pairs=np.array(pairs), weight=weight, centre=2.0 ** ndim)
+                pairs=np.array(pairs), weight=1.0 / (4.0 ** ndim - 2.0 ** ndim),
+                centre=2.0 ** ndim)
 
 
 def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
@@ -218,9 +238,11 @@ def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None
     weights are `neighbour_stencil`'s (perturb.py)."""
     ndim = removed.ndim
     packed = _hierarchy(removed)
-    kept = np.pad(np.where(removed, 0.0, item), [(0, 0)] + [(1, 1)] * ndim)
+    kept = np.zeros((item.shape[0], packed["start"][1]))
+    kept.reshape(item.shape[0], *(n + 2 for n in removed.shape))[
+        (slice(None),) + (slice(1, -1),) * ndim] = np.where(removed, 0.0, item)
     solution, converged = _conjugate_gradients(
-        kept.reshape(item.shape[0], -1), restrict=4.0 / 4.0 ** ndim, prolong=1.0 / 2.0 ** ndim,
+        kept, restrict=4.0 / 4.0 ** ndim, prolong=1.0 / 2.0 ** ndim,
         relative_residual=RELATIVE_RESIDUAL, max_iterations=MAX_ITERATIONS,
         smoothing=SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS, **packed)
     return solution[:, np.flatnonzero(packed["unknown"][:packed["start"][1]])] \
