@@ -47,7 +47,7 @@ def _binomial(out, tmp, src, strides):
         n = src.shape[0] - 2 * s
         below, centre, above, into = row[:n], row[s:s + n], row[2 * s:], dst[s:s + n]
         for i in range(n):
-            into[i] = below[i] + 2.0 * centre[i] + above[i]
+            into[i] = below[i] + centre[i] + centre[i] + above[i]
         row = dst
 
 
@@ -119,44 +119,47 @@ def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strid
                          fine, pairs, weight, centre, restrict, prolong, relative_residual,
                          max_iterations, smoothing, coarsest):
     """(solution (C, first level's padded positions), converged), channel by channel; `kept`
-    (C, first level's padded positions) holds the kept values, zero elsewhere."""
+    (C, first level's padded positions) holds the kept values, zero elsewhere. The iteration
+    runs in float64; the V-cycle, which only needs to be a fixed symmetric positive definite
+    approximation, in float32 (half the memory traffic, twice the vector width)."""
     channels, size, m = kept.shape[0], start[-1], start[1]
-    e, rhs, work = np.zeros(size), np.zeros(size), np.zeros(size)
-    filtered, tmp = np.zeros(size), np.zeros(size)
+    single = np.float32
+    e, rhs, work = np.zeros(size, single), np.zeros(size, single), np.zeros(size, single)
+    filtered, tmp = np.zeros(size, single), np.zeros(size, single)
+    cycle = (unknown.astype(single), diagonal.astype(single), inverse_diagonal.astype(single),
+             start, strides, coarse, fine, pairs, single(weight), single(centre),
+             single(restrict), single(prolong), smoothing, coarsest)
     x = np.zeros((channels, m))
     r, direction, product = np.zeros(m), np.zeros(m), np.zeros(m)
+    neighbours, scratch = np.zeros(m), np.zeros(m)
     first = (unknown[:m], diagonal[:m], strides[0])
     for c in range(channels):
-        _binomial(filtered[:m], tmp[:m], kept[c], strides[0])   # the weighted kept neighbours
+        _binomial(neighbours, scratch, kept[c], strides[0])   # the weighted kept neighbours
         for i in range(m):
-            r[i] = first[0][i] * weight * filtered[i]
+            r[i] = first[0][i] * weight * neighbours[i]
         tolerance = relative_residual * np.sqrt(_dot(r, r))
-        rhs[:m] = r
-        _v_cycle(e, rhs, work, filtered, tmp, unknown, diagonal, inverse_diagonal, start,
-                 strides, coarse, fine, pairs, weight, centre, restrict, prolong, smoothing,
-                 coarsest)
-        direction[:] = e[:m]
-        rz = _dot(r, e[:m])
         converged = False
-        for _ in range(max_iterations):
+        rz = 0.0
+        for iteration in range(max_iterations + 1):
             if np.sqrt(_dot(r, r)) <= tolerance:
                 converged = True
                 break
-            _apply(product, direction, filtered[:m], tmp[:m], *first, weight, centre)
+            if iteration == max_iterations:
+                break
+            for i in range(m):
+                rhs[i] = r[i]
+            _v_cycle(e, rhs, work, filtered, tmp, *cycle)
+            rz_next = _dot(r, e[:m])
+            beta = rz_next / rz if iteration > 0 and rz > 0 else 0.0
+            for i in range(m):
+                direction[i] = e[i] + beta * direction[i]
+            rz = rz_next
+            _apply(product, direction, neighbours, scratch, *first, weight, centre)
             curvature = _dot(product, direction)
             alpha = rz / curvature if curvature > 0 else 0.0
             for i in range(m):
                 x[c, i] += alpha * direction[i]
                 r[i] -= alpha * product[i]
-            rhs[:m] = r
-            _v_cycle(e, rhs, work, filtered, tmp, unknown, diagonal, inverse_diagonal, start,
-                     strides, coarse, fine, pairs, weight, centre, restrict, prolong,
-                     smoothing, coarsest)
-            rz_next = _dot(r, e[:m])
-            beta = rz_next / rz if rz > 0 else 0.0
-            for i in range(m):
-                direction[i] = e[i] + beta * direction[i]
-            rz = rz_next
         if not converged:
             return x, False
     return x, True
