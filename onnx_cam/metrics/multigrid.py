@@ -165,21 +165,22 @@ def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strid
     return x, True
 
 
-def _strides(padded_shape: tuple[int, ...]) -> np.ndarray:
-    return np.cumprod((1,) + padded_shape[:0:-1])[::-1].astype(np.int64)
-
-
 @cache
-def _diagonal(shape: tuple[int, ...]) -> np.ndarray:
-    """The sum of each position's in-bounds neighbour weights, on the padded grid, flat (its
-    padding is left to the unknown indicator): B of the in-bounds indicator is the product
-    over axes of 4 (3 at an edge, 2 on an axis of length 1)."""
-    filtered = np.ones(())
+def _grid(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a level of this shape, on its padded grid, flat: the sum of each position's
+    in-bounds neighbour weights (B of the in-bounds indicator is the product over axes of 4, 3
+    at an edge, 2 on an axis of length 1; the padding is left to the unknown indicator), the
+    strides, and for each position p of the next coarser padded grid its fine position 2p - 1
+    (clipped on the coarse padding, which is never unknown)."""
+    ndim, filtered = len(shape), np.ones(())
     for n in shape:
         inside = np.pad(np.ones(n), 1)
         filtered = np.multiply.outer(filtered, np.convolve(inside, [1.0, 2.0, 1.0], "same"))
-    ndim = len(shape)
-    return ((filtered - 2.0 ** ndim) / (4.0 ** ndim - 2.0 ** ndim)).ravel()
+    padded = tuple(n + 2 for n in shape)
+    coarse = np.indices(tuple((n + 1) // 2 + 2 for n in shape)).reshape(ndim, -1)
+    fine = np.ravel_multi_index(np.clip(2 * coarse - 1, 0, np.array(padded)[:, None] - 1), padded)
+    strides = np.cumprod((1,) + padded[:0:-1])[::-1].astype(np.int64)
+    return ((filtered - 2.0 ** ndim) / (4.0 ** ndim - 2.0 ** ndim)).ravel(), strides, fine
 
 
 def _padded(array: np.ndarray, value) -> np.ndarray:
@@ -204,20 +205,19 @@ def _hierarchy(removed: np.ndarray) -> dict:
     outside the unknowns), where each level starts and its strides; coarse unknowns and their
     fine positions (level l + 1's between pairs[l] and pairs[l + 1])."""
     ndim = removed.ndim
-    unknowns, diagonals, starts, strides, coarse, fine, pairs = [], [], [0], [], [], [], [0]
-    finer = None
+    states, diagonals, starts, strides, coarse, fine, pairs = [], [], [0], [], [], [], [0]
+    fine_of = None       # the finer level's fine position of each of this level's positions
     while True:
-        state = _padded(removed, False)
-        if finer is not None:      # padded coarse coordinate p is fine padded coordinate 2p - 1
+        state = _padded(removed, False).ravel()
+        if fine_of is not None:
             local = np.flatnonzero(state)
-            coords = np.array(np.unravel_index(local, state.shape))
             coarse.append(starts[-1] + local)
-            fine.append(finer[0] + np.ravel_multi_index(2 * coords - 1, finer[1]))
+            fine.append(starts[-2] + fine_of[local])
             pairs.append(pairs[-1] + len(local))
-        unknowns.append(state.ravel().astype(np.float64))
-        diagonals.append(unknowns[-1] * _diagonal(removed.shape))
-        strides.append(_strides(state.shape))
-        finer = (starts[-1], state.shape)
+        diagonal, level_strides, fine_of = _grid(removed.shape)
+        states.append(state)
+        diagonals.append(diagonal)
+        strides.append(level_strides)
         starts.append(starts[-1] + state.size)
         if removed.size <= COARSEST_POSITIONS or max(removed.shape) <= 2:
             break
@@ -225,10 +225,11 @@ def _hierarchy(removed: np.ndarray) -> dict:
         if not below.any():
             break
         removed = below
-    diagonal = np.concatenate(diagonals)
+    unknown = np.concatenate(states).astype(np.float64)
+    diagonal = unknown * np.concatenate(diagonals)
     inverse = np.divide(1.0, diagonal, out=np.zeros_like(diagonal), where=diagonal > 0)
     empty = np.zeros(0, np.int64)
-    return dict(unknown=np.concatenate(unknowns), diagonal=diagonal, inverse_diagonal=inverse,
+    return dict(unknown=unknown, diagonal=diagonal, inverse_diagonal=inverse,
                 start=np.array(starts), strides=np.stack(strides),
                 coarse=np.concatenate(coarse or [empty]), fine=np.concatenate(fine or [empty]),
                 pairs=np.array(pairs), weight=1.0 / (4.0 ** ndim - 2.0 ** ndim),
