@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 COARSEST_POSITIONS = 64      # a level of at most this many positions is the coarsest
-SMOOTHING_SWEEPS = 1         # Jacobi sweeps before and after each coarse correction
+SMOOTHING_SWEEPS = 2         # Jacobi sweeps before and after each coarse correction
 COARSEST_SWEEPS = 8          # Jacobi sweeps from zero on the coarsest level
 RELATIVE_RESIDUAL = 1e-8     # per channel, of the right-hand side's norm: errors ~1e-8
 MAX_ITERATIONS = 100         # beyond (never seen; about 20 are needed): solve directly
