@@ -118,8 +118,9 @@ def _v_cycle(e, rhs, work, filtered, tmp, unknown, diagonal, inverse_diagonal, s
 def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strides, coarse,
                          fine, pairs, weight, centre, restrict, prolong, relative_residual,
                          max_iterations, smoothing, coarsest):
-    """(solution (C, first level's padded positions), converged), channel by channel; `kept`
-    (C, first level's padded positions) holds the kept values, zero elsewhere. The iteration
+    """(solution (C, first level's padded positions, 0 but on the unknowns), converged),
+    channel by channel; `kept` (C, first level's padded positions) holds the kept values,
+    zero elsewhere. The iteration
     runs in float64; the V-cycle, which only needs to be a fixed symmetric positive definite
     approximation, in float32 (half the memory traffic, twice the vector width)."""
     channels, size, m = kept.shape[0], start[-1], start[1]
@@ -237,17 +238,19 @@ def _hierarchy(removed: np.ndarray) -> dict:
 
 
 def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
-    """(C, m): the values of the m removed positions of `item` (C, *spatial) float64, in flat
-    order, or None if conjugate gradients did not converge. Some position must be kept. The
-    weights are `neighbour_stencil`'s (perturb.py)."""
-    ndim = removed.ndim
+    """(C, *spatial) float64: `item` (C, *spatial) float64 with its removed positions
+    imputed (`neighbour_stencil`'s weights, perturb.py), or None if conjugate gradients did
+    not converge. Some position must be kept."""
+    ndim, channels = removed.ndim, item.shape[0]
     packed = _hierarchy(removed)
-    kept = np.zeros((item.shape[0], packed["start"][1]))
-    kept.reshape(item.shape[0], *(n + 2 for n in removed.shape))[
-        (slice(None),) + (slice(1, -1),) * ndim] = np.where(removed, 0.0, item)
+    kept = np.zeros((channels, packed["start"][1]))
+    inner = (slice(None),) + (slice(1, -1),) * ndim
+    kept.reshape(channels, *(n + 2 for n in removed.shape))[inner] = np.where(removed, 0.0, item)
     solution, converged = _conjugate_gradients(
         kept, restrict=4.0 / 4.0 ** ndim, prolong=1.0 / 2.0 ** ndim,
         relative_residual=RELATIVE_RESIDUAL, max_iterations=MAX_ITERATIONS,
         smoothing=SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS, **packed)
-    return solution[:, np.flatnonzero(packed["unknown"][:packed["start"][1]])] \
-        if converged else None
+    if not converged:
+        return None
+    solution += kept           # the solution is 0 on the kept positions, `kept` on the removed
+    return solution.reshape(channels, *(n + 2 for n in removed.shape))[inner]
