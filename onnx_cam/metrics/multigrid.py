@@ -76,6 +76,19 @@ def _dot(a, b):
     return s
 
 
+@numba.njit(cache=True, fastmath=True)
+def _step(x, r, rhs, direction, product, alpha):
+    """x += alpha direction, r -= alpha product, rhs = r (the next V-cycle's, float32), in one
+    pass; returns r . r."""
+    squared = 0.0
+    for i in range(r.shape[0]):
+        x[i] += alpha * direction[i]
+        r[i] -= alpha * product[i]
+        rhs[i] = r[i]
+        squared += r[i] * r[i]
+    return squared
+
+
 @numba.njit(cache=True)
 def _v_cycle(e, rhs, work, filtered, tmp, unknown, diagonal, inverse_diagonal, start, strides,
              coarse, fine, pairs, weight, centre, restrict, prolong, smoothing, coarsest):
@@ -120,9 +133,9 @@ def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strid
                          max_iterations, smoothing, coarsest):
     """(solution (C, first level's padded positions, 0 but on the unknowns), converged),
     channel by channel; `kept` (C, first level's padded positions) holds the kept values,
-    zero elsewhere. The iteration
-    runs in float64; the V-cycle, which only needs to be a fixed symmetric positive definite
-    approximation, in float32 (half the memory traffic, twice the vector width)."""
+    zero elsewhere. The iteration runs in float64; the V-cycle, which only needs to be a
+    fixed symmetric positive definite approximation, in float32 (half the memory traffic,
+    twice the vector width)."""
     channels, size, m = kept.shape[0], start[-1], start[1]
     single = np.float32
     e, rhs, work = np.zeros(size, single), np.zeros(size, single), np.zeros(size, single)
@@ -138,17 +151,17 @@ def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strid
         _binomial(neighbours, scratch, kept[c], strides[0])   # the weighted kept neighbours
         for i in range(m):
             r[i] = first[0][i] * weight * neighbours[i]
-        tolerance = relative_residual * np.sqrt(_dot(r, r))
+            rhs[i] = r[i]
+        squared = _dot(r, r)
+        tolerance = relative_residual * np.sqrt(squared)
         converged = False
         rz = 0.0
         for iteration in range(max_iterations + 1):
-            if np.sqrt(_dot(r, r)) <= tolerance:
+            if np.sqrt(squared) <= tolerance:
                 converged = True
                 break
             if iteration == max_iterations:
                 break
-            for i in range(m):
-                rhs[i] = r[i]
             _v_cycle(e, rhs, work, filtered, tmp, *cycle)
             rz_next = _dot(r, e[:m])
             beta = rz_next / rz if iteration > 0 and rz > 0 else 0.0
@@ -157,10 +170,8 @@ def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strid
             rz = rz_next
             _apply(product, direction, neighbours, scratch, *first, weight, centre)
             curvature = _dot(product, direction)
-            alpha = rz / curvature if curvature > 0 else 0.0
-            for i in range(m):
-                x[c, i] += alpha * direction[i]
-                r[i] -= alpha * product[i]
+            squared = _step(x[c], r, rhs, direction, product,
+                            rz / curvature if curvature > 0 else 0.0)
         if not converged:
             return x, False
     return x, True
