@@ -59,7 +59,8 @@ def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
     """
     shape, channels = removed.shape, item.shape[0]
     flat_removed = removed.ravel()
-    m = np.count_nonzero(flat_removed)
+    unknown = np.flatnonzero(flat_removed)
+    m = len(unknown)
     if m == 0:
         return item.copy()
     filled = multigrid.solve_imputation(item.astype(np.float64), removed) \
@@ -70,13 +71,12 @@ def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
         if m == flat_removed.size:
             filled[:] = flat_item.mean(axis=1, keepdims=True)
         else:
-            unknown = np.flatnonzero(flat_removed)
             filled[:, unknown] = _solve_directly(flat_item, flat_removed, unknown, shape).T
-        filled = filled.reshape(item.shape)
-    if noise > 0:
+    filled = np.ascontiguousarray(filled).reshape(channels, -1)
+    if noise > 0:   # by flat index: a boolean mask over several axes is several times slower
         rng = rng if rng is not None else np.random.default_rng()
-        filled[:, removed] += noise * rng.standard_normal((channels, m))
-    return filled.astype(item.dtype)
+        filled[:, unknown] += noise * rng.standard_normal((channels, m))
+    return filled.reshape(item.shape).astype(item.dtype)
 
 
 def _solve_directly(flat_item, flat_removed, unknown, shape) -> np.ndarray:
