@@ -180,12 +180,13 @@ def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strid
 
 
 @cache
-def _grid(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For a level of this shape, on its padded grid, flat: the sum of each position's
-    in-bounds neighbour weights (B of the in-bounds indicator is the product over axes of 4, 3
-    at an edge, 2 on an axis of length 1; the padding is left to the unknown indicator), the
-    strides, and for each position p of the next coarser padded grid its fine position 2p - 1
-    (clipped on the coarse padding, which is never unknown)."""
+def _grid(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For a level of this shape, on its padded grid, flat (read-only): the sum of each
+    position's in-bounds neighbour weights (B of the in-bounds indicator is the product over
+    axes of 4, 3 at an edge, 2 on an axis of length 1; the padding is left to the unknown
+    indicator) and its inverse (0 where it is not positive), the strides, and for each
+    position p of the next coarser padded grid its fine position 2p - 1 (clipped on the
+    coarse padding, which is never unknown)."""
     ndim, filtered = len(shape), np.ones(())
     for n in shape:
         inside = np.pad(np.ones(n), 1)
@@ -194,7 +195,11 @@ def _grid(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     coarse = np.indices(tuple((n + 1) // 2 + 2 for n in shape)).reshape(ndim, -1)
     fine = np.ravel_multi_index(np.clip(2 * coarse - 1, 0, np.array(padded)[:, None] - 1), padded)
     strides = np.cumprod((1,) + padded[:0:-1])[::-1].astype(np.int64)
-    return ((filtered - 2.0 ** ndim) / (4.0 ** ndim - 2.0 ** ndim)).ravel(), strides, fine
+    diagonal = ((filtered - 2.0 ** ndim) / (4.0 ** ndim - 2.0 ** ndim)).ravel()
+    inverse = np.divide(1.0, diagonal, out=np.zeros_like(diagonal), where=diagonal > 0)
+    for array in (diagonal, inverse, strides, fine):
+        array.flags.writeable = False
+    return diagonal, inverse, strides, fine
 
 
 def _padded(array: np.ndarray, value) -> np.ndarray:
@@ -205,14 +210,15 @@ def _padded(array: np.ndarray, value) -> np.ndarray:
 
 def _coarser(removed: np.ndarray) -> np.ndarray:
     """Every second position per axis, unknown if it and its 2n face neighbours are unknown
-    (or out of bounds)."""
+    (or out of bounds): and-ed strided slices of the grid padded with True."""
     padded = _padded(removed, True)
-    inner = [slice(1, n + 1) for n in removed.shape]
-    cross = removed.copy()
+    centre = [slice(1, n + 1, 2) for n in removed.shape]
+    coarse = padded[tuple(centre)].copy()
     for axis, n in enumerate(removed.shape):
         for first in (0, 2):
-            cross &= padded[tuple(inner[:axis] + [slice(first, first + n)] + inner[axis + 1:])]
-    return cross[(slice(None, None, 2),) * removed.ndim]
+            coarse &= padded[tuple(centre[:axis] + [slice(first, first + n, 2)]
+                                   + centre[axis + 1:])]
+    return coarse
 
 
 def _hierarchy(removed: np.ndarray) -> dict:
@@ -220,7 +226,8 @@ def _hierarchy(removed: np.ndarray) -> dict:
     outside the unknowns), where each level starts and its strides; coarse unknowns and their
     fine positions (level l + 1's between pairs[l] and pairs[l + 1])."""
     ndim = removed.ndim
-    states, diagonals, starts, strides, coarse, fine, pairs = [], [], [0], [], [], [], [0]
+    states, diagonals, inverses, starts, strides = [], [], [], [0], []
+    coarse, fine, pairs = [], [], [0]
     fine_of = None       # the finer level's fine position of each of this level's positions
     while True:
         state = _padded(removed, False).ravel()
@@ -229,9 +236,10 @@ def _hierarchy(removed: np.ndarray) -> dict:
             coarse.append(starts[-1] + local)
             fine.append(starts[-2] + fine_of[local])
             pairs.append(pairs[-1] + len(local))
-        diagonal, level_strides, fine_of = _grid(removed.shape)
+        diagonal, inverse, level_strides, fine_of = _grid(removed.shape)
         states.append(state)
         diagonals.append(diagonal)
+        inverses.append(inverse)
         strides.append(level_strides)
         starts.append(starts[-1] + state.size)
         if removed.size <= COARSEST_POSITIONS or max(removed.shape) <= 2:
@@ -241,10 +249,9 @@ def _hierarchy(removed: np.ndarray) -> dict:
             break
         removed = below
     unknown = np.concatenate(states).astype(np.float64)
-    diagonal = unknown * np.concatenate(diagonals)
-    inverse = np.divide(1.0, diagonal, out=np.zeros_like(diagonal), where=diagonal > 0)
     empty = np.zeros(0, np.int64)
-    return dict(unknown=unknown, diagonal=diagonal, inverse_diagonal=inverse,
+    return dict(unknown=unknown, diagonal=unknown * np.concatenate(diagonals),
+                inverse_diagonal=unknown * np.concatenate(inverses),
                 start=np.array(starts), strides=np.stack(strides),
                 coarse=np.concatenate(coarse or [empty]), fine=np.concatenate(fine or [empty]),
                 pairs=np.array(pairs), weight=1.0 / (4.0 ** ndim - 2.0 ** ndim),
