@@ -92,3 +92,14 @@ def test_multigrid_itself_matches_a_direct_sparse_solve(shape, rng):
             got = multigrid.solve_imputation(item, removed)
             assert got is not None, fraction
             np.testing.assert_allclose(got, reference_impute(item, removed), rtol=0, atol=1e-6)
+
+
+def test_a_solve_does_not_depend_on_the_solves_before_it(rng):
+    """The solver reuses its work arrays between calls: results are bit for bit the same
+    after many solves of other shapes and masks."""
+    item, removed = rng.normal(size=(2, 20, 24)), masks((20, 24), rng)["morf 90%"]
+    first = multigrid.solve_imputation(item, removed).copy()
+    for shape in [(64, 64), (9, 14, 17), (20, 24)] * 10:
+        for other in masks(shape, rng).values():
+            multigrid.solve_imputation(rng.normal(size=(3, *shape)) * 1e3, other)
+    np.testing.assert_array_equal(multigrid.solve_imputation(item, removed), first)

@@ -25,7 +25,9 @@ need, whatever the masks. The V-cycle runs in float32, the conjugate gradients i
 
 from __future__ import annotations
 
+import threading
 from functools import cache
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -40,8 +42,9 @@ MAX_ITERATIONS = 100         # beyond (never seen; about 20 are needed): solve d
 @numba.njit(cache=True)
 def _binomial(out, tmp, src, strides):
     """out = src (one level, flat) filtered by (1, 2, 1) along every axis (strides): exact at
-    the level's inner positions, finite garbage on its padding. Slices, not negative offsets,
-    so that the loops vectorise."""
+    the level's inner positions, bounded by 4**n max |src| on its padding (each pass zeroes
+    the ends it does not reach, so no value from an earlier call feeds back). Slices, not
+    negative offsets, so that the loops vectorise."""
     ndim, row = strides.shape[0], src
     for a in range(ndim):
         dst = out if (ndim - 1 - a) % 2 == 0 else tmp
@@ -50,6 +53,8 @@ def _binomial(out, tmp, src, strides):
         below, centre, above, into = row[:n], row[s:s + n], row[2 * s:], dst[s:s + n]
         for i in range(n):
             into[i] = below[i] + centre[i] + centre[i] + above[i]
+        dst[:s] = 0.0
+        dst[s + n:] = 0.0
         row = dst
 
 
@@ -130,40 +135,38 @@ def _v_cycle(e, rhs, work, filtered, tmp, unknown, diagonal, inverse_diagonal, s
 
 
 @numba.njit(cache=True)
-def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strides, coarse,
-                         fine, pairs, weight, centre, restrict, prolong, relative_residual,
-                         max_iterations, smoothing, coarsest):
-    """(solution (C, first level's padded positions, 0 but on the unknowns), converged),
-    channel by channel; `kept` (C, first level's padded positions) holds the kept values,
-    zero elsewhere. The iteration runs in float64; the V-cycle, which only needs to be a
-    fixed symmetric positive definite approximation, in float32 (half the memory traffic,
-    twice the vector width)."""
-    channels, size, m = kept.shape[0], start[-1], start[1]
+def _conjugate_gradients(filled, first_diagonal, unknown, diagonal, inverse_diagonal, singles,
+                         doubles, start, strides, coarse, fine, pairs, weight, centre, restrict,
+                         prolong, relative_residual, max_iterations, smoothing, coarsest):
+    """Whether all channels converged; `filled` (C, first level's padded positions), the kept
+    values and 0 elsewhere, gets the solution added on the unknowns, channel by channel. The
+    iteration runs in float64; the V-cycle, which only needs to be a fixed symmetric positive
+    definite approximation, in float32 (half the memory traffic, twice the vector width), on
+    the float32 levels (unknown, diagonal, inverse_diagonal) and work rows `singles`;
+    `doubles` are float64 work rows of the first level's length."""
+    e, rhs, work, filtered, tmp = singles[0], singles[1], singles[2], singles[3], singles[4]
+    r, direction, product, neighbours, scratch = (doubles[0], doubles[1], doubles[2],
+                                                  doubles[3], doubles[4])
+    rhs[:] = 0.0                 # the coarse levels' right-hand sides are 0 off their unknowns
     single = np.float32
-    e, rhs, work = np.zeros(size, single), np.zeros(size, single), np.zeros(size, single)
-    filtered, tmp = np.zeros(size, single), np.zeros(size, single)
-    cycle = (unknown.astype(single), diagonal.astype(single), inverse_diagonal.astype(single),
-             start, strides, coarse, fine, pairs, single(weight), single(centre),
-             single(restrict), single(prolong), smoothing, coarsest)
-    x = np.zeros((channels, m))
-    r, direction, product = np.zeros(m), np.zeros(m), np.zeros(m)
-    neighbours, scratch = np.zeros(m), np.zeros(m)
-    first = (unknown[:m], diagonal[:m], strides[0])
-    for c in range(channels):
-        _binomial(neighbours, scratch, kept[c], strides[0])   # the weighted kept neighbours
+    cycle = (unknown, diagonal, inverse_diagonal, start, strides, coarse, fine, pairs,
+             single(weight), single(centre), single(restrict), single(prolong), smoothing,
+             coarsest)
+    m = start[1]
+    first = (unknown[:m], first_diagonal, strides[0])
+    for c in range(filled.shape[0]):
+        _binomial(neighbours, scratch, filled[c], strides[0])   # the weighted kept neighbours
         for i in range(m):
             r[i] = first[0][i] * weight * neighbours[i]
             rhs[i] = r[i]
         squared = _dot(r, r)
         tolerance = relative_residual * np.sqrt(squared)
-        converged = False
         rz = 0.0
         for iteration in range(max_iterations + 1):
             if np.sqrt(squared) <= tolerance:
-                converged = True
                 break
             if iteration == max_iterations:
-                break
+                return False
             _v_cycle(e, rhs, work, filtered, tmp, *cycle)
             rz_next = _dot(r, e[:m])
             beta = rz_next / rz if iteration > 0 and rz > 0 else 0.0
@@ -172,21 +175,25 @@ def _conjugate_gradients(kept, unknown, diagonal, inverse_diagonal, start, strid
             rz = rz_next
             _apply(product, direction, neighbours, scratch, *first, weight, centre)
             curvature = _dot(product, direction)
-            squared = _step(x[c], r, rhs, direction, product,
+            squared = _step(filled[c], r, rhs, direction, product,
                             rz / curvature if curvature > 0 else 0.0)
-        if not converged:
-            return x, False
-    return x, True
+    return True
+
+
+class _Grid(NamedTuple):
+    """A level's padded grid, flat (read-only arrays)."""
+    diagonal: np.ndarray        # each position's in-bounds neighbour weights, summed
+    single_diagonal: np.ndarray     # the same in float32
+    single_inverse: np.ndarray      # its inverse in float32, 0 where it is not positive
+    strides: np.ndarray
+    fine_of: np.ndarray     # per position p of the next coarser padded grid: 2p - 1 here
 
 
 @cache
-def _grid(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For a level of this shape, on its padded grid, flat (read-only): the sum of each
-    position's in-bounds neighbour weights (B of the in-bounds indicator is the product over
-    axes of 4, 3 at an edge, 2 on an axis of length 1; the padding is left to the unknown
-    indicator) and its inverse (0 where it is not positive), the strides, and for each
-    position p of the next coarser padded grid its fine position 2p - 1 (clipped on the
-    coarse padding, which is never unknown)."""
+def _grid(shape: tuple[int, ...]) -> _Grid:
+    """B of the in-bounds indicator is the product over axes of 4 (3 at an edge, 2 on an axis
+    of length 1); the diagonal on the padding is left to the unknown indicator, and so are
+    the fine positions of the coarse padding (clipped)."""
     ndim, filtered = len(shape), np.ones(())
     for n in shape:
         inside = np.pad(np.ones(n), 1)
@@ -194,12 +201,13 @@ def _grid(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     padded = tuple(n + 2 for n in shape)
     coarse = np.indices(tuple((n + 1) // 2 + 2 for n in shape)).reshape(ndim, -1)
     fine = np.ravel_multi_index(np.clip(2 * coarse - 1, 0, np.array(padded)[:, None] - 1), padded)
-    strides = np.cumprod((1,) + padded[:0:-1])[::-1].astype(np.int64)
     diagonal = ((filtered - 2.0 ** ndim) / (4.0 ** ndim - 2.0 ** ndim)).ravel()
     inverse = np.divide(1.0, diagonal, out=np.zeros_like(diagonal), where=diagonal > 0)
-    for array in (diagonal, inverse, strides, fine):
+    grid = _Grid(diagonal, diagonal.astype(np.float32), inverse.astype(np.float32),
+                 np.cumprod((1,) + padded[:0:-1])[::-1].astype(np.int64), fine)
+    for array in grid:
         array.flags.writeable = False
-    return diagonal, inverse, strides, fine
+    return grid
 
 
 def _padded(array: np.ndarray, value) -> np.ndarray:
@@ -222,12 +230,11 @@ def _coarser(removed: np.ndarray) -> np.ndarray:
 
 
 def _hierarchy(removed: np.ndarray) -> dict:
-    """The levels packed one after another: unknown indicator, diagonal and its inverse (0
-    outside the unknowns), where each level starts and its strides; coarse unknowns and their
-    fine positions (level l + 1's between pairs[l] and pairs[l + 1])."""
+    """The levels packed one after another: unknown (bool), each level's shape, where it
+    starts, its strides; coarse unknowns and their fine positions (level l + 1's between
+    pairs[l] and pairs[l + 1])."""
     ndim = removed.ndim
-    states, diagonals, inverses, starts, strides = [], [], [], [0], []
-    coarse, fine, pairs = [], [], [0]
+    states, shapes, starts, strides, coarse, fine, pairs = [], [], [0], [], [], [], [0]
     fine_of = None       # the finer level's fine position of each of this level's positions
     while True:
         state = _padded(removed, False).ravel()
@@ -236,11 +243,11 @@ def _hierarchy(removed: np.ndarray) -> dict:
             coarse.append(starts[-1] + local)
             fine.append(starts[-2] + fine_of[local])
             pairs.append(pairs[-1] + len(local))
-        diagonal, inverse, level_strides, fine_of = _grid(removed.shape)
+        grid = _grid(removed.shape)
+        fine_of = grid.fine_of
         states.append(state)
-        diagonals.append(diagonal)
-        inverses.append(inverse)
-        strides.append(level_strides)
+        shapes.append(removed.shape)
+        strides.append(grid.strides)
         starts.append(starts[-1] + state.size)
         if removed.size <= COARSEST_POSITIONS or max(removed.shape) <= 2:
             break
@@ -248,14 +255,29 @@ def _hierarchy(removed: np.ndarray) -> dict:
         if not below.any():
             break
         removed = below
-    unknown = np.concatenate(states).astype(np.float64)
     empty = np.zeros(0, np.int64)
-    return dict(unknown=unknown, diagonal=unknown * np.concatenate(diagonals),
-                inverse_diagonal=unknown * np.concatenate(inverses),
-                start=np.array(starts), strides=np.stack(strides),
-                coarse=np.concatenate(coarse or [empty]), fine=np.concatenate(fine or [empty]),
-                pairs=np.array(pairs), weight=1.0 / (4.0 ** ndim - 2.0 ** ndim),
-                centre=2.0 ** ndim)
+    return dict(unknown=np.concatenate(states), shapes=shapes, start=np.array(starts),
+                strides=np.stack(strides), coarse=np.concatenate(coarse or [empty]),
+                fine=np.concatenate(fine or [empty]), pairs=np.array(pairs),
+                weight=1.0 / (4.0 ** ndim - 2.0 ** ndim), centre=2.0 ** ndim)
+
+
+class _Workspace(threading.local):
+    """Work arrays reused by one thread's solves: fresh ones of a 3D level's size come from
+    the allocator unmapped and page-fault on first touch, which was 40 % of a 3D solve."""
+    singles = np.zeros(0, np.float32)
+    doubles = np.zeros(0)
+
+    def take(self, size: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(8, size) float32 and (5, m) float64 rows, C-contiguous, of undefined content."""
+        if self.singles.size < 8 * size:
+            self.singles = np.zeros(8 * size, np.float32)
+        if self.doubles.size < 5 * m:
+            self.doubles = np.zeros(5 * m)
+        return self.singles[:8 * size].reshape(8, size), self.doubles[:5 * m].reshape(5, m)
+
+
+_workspace = _Workspace()
 
 
 def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
@@ -263,15 +285,23 @@ def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None
     imputed (`neighbour_stencil`'s weights, perturb.py), or None if conjugate gradients did
     not converge. Some position must be kept."""
     ndim, channels = removed.ndim, item.shape[0]
-    packed = _hierarchy(removed)
-    kept = np.zeros((channels, packed["start"][1]))
+    levels = _hierarchy(removed)
+    start, shapes = levels["start"], levels.pop("shapes")
+    singles, doubles = _workspace.take(start[-1], start[1])
+    unknown, diagonal, inverse = singles[5], singles[6], singles[7]
+    np.copyto(unknown, levels.pop("unknown"))
+    for lo, hi, shape in zip(start[:-1], start[1:], shapes):
+        grid = _grid(shape)
+        np.multiply(unknown[lo:hi], grid.single_diagonal, out=diagonal[lo:hi])
+        np.multiply(unknown[lo:hi], grid.single_inverse, out=inverse[lo:hi])
+    filled = np.zeros((channels, start[1]))
     inner = (slice(None),) + (slice(1, -1),) * ndim
-    kept.reshape(channels, *(n + 2 for n in removed.shape))[inner] = np.where(removed, 0.0, item)
-    solution, converged = _conjugate_gradients(
-        kept, restrict=4.0 / 4.0 ** ndim, prolong=1.0 / 2.0 ** ndim,
+    filled.reshape(channels, *(n + 2 for n in removed.shape))[inner] = \
+        np.where(removed, 0.0, item)
+    converged = _conjugate_gradients(
+        filled, _grid(removed.shape).diagonal, unknown, diagonal, inverse, singles[:5], doubles,
+        restrict=4.0 / 4.0 ** ndim, prolong=1.0 / 2.0 ** ndim,
         relative_residual=RELATIVE_RESIDUAL, max_iterations=MAX_ITERATIONS,
-        smoothing=SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS, **packed)
-    if not converged:
-        return None
-    solution += kept           # the solution is 0 on the kept positions, `kept` on the removed
-    return solution.reshape(channels, *(n + 2 for n in removed.shape))[inner]
+        smoothing=SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS, **levels)
+    return filled.reshape(channels, *(n + 2 for n in removed.shape))[inner] if converged \
+        else None
