@@ -281,7 +281,7 @@ _workspace = _Workspace()
 
 
 def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
-    """(C, *spatial) float64: `item` (C, *spatial) float64 with its removed positions
+    """(C, *spatial) float64: `item` (C, *spatial), any float type, with its removed positions
     imputed (`neighbour_stencil`'s weights, perturb.py), or None if conjugate gradients did
     not converge. Some position must be kept."""
     ndim, channels = removed.ndim, item.shape[0]
@@ -296,8 +296,8 @@ def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None
         np.multiply(unknown[lo:hi], grid.single_inverse, out=inverse[lo:hi])
     filled = np.zeros((channels, start[1]))
     inner = (slice(None),) + (slice(1, -1),) * ndim
-    filled.reshape(channels, *(n + 2 for n in removed.shape))[inner] = \
-        np.where(removed, 0.0, item)
+    np.copyto(filled.reshape(channels, *(n + 2 for n in removed.shape))[inner], item,
+              where=~removed)
     converged = _conjugate_gradients(
         filled, _grid(removed.shape).diagonal, unknown, diagonal, inverse, singles[:5], doubles,
         restrict=4.0 / 4.0 ** ndim, prolong=1.0 / 2.0 ** ndim,

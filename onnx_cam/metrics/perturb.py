@@ -63,7 +63,7 @@ def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
     m = len(unknown)
     if m == 0:
         return item.copy()
-    filled = multigrid.solve_imputation(item.astype(np.float64), removed) \
+    filled = multigrid.solve_imputation(item, removed) \
         if len(shape) > 1 and m < flat_removed.size else None
     if filled is None:
         flat_item = item.reshape(channels, -1).astype(np.float64)
