@@ -36,7 +36,7 @@ COARSEST_POSITIONS = 64      # a level of at most this many positions is the coa
 SMOOTHING_SWEEPS = 2         # Jacobi sweeps before and after each coarse correction
 COARSEST_SWEEPS = 8          # Jacobi sweeps from zero on the coarsest level
 RELATIVE_RESIDUAL = 1e-8     # per channel, of the right-hand side's norm: errors ~1e-8
-MAX_ITERATIONS = 100         # beyond (never seen; about 20 are needed): solve directly
+MAX_ITERATIONS = 100         # beyond (never seen; ROAD needs 7 to 13): solve directly
 
 
 @numba.njit(cache=True)
