@@ -58,34 +58,32 @@ def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
     left to interpolate from: each channel is filled with its mean.
     """
     shape, channels = removed.shape, item.shape[0]
-    flat_item = item.reshape(channels, -1).astype(np.float64)
     flat_removed = removed.ravel()
     unknown = np.flatnonzero(flat_removed)
-    out = flat_item.copy()
     m = len(unknown)
     if m == 0:
         return item.copy()
-    if m == flat_removed.size:
-        out[:] = flat_item.mean(axis=1, keepdims=True)
-    else:
-        out[:, unknown] = _solve_imputation(flat_item, flat_removed, unknown, shape).T
-    if noise > 0:
+    filled = multigrid.solve_imputation(item, removed) \
+        if len(shape) > 1 and m < flat_removed.size else None
+    if filled is None:
+        flat_item = item.reshape(channels, -1).astype(np.float64)
+        filled = flat_item.copy()
+        if m == flat_removed.size:
+            filled[:] = flat_item.mean(axis=1, keepdims=True)
+        else:
+            filled[:, unknown] = _solve_directly(flat_item, flat_removed, unknown, shape).T
+    filled = np.ascontiguousarray(filled).reshape(channels, -1)
+    if noise > 0:   # by flat index: a boolean mask over several axes is several times slower
         rng = rng if rng is not None else np.random.default_rng()
-        out[:, unknown] += noise * rng.standard_normal((channels, m))
-    return out.reshape(item.shape).astype(item.dtype)
+        filled[:, unknown] += noise * rng.standard_normal((channels, m))
+    return filled.reshape(item.shape).astype(item.dtype)
 
 
-def _solve_imputation(flat_item, flat_removed, unknown, shape) -> np.ndarray:
+def _solve_directly(flat_item, flat_removed, unknown, shape) -> np.ndarray:
     """(m, C): the values of the m unknown positions, from diag * v_i - sum_j w_ij v_j (j
     unknown) = sum_j w_ij x_j (j known), over in-bounds neighbours j of i (diag: their
-    weights' sum). 2D and 3D: multigrid-preconditioned conjugate gradients (the system is
-    symmetric positive definite); 1D systems are tridiagonal: a direct sparse solve."""
-    if len(shape) > 1:
-        values = multigrid.solve_imputation(flat_item.reshape(-1, *shape),
-                                            flat_removed.reshape(shape),
-                                            neighbour_stencil(len(shape)))
-        if values is not None:
-            return values.T
+    weights' sum), by a direct sparse solve: 1D systems are tridiagonal; in 2D and 3D this
+    is the fallback when multigrid-preconditioned conjugate gradients do not converge."""
     m = len(unknown)
     variable = np.full(flat_removed.size, -1, np.int64)
     variable[unknown] = np.arange(m)
