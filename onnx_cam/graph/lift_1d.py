@@ -37,7 +37,7 @@ def lift_1d(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its 1D convolutional regions run at height 1 (the same model when it has
     none, or when its shapes cannot be inferred)."""
     graph = model.graph
-    if not any(n.op_type in _SPATIAL for n in graph.node) or _has_subgraphs(graph):
+    if not _may_be_1d(graph) or _has_subgraphs(graph):
         return model
     ranks = _ranks(model)
     if ranks is None:
@@ -46,6 +46,22 @@ def lift_1d(model: onnx.ModelProto) -> onnx.ModelProto:
     if not region:
         return model
     return _rewrite(model, region, ranks)
+
+
+def _may_be_1d(graph) -> bool:
+    """Whether a convolution or pool may be 1D, read from attributes and weights alone: shape
+    inference of a large graph (unrolled loops) costs seconds."""
+    weights = {t.name: len(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type not in _SPATIAL:
+            continue
+        kernel = _attr(node, "kernel_shape")
+        if kernel is not None:
+            if len(kernel) == 1:
+                return True
+        elif weights.get(node.input[1], 3) == 3:  # no attribute: the weights' rank, if known
+            return True
+    return False
 
 
 def _has_subgraphs(graph) -> bool:
