@@ -369,6 +369,11 @@ def peers(model, module_name: str, x: torch.Tensor, classes: list[int]) -> dict:
 
 
 # ============================================================================ benchmark
+# Seconds between two timed sides: torch's and a plain session's threads spin-wait after a
+# call, taking the cores from whatever runs next, unless given time to go idle.
+PAUSE = 0.2
+
+
 def bench_layer(model, x, exp, name, module_name, plain, ours, args):
     """One table row: the median time of every side, and onnx-cam's CAM vs the torch recipe."""
     x_np = x.numpy().copy()
@@ -389,6 +394,7 @@ def bench_layer(model, x, exp, name, module_name, plain, ours, args):
     samples = defaultdict(list)
     for _ in range(args.repeats):  # interleaved rounds: drifting load hits every side alike
         for tag, fn in sides.items():
+            time.sleep(PAUSE)
             t0 = time.perf_counter()
             fn()
             samples[tag].append(time.perf_counter() - t0)
