@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import small_cnn
+from road_reference import reference_impute
 from torch import nn
 
 import onnx_cam
@@ -53,41 +54,6 @@ def ranking(cam: np.ndarray, most_first: bool) -> list[tuple]:
     return sorted(positions, key=lambda p: (sign * cam[p], np.ravel_multi_index(p, cam.shape)))
 
 
-def road_weight(offset) -> float:
-    """ROAD's 2D weights are 1/6 (edge) and 1/12 (corner): each zero component doubles the
-    weight; normalised over all neighbours below."""
-    return 2.0 ** sum(o == 0 for o in offset)
-
-
-def dense_impute(item: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    shape = removed.shape
-    unknown = [tuple(p) for p in np.argwhere(removed)]
-    if len(unknown) == removed.size:
-        return np.broadcast_to(item.mean(axis=tuple(range(1, item.ndim)), keepdims=True),
-                               item.shape).astype(np.float64)
-    index = {p: i for i, p in enumerate(unknown)}
-    offsets = [o for o in itertools.product((-1, 0, 1), repeat=len(shape)) if any(o)]
-    total = sum(road_weight(o) for o in offsets)
-    a = np.zeros((len(unknown), len(unknown)))
-    b = np.zeros((len(unknown), item.shape[0]))
-    for i, p in enumerate(unknown):
-        for o in offsets:
-            q = tuple(pi + oi for pi, oi in zip(p, o))
-            if not all(0 <= q[d] < shape[d] for d in range(len(shape))):
-                continue
-            w = road_weight(o) / total
-            a[i, i] += w
-            if removed[q]:
-                a[i, index[q]] -= w
-            else:
-                b[i] += w * item[(slice(None), *q)]
-    values = np.linalg.solve(a, b)
-    out = item.astype(np.float64).copy()
-    for i, p in enumerate(unknown):
-        out[(slice(None), *p)] = values[i]
-    return out
-
-
 def blur(item: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
     """Separable Gaussian over the spatial axes, borders mirrored (d c b a | a b c d)."""
     radius = int(truncate * sigma + 0.5)
@@ -110,7 +76,7 @@ def replaced(item: np.ndarray, removed_positions: list[tuple], baseline: str,
     for p in removed_positions:
         removed[p] = True
     if baseline == "interp":
-        return dense_impute(item, removed)
+        return reference_impute(item, removed)
     fill = {"zero": lambda: np.zeros_like(item, np.float64),
             "mean": lambda: np.broadcast_to(
                 item.mean(axis=tuple(range(1, item.ndim)), keepdims=True), item.shape),
@@ -166,7 +132,7 @@ def test_linear_impute_solves_the_dense_system(shape, pattern, solver, rng, monk
     else:  # all but one corner: long distances to the known values, the hardest system
         removed = np.ones(shape, bool)
         removed[(slice(0, 2),) * len(shape)] = False
-    np.testing.assert_allclose(linear_impute(item, removed), dense_impute(item, removed),
+    np.testing.assert_allclose(linear_impute(item, removed), reference_impute(item, removed),
                                atol=1e-5)
 
 

@@ -3,42 +3,12 @@ direct sparse solve of the same system, assembled here position by position."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
-from scipy import ndimage, sparse
-from scipy.sparse.linalg import spsolve
+from road_reference import reference_impute
+from scipy import ndimage
 
 from onnx_cam.metrics import linear_impute, multigrid
-
-
-def reference_impute(item: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """Each removed position = the mean of its in-bounds neighbours weighted by the product
-    over axes of (1, 2, 1), the kept ones fixed; one sparse system, solved by SuperLU."""
-    shape = removed.shape
-    unknown = [tuple(p) for p in np.argwhere(removed)]
-    index = {p: i for i, p in enumerate(unknown)}
-    offsets = [o for o in itertools.product((-1, 0, 1), repeat=len(shape)) if any(o)]
-    weight = {o: 2.0 ** sum(v == 0 for v in o) for o in offsets}
-    total = sum(weight.values())
-    rows, cols, vals = [], [], []
-    rhs = np.zeros((len(unknown), item.shape[0]))
-    for i, p in enumerate(unknown):
-        for o in offsets:
-            q = tuple(a + b for a, b in zip(p, o))
-            if not all(0 <= q[d] < shape[d] for d in range(len(shape))):
-                continue
-            w = weight[o] / total
-            rows.append(i), cols.append(i), vals.append(w)
-            if removed[q]:
-                rows.append(i), cols.append(index[q]), vals.append(-w)
-            else:
-                rhs[i] += w * item[(slice(None), *q)]
-    system = sparse.csc_matrix((vals, (rows, cols)), shape=(len(unknown),) * 2)
-    out = item.astype(np.float64).copy()
-    out[:, removed] = np.asarray(spsolve(system, rhs)).reshape(len(unknown), -1).T
-    return out
 
 
 def masks(shape, rng) -> dict[str, np.ndarray]:
