@@ -80,11 +80,6 @@ def _ranks(model) -> dict[str, int] | None:
         tensor = info.type.tensor_type
         if tensor.HasField("shape"):
             ranks[info.name] = len(tensor.shape.dim)
-    for node in g.node:
-        if node.op_type == "Constant":
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                ranks[node.output[0]] = len(value.t.dims)
     return ranks
 
 
@@ -155,8 +150,10 @@ def _rewrite(model, region, ranks) -> onnx.ModelProto:
         return helper.make_node(op, [source], [target], name=target, axes=[axis])
 
     def lifted_input(t):
-        if not t or t in lifted:
-            return t + _SUFFIX if t else t
+        if not t:
+            return t
+        if t in lifted:
+            return t + _SUFFIX
         if ranks[t] < 2:
             return t  # a scalar or a per-L vector broadcasts onto (N, C, 1, L) as before
         if t not in unsqueezed:
