@@ -12,6 +12,11 @@ are combined innermost axis (W) first, in plain float32 (results agree with PyTo
 ulp). A tap whose weight is exactly 0 is skipped (along D and H; this makes the padded axes
 free) or redirected to the other tap's element (along W), so a NaN neighbour that gets weight
 0 does not leak into the output, unlike in PyTorch.
+
+The W taps of a source row are the same for every output row that reads it, so they are
+applied first, once per source row (a small array when enlarging); the loop over output rows
+then combines whole contiguous rows, which the compiler vectorises. The arithmetic, and so
+every bit of a finite result, is that of applying all eight taps per output element.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._common import as_f32, check_spatial, normalize_out_shape, pad3, threads_for
-from .normalize import finalize_inplace
+from .normalize import finalize_inplace, min_max
 
 
 @numba.njit(cache=True)
@@ -64,22 +69,26 @@ def _tables(in3: tuple[int, ...], out3: tuple[int, ...],
     return idx, wts
 
 
-@numba.njit(cache=True, inline="always")
-def _lerp(row, ia, ib, ca, cb):
-    """Linear combination of two taps of a 1D row."""
-    return row[ia] * ca + row[ib] * cb
+@numba.njit(cache=True, parallel=True)
+def _resize_w(x, iw0, iw1, cw0, cw1, out):
+    """``out[r, o] = x[r, iw0[o]] * cw0[o] + x[r, iw1[o]] * cw1[o]`` for rows ``r``."""
+    w_out = out.shape[1]
+    for r in numba.prange(x.shape[0]):
+        src, dst = x[r], out[r]
+        for o in range(w_out):
+            dst[o] = src[iw0[o]] * cw0[o] + src[iw1[o]] * cw1[o]
 
 
 @numba.njit(cache=True, parallel=True)
-def _resize_kernel(x, idx, wts, out, row_min, row_max):
-    """Resize ``x (N, Di, Hi, Wi)`` into ``out (N, Do, Ho, Wo)``; per-row min/max (NaN-aware).
+def _resize_dh(xw, idx, wts, out, row_min, row_max):
+    """Resize ``xw (N, Di, Hi, Wo)``, already resized along W, into ``out (N, Do, Ho, Wo)``;
+    per-row min/max (NaN-aware).
 
     Parallel over output rows ``(n, od, oh)``. Taps along D and H with weight 0 (always the
     case on padded size-1 axes) are skipped for the whole row.
     """
     n_items, d_out, h_out, w_out = out.shape
     plane = d_out * h_out
-    iw0, iw1, cw0, cw1 = idx[2, 0], idx[2, 1], wts[2, 0], wts[2, 1]
     for r in numba.prange(n_items * plane):
         n = r // plane
         rem = r - n * plane
@@ -89,37 +98,23 @@ def _resize_kernel(x, idx, wts, out, row_min, row_max):
         ch0, ch1 = wts[1, 0, oh], wts[1, 1, oh]
         use_d1 = cd1 != 0
         use_h1 = ch1 != 0
-        x00 = x[n, idx[0, 0, od], idx[1, 0, oh]]  # source rows (d tap, h tap)
-        x01 = x[n, idx[0, 0, od], idx[1, 1, oh]]
-        x10 = x[n, idx[0, 1, od], idx[1, 0, oh]]
-        x11 = x[n, idx[0, 1, od], idx[1, 1, oh]]
+        x00 = xw[n, idx[0, 0, od], idx[1, 0, oh]]  # source rows (d tap, h tap)
+        x01 = xw[n, idx[0, 0, od], idx[1, 1, oh]]
+        x10 = xw[n, idx[0, 1, od], idx[1, 0, oh]]
+        x11 = xw[n, idx[0, 1, od], idx[1, 1, oh]]
         dst = out[n, od, oh]
-        mn = np.float32(np.inf)
-        mx = np.float32(-np.inf)
-        has_nan = False
         for ow in range(w_out):
-            ia, ib, ca, cb = iw0[ow], iw1[ow], cw0[ow], cw1[ow]
-            v = _lerp(x00, ia, ib, ca, cb) * ch0
+            v = x00[ow] * ch0
             if use_h1:
-                v += _lerp(x01, ia, ib, ca, cb) * ch1
+                v += x01[ow] * ch1
             v *= cd0
             if use_d1:
-                t = _lerp(x10, ia, ib, ca, cb) * ch0
+                t = x10[ow] * ch0
                 if use_h1:
-                    t += _lerp(x11, ia, ib, ca, cb) * ch1
+                    t += x11[ow] * ch1
                 v += t * cd1
             dst[ow] = v
-            if v < mn:
-                mn = v
-            if v > mx:
-                mx = v
-            if v != v:
-                has_nan = True
-        if has_nan:
-            mn = np.float32(np.nan)
-            mx = np.float32(np.nan)
-        row_min[r] = mn
-        row_max[r] = mx
+        row_min[r], row_max[r] = min_max(dst)
 
 
 def _resize_padded(
@@ -138,7 +133,13 @@ def _resize_padded(
     row_min = np.empty(n_rows, dtype=np.float32)
     row_max = np.empty(n_rows, dtype=np.float32)
     with threads_for(out.size):
-        _resize_kernel(x3, idx, wts, out, row_min, row_max)
+        if in3[2] == out3[2]:
+            xw = x3
+        else:
+            xw = np.empty((*x3.shape[:3], out3[2]), dtype=np.float32)
+            _resize_w(x3.reshape(-1, in3[2]), idx[2, 0], idx[2, 1], wts[2, 0], wts[2, 1],
+                      xw.reshape(-1, out3[2]))
+        _resize_dh(xw, idx, wts, out, row_min, row_max)
     return out, row_min, row_max, shape
 
 

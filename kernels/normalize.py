@@ -19,27 +19,26 @@ from numpy.typing import ArrayLike, NDArray
 from ._common import check_spatial, threads_for
 
 
+@numba.njit(cache=True, inline="always")
+def min_max(row):
+    """(min, max) of a row; both NaN if it holds a NaN."""
+    mn = np.float32(np.inf)
+    mx = np.float32(-np.inf)
+    has_nan = False
+    for v in row:
+        mn = min(mn, v)
+        mx = max(mx, v)
+        has_nan |= v != v
+    if has_nan:
+        return np.float32(np.nan), np.float32(np.nan)
+    return mn, mx
+
+
 @numba.njit(cache=True, parallel=True)
 def _row_stats(rows, row_min, row_max):
     """Per-row min and max; a row containing NaN gets NaN for both."""
-    n_rows, length = rows.shape
-    for r in numba.prange(n_rows):
-        mn = np.float32(np.inf)
-        mx = np.float32(-np.inf)
-        has_nan = False
-        for i in range(length):
-            v = rows[r, i]
-            if v < mn:
-                mn = v
-            if v > mx:
-                mx = v
-            if v != v:
-                has_nan = True
-        if has_nan:
-            mn = np.float32(np.nan)
-            mx = np.float32(np.nan)
-        row_min[r] = mn
-        row_max[r] = mx
+    for r in numba.prange(rows.shape[0]):
+        row_min[r], row_max[r] = min_max(rows[r])
 
 
 @numba.njit(cache=True, parallel=True)
