@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import onnx
 import onnxruntime as ort
 
-from .errors import UnsupportedModelError
+from .errors import OnnxCamError, UnsupportedModelError
 from .graph.lift_1d import lift_1d
 
 CUDA = "CUDAExecutionProvider"
@@ -25,13 +25,24 @@ class RuntimeOptions:
     intra_op_threads: int = 0       # 0: ONNX Runtime's default (one per physical core)
     inter_op_threads: int = 0
     optimization: str = "all"       # "all", "extended", "basic" or "none"
-    # Idle ONNX Runtime threads spin by default, stealing the cores the CAM kernels use right
-    # after each run; off unless asked for.
-    spinning: bool = False
+    # Whether ONNX Runtime's threads spin-wait for work instead of sleeping: "during runs"
+    # (stop spinning when a run ends), "always" (ONNX Runtime's default: they go on spinning
+    # after a run, taking the cores the CAM kernels need next) or "never"; True / False mean
+    # "always" / "never".
+    spinning: str | bool = "never"
     # Keep the ops ONNX Runtime would fold into convolution weights or re-lay out (NCHWc)
     # separate, so every value rounds as in the unfused graph (as torch's eval forward does):
     # slower, for when a ReLU sign or max winner decided by rounding matters (check_ties).
     exact_routes: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.spinning, bool):
+            object.__setattr__(self, "spinning", "always" if self.spinning else "never")
+        for field, value, allowed in (("optimization", self.optimization, tuple(_LEVELS)),
+                                      ("spinning", self.spinning, tuple(_SPINNING))):
+            if value not in allowed:
+                raise OnnxCamError(f"RuntimeOptions({field}={value!r}) is not one of "
+                                   f"{', '.join(map(repr, allowed))}: pass one of those.")
 
     def resolved_providers(self) -> list:
         if self.providers is not None:
@@ -48,6 +59,13 @@ _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+_SPINNING = {  # session config entries
+    "never": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+    "during runs": {"session.intra_op.allow_spinning": "1", "session.inter_op.allow_spinning": "1",
+                    "session.force_spinning_stop": "1"},
+    "always": {"session.intra_op.allow_spinning": "1", "session.inter_op.allow_spinning": "1"},
 }
 
 
@@ -112,9 +130,8 @@ def _make_session(proto: onnx.ModelProto, options: RuntimeOptions) -> ort.Infere
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.log_severity_level = 3
-    spin = "1" if options.spinning else "0"
-    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    for key, value in _SPINNING[options.spinning].items():
+        so.add_session_config_entry(key, value)
     return ort.InferenceSession(
         proto.SerializeToString(), so, providers=providers,
         disabled_optimizers=list(ROUNDING_FUSIONS) if options.exact_routes else None)
