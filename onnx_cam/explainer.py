@@ -32,6 +32,7 @@ from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
 from .methods import CamMethod, LayerBatch, get_method
 from .model import Layer, Model
 from .probes import Probe
+from .routing import explained_input
 from .runtime import RuntimeOptions, make_session
 from .runtime import run as run_session
 from .side_inputs import SideInputs, side_feeds, split_inputs
@@ -628,43 +629,7 @@ class Explainer:
     def explained_input(self, input: str | None = None, layers="auto") -> str:
         """The input the maps cover: input= if given, else the Explainer's, else the only
         spatial input the named layers are computed from."""
-        spatial = list(self.model.spatial_inputs)
-        names = [layers] if isinstance(layers, str) else list(layers or ["auto"])
-        if input is not None or self.model.input_chosen:
-            chosen = self.for_input(input or self.model.input_name)
-            for name in names:
-                if name != "auto" and not chosen._has_layer(name):
-                    found = [i for i in spatial if self.for_input(i)._has_layer(name)]
-                    if found:
-                        raise InputError(
-                            f"Layer {name!r} is computed from the input(s) {found}, not from "
-                            f"{chosen.model.input_name!r} whose spatial axes the maps cover; "
-                            f"pass input={found[0]!r} or name a layer of that input.")
-            return chosen.model.input_name
-        owners: set[str] = set()
-        for name in names:
-            if name == "auto":
-                raise InputError(
-                    f"The model has several spatial inputs {spatial}: pass input=... (one of "
-                    "them) to say which the maps cover, or name the layers to explain.")
-            found = [i for i in spatial if self.for_input(i)._has_layer(name)]
-            if len(found) > 1:
-                raise InputError(
-                    f"Layer {name!r} is computed from the inputs {found}: pass input=... (one "
-                    "of them) to say whose spatial axes the maps cover.")
-            owners.update(found)  # none: the LayerError of resolving it names the problem
-        if len(owners) > 1:
-            raise InputError(f"Layers {names} are computed from different inputs "
-                             f"{sorted(owners)}: explain each input's layers in a call of "
-                             "its own.")
-        return owners.pop() if owners else self.model.input_name
-
-    def _has_layer(self, name: str) -> bool:
-        try:
-            self.model.resolve_layer(name)
-        except LayerError:
-            return False
-        return True
+        return explained_input(self, input, layers)
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
         """A Probe of its own for each call (its batch size is the call's); its sessions are
