@@ -19,7 +19,6 @@ from .dense import DenseOutput, check_dense
 from .errors import (
     InputError,
     LayerError,
-    MemoryBudgetError,
     MethodError,
     ModelLoadError,
     TargetError,
@@ -28,7 +27,7 @@ from .errors import (
 from .explanation import INPUT, Explanation
 from .graph.cam_model import SCORES, CamModel, CamOutputs, build_cam_model
 from .input_checks import check_input, pad_sequences, valid_positions
-from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
+from .memory import Footprint, explain_need, fit_batch, memory_budget, run_footprint
 from .methods import CamMethod, LayerBatch, get_method
 from .model import Layer, Model
 from .probes import Probe
@@ -446,43 +445,21 @@ class Explainer:
                    outputs: CamOutputs, maps: int, rows: int, batch_size: int) -> int:
         """The largest batch, up to `batch_size`, whose run fits the memory budget beside the
         results of `rows` rows; a MemoryBudgetError when not even one item per run fits."""
-        need, run, results = self._memory_need(x, chosen, seeded, outputs, maps, rows)
-        budget = memory_budget(self.max_memory)
-        fits = need.max_batch(budget)
-        if fits < 1:
-            fewer = "explain fewer items per call, " if results > budget / 2 else ""
-            raise MemoryBudgetError(
-                f"Explaining {rows} row(s) of inputs shaped {tuple(x.shape[1:])} at layer(s) "
-                f"{[layer.name for layer in chosen]} needs about {gib(need.bytes(1))} (a run "
-                f"of one item {gib(run.bytes(1))}, the maps kept {gib(results)}), more than "
-                f"the memory budget of {gib(budget)}. Raise the budget (Explainer(..., "
-                f"max_memory='32GB') or ONNX_CAM_MAX_MEMORY), {fewer}choose a deeper layer, "
-                "or give smaller (cropped or downsampled) inputs.")
-        return min(batch_size, fits)
+        need = self._memory_need(x, chosen, seeded, outputs, maps, rows)
+        return fit_batch(*need, memory_budget(self.max_memory), batch_size, rows,
+                         tuple(x.shape[1:]), [layer.name for layer in chosen])
 
     def _memory_need(self, x: np.ndarray, chosen: list[Layer], seeded: bool,
                      outputs: CamOutputs, maps: int, rows: int):
-        """(everything, one run, the results' bytes) an explain call needs, from shapes
-        (onnx_cam.memory): the rewritten model's live tensors times RUNTIME_OVERHEAD and the
-        methods' numpy temporaries per run, plus the result arrays of `rows` rows."""
+        """memory.explain_need of this call: (everything, one run, the results' bytes)."""
         spatial = self.model.spatial_of(x)
         key = (tuple(layer.tensor for layer in chosen), spatial, seeded, outputs)
-        cam_model, _ = self._session(*key)
-        footprint = self._footprints.get(key, lambda: run_footprint(cam_model.proto))
-        acts = [footprint.outputs.get(name, 0.0) for name in cam_model.activation_names]
+        cam_model, footprint = self._footprint(*key)
         item = float(x[:1].nbytes) + (0.0 if self._side is None else float(sum(
             a[:1].nbytes for a in self._side.arrays.values())))  # the other inputs fed too
-        cam = 4.0 * np.prod(spatial)
-        if maps:  # a raw map is the activations over the channels (all of them if unknown)
-            channels = [c if isinstance(c, int) and c > 0 else 1
-                        for c in (layer.shape[1] for layer in chosen)]
-            per_row = maps * sum(cam + a / c + 8 for a, c in zip(acts, channels))
-        else:  # activations_and_gradients: every output kept, then concatenated
-            per_row = 2.0 * sum(footprint.outputs.values())
-        results = rows * (per_row + 8.0 * self.num_classes + 32)
-        workspace = 6 * max(acts, default=0.0) + 2 * cam + 2 * item
-        run = footprint.scaled(RUNTIME_OVERHEAD).plus(per_item=workspace)
-        return run.plus(fixed=results), run, results
+        return explain_need(footprint, cam_model.activation_names,
+                            [layer.shape[1] for layer in chosen], item, spatial, maps, rows,
+                            self.num_classes)
 
     def _plan(self, x: np.ndarray, targets, foils, batch_size: int,
               score: str = "logits") -> TargetPlan | None:
@@ -644,6 +621,13 @@ class Explainer:
                                         "input" if seeded else "prediction", outputs)
             return cam_model, make_session(cam_model.proto, self.runtime)
         return self._sessions.get((tensors, spatial, seeded, outputs), build)
+
+    def _footprint(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool,
+                   outputs: CamOutputs) -> tuple[CamModel, Footprint]:
+        """The rewritten model of _session and its memory footprint, each built once."""
+        cam_model, _ = self._session(tensors, spatial, seeded, outputs)
+        return cam_model, self._footprints.get((tensors, spatial, seeded, outputs),
+                                               lambda: run_footprint(cam_model.proto))
 
     def _resolve_layers(self, layers) -> list[Layer]:
         """The layers asked for, each named as the caller named it ("auto": the deepest)."""
