@@ -11,11 +11,11 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from . import kernels, numerics
+from . import cam_runs, kernels, numerics
 from .attribution import attribute_inputs
 from .concepts import Concepts, factorize
 from .concurrency import OnceCache, kernel_guard
-from .dense import DenseOutput, check_dense
+from .dense import check_dense
 from .errors import (
     InputError,
     LayerError,
@@ -25,17 +25,16 @@ from .errors import (
     UnsupportedModelError,
 )
 from .explanation import INPUT, Explanation
-from .graph.cam_model import SCORES, CamModel, CamOutputs, build_cam_model
+from .graph.cam_model import CamModel, CamOutputs, build_cam_model
 from .input_checks import check_input, pad_sequences, valid_positions
-from .memory import Footprint, explain_need, fit_batch, memory_budget, run_footprint
+from .memory import Footprint, memory_budget, run_footprint
 from .methods import CamMethod, LayerBatch, get_method
 from .model import Layer, Model
 from .probes import Probe
 from .routing import explained_input
 from .runtime import RuntimeOptions, make_session
-from .runtime import run as run_session
-from .side_inputs import SideInputs, side_feeds, split_inputs
-from .targets import Finer, TargetPlan, plan_targets
+from .side_inputs import SideInputs, split_inputs
+from .targets import Finer, TargetPlan, one_hot, seed_rows
 
 
 def _as_model_source(model, example_input, class_names):
@@ -256,7 +255,7 @@ class Explainer:
                            or outputs.second_order):
             raise MethodError("aug_smooth flips images left to right: it takes image models "
                               "(2 spatial axes), without mask= and without shapleycam.")
-        x, chosen, plan, rows, batch_size = self._prepare(
+        x, chosen, plan, rows, batch_size = cam_runs.prepare(self,
             x, layers, targets, foils, batch_size, outputs, len(every), nonfinite,
             cams=bool(method_objs))
         n, spatial = len(rows), self.model.spatial_of(x)
@@ -306,7 +305,8 @@ class Explainer:
                 progress(start + len(xb), n * stages)
 
         if method_objs:
-            logits, near_ties = self._run(rows, plan, chosen, outputs, batch_size, consume)
+            logits, near_ties = cam_runs.run(self, rows, plan, chosen, outputs, batch_size,
+                                             consume)
         else:
             logits, near_ties = probe.bound(self._side_of(row_items)).logits(rows), None
         flags |= numerics.flag_where(numerics.nonfinite_rows(logits),
@@ -320,7 +320,7 @@ class Explainer:
                 cams[key], ranges[key] = kernels.resize_normalize(raws[key], spatial)
         inputs = None
         if input_methods:
-            seeds = _one_hot(logits) if plan is None else _seed(plan, 0, n, self.num_classes)
+            seeds = one_hot(logits) if plan is None else seed_rows(plan, 0, n, self.num_classes)
             offset = n if method_objs else 0
             inputs = attribute_inputs(
                 self, rows, seeds, np.arange(n) if plan is None else plan.items, input_methods,
@@ -360,8 +360,8 @@ class Explainer:
                                                     batch_size=batch_size)
         outputs = CamOutputs(score)
         check_dense(self.model, targets, score, [get_method("gradcam")])  # as a gradient method
-        _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
-                                                          outputs)
+        _, chosen, plan, rows, batch_size = cam_runs.prepare(self, x, layers, targets, foils,
+                                                             batch_size, outputs)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
 
         def consume(start, xb, seeds, acts, grads, hvps):
@@ -369,7 +369,7 @@ class Explainer:
                 parts[layer.name][0].append(a)
                 parts[layer.name][1].append(g)
 
-        logits, _ = self._run(rows, plan, chosen, outputs, batch_size, consume)
+        logits, _ = cam_runs.run(self, rows, plan, chosen, outputs, batch_size, consume)
         return logits, {name: (np.concatenate(a), np.concatenate(g))
                         for name, (a, g) in parts.items()}
 
@@ -381,15 +381,15 @@ class Explainer:
         if routed is not self:
             return routed.activations(x, layers, batch_size=batch_size)
         outputs = CamOutputs(gradients=False)
-        _, chosen, _, rows, batch_size = self._prepare(x, layers, None, None, batch_size,
-                                                       outputs)
+        _, chosen, _, rows, batch_size = cam_runs.prepare(self, x, layers, None, None,
+                                                          batch_size, outputs)
         parts: dict[str, list] = {layer.name: [] for layer in chosen}
 
         def consume(start, xb, seeds, acts, grads, hvps):
             for layer, a in zip(chosen, acts):
                 parts[layer.name].append(a)
 
-        self._run(rows, None, chosen, outputs, batch_size, consume)
+        cam_runs.run(self, rows, None, chosen, outputs, batch_size, consume)
         return {name: np.concatenate(a) for name, a in parts.items()}
 
     def factorize(self, x, layer: str = "auto", components: int = 5, *, scores: bool = True,
@@ -415,110 +415,6 @@ class Explainer:
         return concepts
 
     # ---- internals ----------------------------------------------------------------------
-    def _prepare(self, x, layers, targets, foils, batch_size: int, outputs: CamOutputs,
-                 maps: int = 0, nonfinite: str = "raise", cams: bool = True):
-        """The checked input, the chosen layers, the target plan, the rows to run and the
-        batch size the memory budget allows (`maps` methods kept per row; 0: activations and
-        gradients are kept instead). cams=False: no CAM run follows (input attributions fit
-        their own runs), so no CAM run is sized."""
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-        if outputs.score not in SCORES:
-            raise TargetError(f"score={outputs.score!r} is not one of {SCORES}.")
-        x = self.check_input(x, nonfinite)
-        chosen = self._resolve_layers(layers)
-        seeded = not (targets is None and foils is None)  # as plan_targets decides
-
-        def fit(rows: int) -> int:
-            if not cams:
-                return batch_size
-            return self._fit_batch(x, chosen, seeded, outputs, maps, rows, batch_size)
-
-        batch_size = fit(len(x))
-        plan = self._plan(x, targets, foils, batch_size, outputs.score)
-        rows = x if plan is None or plan.is_identity else x[plan.items]
-        if len(rows) != len(x):  # several rows per item: more maps to keep
-            batch_size = fit(len(rows))
-        return x, chosen, plan, rows, batch_size
-
-    def _fit_batch(self, x: np.ndarray, chosen: list[Layer], seeded: bool,
-                   outputs: CamOutputs, maps: int, rows: int, batch_size: int) -> int:
-        """The largest batch, up to `batch_size`, whose run fits the memory budget beside the
-        results of `rows` rows; a MemoryBudgetError when not even one item per run fits."""
-        need = self._memory_need(x, chosen, seeded, outputs, maps, rows)
-        return fit_batch(*need, memory_budget(self.max_memory), batch_size, rows,
-                         tuple(x.shape[1:]), [layer.name for layer in chosen])
-
-    def _memory_need(self, x: np.ndarray, chosen: list[Layer], seeded: bool,
-                     outputs: CamOutputs, maps: int, rows: int):
-        """memory.explain_need of this call: (everything, one run, the results' bytes)."""
-        spatial = self.model.spatial_of(x)
-        key = (tuple(layer.tensor for layer in chosen), spatial, seeded, outputs)
-        cam_model, footprint = self._footprint(*key)
-        item = float(x[:1].nbytes) + (0.0 if self._side is None else float(sum(
-            a[:1].nbytes for a in self._side.arrays.values())))  # the other inputs fed too
-        return explain_need(footprint, cam_model.activation_names,
-                            [layer.shape[1] for layer in chosen], item, spatial, maps, rows,
-                            self.num_classes)
-
-    def _plan(self, x: np.ndarray, targets, foils, batch_size: int,
-              score: str = "logits") -> TargetPlan | None:
-        spatial = self.model.spatial_of(x)
-        probe = self._probe(spatial, batch_size)
-        once = OnceCache()  # forward runs the targets need, each once: logits (None), tensors
-
-        def predict() -> np.ndarray:
-            return once.get(None, lambda: probe.bound(self._side).logits(x))
-
-        shape = self.model.score_shape_of(spatial)
-
-        def values() -> np.ndarray:  # the explained score's values (under a Sigmoid head)
-            z = predict().reshape(len(x), *shape).astype(np.float64)
-            if score == "logits":
-                return z
-            return -np.logaddexp(0, -z) if score == "log_probs" else 1 / (1 + np.exp(-z))
-
-        dense = DenseOutput(shape, len(x), self.class_names, self.model.channels_last, values,
-                            lambda name: once.get(name, lambda: probe.bound(self._side)
-                                                  .tensor(name, x)),
-                            self.model.nms_boxes)
-        return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict,
-                            dense)
-
-    def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer],
-             outputs: CamOutputs, batch_size: int, consume):
-        """Run the rewritten model batch by batch; hand each batch's arrays to `consume`.
-        Returns the logits and, with a tie tolerance, each row's near-tie count."""
-        seeded = plan is not None
-        cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
-                                           self.model.spatial_of(rows), seeded, outputs)
-        n = len(rows)
-        k = int(np.prod(self.model.score_shape_of(self.model.spatial_of(rows)), dtype=np.int64))
-        logits = np.empty((n, k), np.float32)
-        near_ties = None if cam_model.near_ties_name is None else np.empty(n, np.float32)
-        names = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names,
-                 *cam_model.hvp_names]
-        if near_ties is not None:
-            names.append(cam_model.near_ties_name)
-        m = len(chosen)
-        items = np.arange(n) if plan is None else plan.items
-        for start in range(0, n, batch_size):
-            xb = np.ascontiguousarray(rows[start:start + batch_size])
-            feeds = {cam_model.input_name: xb}
-            feeds.update(side_feeds(self.model, self._side_of(items[start:start + len(xb)]),
-                                    len(xb)))
-            if seeded:
-                feeds[cam_model.seed_name] = _seed(plan, start, len(xb), k)
-            results = run_session(session, names, feeds)
-            logits[start:start + len(xb)] = results[0]
-            if near_ties is not None:
-                near_ties[start:start + len(xb)] = results.pop()
-            seeds = feeds[cam_model.seed_name] if seeded else _one_hot(results[0])
-            grads = results[1 + m:1 + 2 * m] if outputs.gradients else [None] * m
-            hvps = results[1 + 2 * m:] if outputs.second_order else [None] * m
-            consume(start, xb, seeds, results[1:1 + m], grads, hvps)
-        return logits, near_ties
-
     def _sess(self, method, layer: Layer, rows: np.ndarray, plan: TargetPlan | None,
               logits: np.ndarray, score: str, batch_size: int) -> np.ndarray:
         """SESS's fused maps of `rows` at `layer`: each patch explained by the base method
@@ -530,7 +426,8 @@ class Explainer:
                               "Export it with dynamic spatial axes.")
         targets = logits.argmax(1) if plan is None else plan.targets
         foils = None if plan is None else plan.foils
-        seeds = _one_hot(logits) if plan is None else _seed(plan, 0, len(rows), logits.shape[1])
+        seeds = (one_hot(logits) if plan is None
+                 else seed_rows(plan, 0, len(rows), logits.shape[1]))
 
         def explain(patches: np.ndarray, which: np.ndarray) -> np.ndarray:
             res = self.explain(patches, targets=targets[which].tolist(), layers=layer.name,
@@ -552,24 +449,9 @@ class Explainer:
         batch's shape (its `items`), explaining `seeds` (one seeded run, on a cached
         session)."""
         def rerun(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return self._layer_values(layer, np.asarray(x, np.float32), seeds, score,
-                                      self._side_of(items))
+            return cam_runs.layer_values(self, layer, np.asarray(x, np.float32), seeds,
+                                         score, self._side_of(items))
         return rerun
-
-    def _layer_values(self, layer: Layer, x: np.ndarray, seeds: np.ndarray, score: str,
-                      side: SideInputs | None, batch: int | None = None):
-        """(activations, d score / d activations) at `layer` for inputs `x` (model layout,
-        channels first) seeded with `seeds`, `batch` rows per run (default: all at once)."""
-        cam_model, session = self._session((layer.tensor,), self.model.spatial_of(x), True,
-                                           CamOutputs(score))
-        names = [cam_model.activation_names[0], cam_model.gradient_names[0]]
-        batch = batch or len(x)
-        parts = [run_session(session, names, {
-            cam_model.input_name: np.ascontiguousarray(x[s:s + batch]),
-            cam_model.seed_name: seeds[s:s + batch],
-            **side_feeds(self.model, side, len(x), s, min(len(x), s + batch))})
-            for s in range(0, len(x), batch)]
-        return tuple(np.concatenate(p) for p in zip(*parts))
 
     def _side_of(self, items: np.ndarray) -> SideInputs | None:
         """The inputs fed as given of these items (None: a model with one input)."""
@@ -699,23 +581,3 @@ def _tie_tolerance(check_ties: bool | float, gradients: bool) -> float | None:
         raise InputError(f"check_ties must be True, False or a relative tolerance in (0, 1); "
                          f"got {check_ties!r}.")
     return tolerance
-
-
-def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:
-    """One row per map: +1 on the target class, -1 on the foil (contrastive) if any; the
-    plan's own seeds when its score is a function of several logits (Finer)."""
-    if plan.seeds is not None:
-        return plan.seeds[start:start + count]
-    seed = np.zeros((count, classes), np.float32)
-    rows = np.arange(count)
-    seed[rows, plan.targets[start:start + count]] += 1.0
-    if plan.foils is not None:
-        seed[rows, plan.foils[start:start + count]] -= 1.0
-    return seed
-
-
-def _one_hot(logits: np.ndarray) -> np.ndarray:
-    """The seed the graph used when explaining the predicted class."""
-    seed = np.zeros_like(logits)
-    seed[np.arange(len(logits)), logits.argmax(1)] = 1.0
-    return seed
