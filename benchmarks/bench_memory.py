@@ -39,7 +39,7 @@ CHILD = textwrap.dedent("""
     import numpy as np
     import onnxruntime as ort
     import onnx_cam
-    from onnx_cam import memory
+    from onnx_cam import cam_runs, memory
     from onnx_cam.graph.cam_model import CamOutputs
 
     path, shape, layer, max_memory, batch_size, mode = json.loads(sys.argv[1])
@@ -68,8 +68,9 @@ CHILD = textwrap.dedent("""
         except onnx_cam.MemoryBudgetError as exc:
             out["refused"] = str(exc)
         if batches:  # what the budget was checked against, for the batch that ran
-            need, _, _ = exp._memory_need(exp._check_input(x), exp._resolve_layers(layer),
-                                          True, CamOutputs(), 1, len(x))
+            need, _, _ = cam_runs.memory_need(exp, exp.check_input(x),
+                                              exp._resolve_layers(layer), True, CamOutputs(),
+                                              1, len(x))
             out["estimate"] = need.bytes(batches[0])
             out["batch"] = batches[0]
         out["budget"] = memory.memory_budget(max_memory)

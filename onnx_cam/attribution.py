@@ -22,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import kernels, numerics
+from .cam_runs import layer_values
 from .errors import MemoryBudgetError, MethodError
 from .graph.cam_model import export
 from .graph.input_gradients import (
@@ -253,7 +254,7 @@ def _layer_gradients(explainer: Explainer, layer: str | None, layers: list[Layer
     if len(chosen) != 1:
         raise MethodError(f"This method needs one layer; the call names "
                           f"{[c.name for c in chosen]}. Configure it with layer=... .")
-    return explainer._layer_values(chosen[0], x, seeds, score, side, batch)
+    return layer_values(explainer, chosen[0], x, seeds, score, side, batch)
 
 
 def _bias_gradients(explainer, sessions: _Sessions, spatial, score, x, seeds, point_item,

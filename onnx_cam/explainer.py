@@ -1,41 +1,42 @@
-"""Explainer: targets, batching and orchestration from an input array to an Explanation."""
+"""Explainer: the public face, from an input array to an Explanation.
+
+It holds the model and the sessions built for it (each once, shared by threads); the work of
+a call lives beside it: onnx_cam.routing (which input a call on a model with several inputs
+covers), onnx_cam.cam_runs (the call's rows, batch size and runs of the rewritten model,
+sized by onnx_cam.memory) and onnx_cam.explain_call (explain's maps and Explanation).
+"""
 
 from __future__ import annotations
 
 import copy
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 import onnx
 
-from . import kernels, numerics
-from .attribution import attribute_inputs
+from . import cam_runs, explain_call
 from .concepts import Concepts, factorize
-from .concurrency import OnceCache, kernel_guard
-from .dense import DenseOutput, check_dense
+from .concurrency import OnceCache
+from .dense import check_dense
 from .errors import (
     InputError,
     LayerError,
-    MemoryBudgetError,
-    MethodError,
     ModelLoadError,
     TargetError,
     UnsupportedModelError,
 )
-from .explanation import INPUT, Explanation
-from .graph.cam_model import SCORES, CamModel, CamOutputs, build_cam_model
-from .input_checks import check_input, pad_sequences, valid_positions
-from .memory import RUNTIME_OVERHEAD, gib, memory_budget, run_footprint
-from .methods import CamMethod, LayerBatch, get_method
+from .explanation import Explanation
+from .graph.cam_model import CamModel, CamOutputs, build_cam_model
+from .input_checks import check_input
+from .memory import Footprint, memory_budget, run_footprint
+from .methods import get_method
 from .model import Layer, Model
 from .probes import Probe
+from .routing import explained_input
 from .runtime import RuntimeOptions, make_session
-from .runtime import run as run_session
-from .side_inputs import SideInputs, side_feeds, split_inputs
-from .targets import Finer, TargetPlan, plan_targets
+from .side_inputs import SideInputs, split_inputs
 
 
 def _as_model_source(model, example_input, class_names):
@@ -221,131 +222,10 @@ class Explainer:
                                   batch_size=batch_size, eigen_smooth=eigen_smooth,
                                   progress=progress, nonfinite=nonfinite, pad_id=pad_id,
                                   mask=mask, check_ties=check_ties, aug_smooth=aug_smooth)
-        single = isinstance(methods, (str, CamMethod))
-        every = [get_method(m) for m in ([methods] if single else methods)]
-        # input-level methods (attributions) ignore layers= and run in onnx_cam.attribution;
-        # meta-methods (SESS) explain patches of the input with a base method afterwards
-        input_methods = [m for m in every if m.level == "input"]
-        meta = [m for m in every if m.level == "meta"]
-        method_objs = [m for m in every if m.level == "layer"]
-        method_names = [m.name for m in method_objs + meta]
-        gradients = any(m.uses_gradients for m in method_objs)
-        stages = (1 if method_objs else 0) + len(input_methods)
-        if self._side is not None and (meta or aug_smooth):
-            raise MethodError("sess and aug_smooth resize or flip the explained input, which "
-                              "the other inputs of this model (fed as given) would not follow; "
-                              "they take models with one input.")
-        if meta and (isinstance(targets, Finer) or aug_smooth or mask is not None
-                     or self.model.tokens):
-            raise MethodError("sess explains patches of rescaled inputs: it takes float "
-                              "inputs, without Finer targets, aug_smooth or mask=.")
-        if isinstance(targets, Finer) and (score != "logits" or not all(
-                m.uses_gradients for m in every)):
-            raise MethodError("Finer targets are a function of the logits that only gradient "
-                              "methods differentiate exactly: use score='logits' and gradient "
-                              f"methods (not {[m.name for m in every]}, score={score!r}).")
-        check_dense(self.model, targets, score, every, aug_smooth)
-        if self.model.tokens and any(m.scales_input for m in every):
-            raise MethodError(f"{[m.name for m in every if m.scales_input]} multiply the "
-                              "input by masks, which token ids cannot be; use a gradient "
-                              "method or ablationcam.")
-        x = pad_sequences(self.model, x, pad_id)
-        outputs = CamOutputs(score, gradients, _tie_tolerance(check_ties, gradients),
-                             any(m.uses_hvp for m in method_objs))
-        if aug_smooth and (self.model.spatial_rank != 2 or self.model.tokens or mask is not None
-                           or outputs.second_order):
-            raise MethodError("aug_smooth flips images left to right: it takes image models "
-                              "(2 spatial axes), without mask= and without shapleycam.")
-        x, chosen, plan, rows, batch_size = self._prepare(
-            x, layers, targets, foils, batch_size, outputs, len(every), nonfinite,
-            cams=bool(method_objs))
-        n, spatial = len(rows), self.model.spatial_of(x)
-        row_items = np.arange(n) if plan is None else plan.items
-        valid = valid_positions(self.model, x, spatial, pad_id, mask)
-        if valid is not None and plan is not None and not plan.is_identity:
-            valid = valid[plan.items]
-        keys = [(m, layer.name) for m in method_names for layer in chosen]
-        cams = {k: np.empty((n, *spatial), np.float32) for k in keys}
-        ranges = {k: np.empty((n, 2), np.float32) for k in keys}
-        raws: dict[tuple[str, str], np.ndarray] = {}
-        flags = numerics.flag_where(numerics.nonfinite_rows(rows),
-                                    numerics.RowFlag.INPUT_NONFINITE)
-        zero_gradient_layers: list[str] = []
-        probe = self._probe(spatial, batch_size)
-
-        def consume(start, xb, seeds, acts, grads, hvps):
-            done = slice(start, start + len(xb))
-            # each layer's own flags: a gradient that is zero at one layer (a branch the score
-            # does not read, as an FPN level) must not blank the maps of the others
-            row_flags = flags[done].copy()
-            for layer, a, g, h in zip(chosen, acts, grads, hvps):
-                layer_flags = numerics.layer_flags(a, g) | row_flags
-                if (layer_flags & numerics.RowFlag.ZERO_GRADIENT).any():
-                    zero_gradient_layers.append(layer.name)
-                items = row_items[done]
-                batch = LayerBatch(a, g, xb, seeds, layer.tensor, probe.bound(self._side_of(items)),
-                                   h, self._rerun(layer, seeds, outputs.score, items))
-                for method in method_objs:
-                    key = (method.name, layer.name)
-                    with kernel_guard():
-                        raw = self._raw(method, batch, eigen_smooth, items)
-                        cam, rng = kernels.resize_normalize(raw, spatial)
-                        if aug_smooth:
-                            cam = _augmented_mean(method, batch, eigen_smooth, spatial)
-                    if valid is not None:
-                        cam, rng = _normalize_within(cam, rng, valid[done])
-                    layer_flags |= numerics.settle_maps(raw, cam, rng, layer_flags,
-                                                        method.uses_gradients)
-                    if key not in raws:
-                        raws[key] = np.empty((n, *raw.shape[1:]), np.float32)
-                    raws[key][done] = raw
-                    cams[key][done] = cam
-                    ranges[key][done] = rng
-                flags[done] |= layer_flags
-            if progress is not None:
-                progress(start + len(xb), n * stages)
-
-        if method_objs:
-            logits, near_ties = self._run(rows, plan, chosen, outputs, batch_size, consume)
-        else:
-            logits, near_ties = probe.bound(self._side_of(row_items)).logits(rows), None
-        flags |= numerics.flag_where(numerics.nonfinite_rows(logits),
-                                     numerics.RowFlag.SCORE_NONFINITE)
-        if near_ties is not None:
-            flags |= numerics.flag_where(near_ties > 0, numerics.RowFlag.NEAR_TIE)
-        for method in meta:
-            for layer in chosen:
-                key = (method.name, layer.name)
-                raws[key] = self._sess(method, layer, rows, plan, logits, score, batch_size)
-                cams[key], ranges[key] = kernels.resize_normalize(raws[key], spatial)
-        inputs = None
-        if input_methods:
-            seeds = _one_hot(logits) if plan is None else _seed(plan, 0, n, self.num_classes)
-            offset = n if method_objs else 0
-            inputs = attribute_inputs(
-                self, rows, seeds, np.arange(n) if plan is None else plan.items, input_methods,
-                flags, score=score, batch_size=batch_size, layers=chosen,
-                progress=None if progress is None else
-                lambda done, total: progress(offset + done, offset + total))
-            for name, cam in inputs.cams.items():
-                rng = inputs.ranges[name]
-                if valid is not None:
-                    cam, rng = _normalize_within(cam, rng, valid)
-                key = (name, INPUT)
-                cams[key], ranges[key], raws[key] = cam, rng, inputs.raws[name]
-        numerics.warn_flagged(flags, zero_gradient_layers)
-        predicted = logits.argmax(1)
-        if self.model.dense:  # the output as the model shapes it, classes per position / box
-            predicted = np.full(n, -1) if plan is None else plan.predicted(logits)
-            logits = logits.reshape(n, *self.model.score_shape_of(spatial))
-        aliases = {alias: layer.name for layer in chosen for alias in layer.aliases}
-        return Explanation(
-            logits, self._probs(logits), predicted,
-            predicted if plan is None else plan.targets, None if plan is None else plan.foils,
-            [m.name for m in every], [layer.name for layer in chosen] if method_names else [],
-            cams, raws, ranges, self.head, self.class_names, aliases,
-            np.arange(n) if plan is None else plan.items, score, flags,
-            inputs.attributions if inputs else {}, inputs.infos if inputs else {})
+        return explain_call.explain(self, x, targets, layers, methods, foils, score=score,
+                                    batch_size=batch_size, eigen_smooth=eigen_smooth,
+                                    progress=progress, nonfinite=nonfinite, pad_id=pad_id,
+                                    mask=mask, check_ties=check_ties, aug_smooth=aug_smooth)
 
     def activations_and_gradients(self, x, targets=None, layers="auto", foils=None, *,
                                   score: str = "logits", batch_size: int = 64,
@@ -360,8 +240,8 @@ class Explainer:
                                                     batch_size=batch_size)
         outputs = CamOutputs(score)
         check_dense(self.model, targets, score, [get_method("gradcam")])  # as a gradient method
-        _, chosen, plan, rows, batch_size = self._prepare(x, layers, targets, foils, batch_size,
-                                                          outputs)
+        _, chosen, plan, rows, batch_size = cam_runs.prepare(self, x, layers, targets, foils,
+                                                             batch_size, outputs)
         parts: dict[str, tuple[list, list]] = {layer.name: ([], []) for layer in chosen}
 
         def consume(start, xb, seeds, acts, grads, hvps):
@@ -369,7 +249,7 @@ class Explainer:
                 parts[layer.name][0].append(a)
                 parts[layer.name][1].append(g)
 
-        logits, _ = self._run(rows, plan, chosen, outputs, batch_size, consume)
+        logits, _ = cam_runs.run(self, rows, plan, chosen, outputs, batch_size, consume)
         return logits, {name: (np.concatenate(a), np.concatenate(g))
                         for name, (a, g) in parts.items()}
 
@@ -381,15 +261,15 @@ class Explainer:
         if routed is not self:
             return routed.activations(x, layers, batch_size=batch_size)
         outputs = CamOutputs(gradients=False)
-        _, chosen, _, rows, batch_size = self._prepare(x, layers, None, None, batch_size,
-                                                       outputs)
+        _, chosen, _, rows, batch_size = cam_runs.prepare(self, x, layers, None, None,
+                                                          batch_size, outputs)
         parts: dict[str, list] = {layer.name: [] for layer in chosen}
 
         def consume(start, xb, seeds, acts, grads, hvps):
             for layer, a in zip(chosen, acts):
                 parts[layer.name].append(a)
 
-        self._run(rows, None, chosen, outputs, batch_size, consume)
+        cam_runs.run(self, rows, None, chosen, outputs, batch_size, consume)
         return {name: np.concatenate(a) for name, a in parts.items()}
 
     def factorize(self, x, layer: str = "auto", components: int = 5, *, scores: bool = True,
@@ -415,202 +295,6 @@ class Explainer:
         return concepts
 
     # ---- internals ----------------------------------------------------------------------
-    def _prepare(self, x, layers, targets, foils, batch_size: int, outputs: CamOutputs,
-                 maps: int = 0, nonfinite: str = "raise", cams: bool = True):
-        """The checked input, the chosen layers, the target plan, the rows to run and the
-        batch size the memory budget allows (`maps` methods kept per row; 0: activations and
-        gradients are kept instead). cams=False: no CAM run follows (input attributions fit
-        their own runs), so no CAM run is sized."""
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-        if outputs.score not in SCORES:
-            raise TargetError(f"score={outputs.score!r} is not one of {SCORES}.")
-        x = self.check_input(x, nonfinite)
-        chosen = self._resolve_layers(layers)
-        seeded = not (targets is None and foils is None)  # as plan_targets decides
-
-        def fit(rows: int) -> int:
-            if not cams:
-                return batch_size
-            return self._fit_batch(x, chosen, seeded, outputs, maps, rows, batch_size)
-
-        batch_size = fit(len(x))
-        plan = self._plan(x, targets, foils, batch_size, outputs.score)
-        rows = x if plan is None or plan.is_identity else x[plan.items]
-        if len(rows) != len(x):  # several rows per item: more maps to keep
-            batch_size = fit(len(rows))
-        return x, chosen, plan, rows, batch_size
-
-    def _fit_batch(self, x: np.ndarray, chosen: list[Layer], seeded: bool,
-                   outputs: CamOutputs, maps: int, rows: int, batch_size: int) -> int:
-        """The largest batch, up to `batch_size`, whose run fits the memory budget beside the
-        results of `rows` rows; a MemoryBudgetError when not even one item per run fits."""
-        need, run, results = self._memory_need(x, chosen, seeded, outputs, maps, rows)
-        budget = memory_budget(self.max_memory)
-        fits = need.max_batch(budget)
-        if fits < 1:
-            fewer = "explain fewer items per call, " if results > budget / 2 else ""
-            raise MemoryBudgetError(
-                f"Explaining {rows} row(s) of inputs shaped {tuple(x.shape[1:])} at layer(s) "
-                f"{[layer.name for layer in chosen]} needs about {gib(need.bytes(1))} (a run "
-                f"of one item {gib(run.bytes(1))}, the maps kept {gib(results)}), more than "
-                f"the memory budget of {gib(budget)}. Raise the budget (Explainer(..., "
-                f"max_memory='32GB') or ONNX_CAM_MAX_MEMORY), {fewer}choose a deeper layer, "
-                "or give smaller (cropped or downsampled) inputs.")
-        return min(batch_size, fits)
-
-    def _memory_need(self, x: np.ndarray, chosen: list[Layer], seeded: bool,
-                     outputs: CamOutputs, maps: int, rows: int):
-        """(everything, one run, the results' bytes) an explain call needs, from shapes
-        (onnx_cam.memory): the rewritten model's live tensors times RUNTIME_OVERHEAD and the
-        methods' numpy temporaries per run, plus the result arrays of `rows` rows."""
-        spatial = self.model.spatial_of(x)
-        key = (tuple(layer.tensor for layer in chosen), spatial, seeded, outputs)
-        cam_model, _ = self._session(*key)
-        footprint = self._footprints.get(key, lambda: run_footprint(cam_model.proto))
-        acts = [footprint.outputs.get(name, 0.0) for name in cam_model.activation_names]
-        item = float(x[:1].nbytes) + (0.0 if self._side is None else float(sum(
-            a[:1].nbytes for a in self._side.arrays.values())))  # the other inputs fed too
-        cam = 4.0 * np.prod(spatial)
-        if maps:  # a raw map is the activations over the channels (all of them if unknown)
-            channels = [c if isinstance(c, int) and c > 0 else 1
-                        for c in (layer.shape[1] for layer in chosen)]
-            per_row = maps * sum(cam + a / c + 8 for a, c in zip(acts, channels))
-        else:  # activations_and_gradients: every output kept, then concatenated
-            per_row = 2.0 * sum(footprint.outputs.values())
-        results = rows * (per_row + 8.0 * self.num_classes + 32)
-        workspace = 6 * max(acts, default=0.0) + 2 * cam + 2 * item
-        run = footprint.scaled(RUNTIME_OVERHEAD).plus(per_item=workspace)
-        return run.plus(fixed=results), run, results
-
-    def _plan(self, x: np.ndarray, targets, foils, batch_size: int,
-              score: str = "logits") -> TargetPlan | None:
-        spatial = self.model.spatial_of(x)
-        probe = self._probe(spatial, batch_size)
-        once = OnceCache()  # forward runs the targets need, each once: logits (None), tensors
-
-        def predict() -> np.ndarray:
-            return once.get(None, lambda: probe.bound(self._side).logits(x))
-
-        shape = self.model.score_shape_of(spatial)
-
-        def values() -> np.ndarray:  # the explained score's values (under a Sigmoid head)
-            z = predict().reshape(len(x), *shape).astype(np.float64)
-            if score == "logits":
-                return z
-            return -np.logaddexp(0, -z) if score == "log_probs" else 1 / (1 + np.exp(-z))
-
-        dense = DenseOutput(shape, len(x), self.class_names, self.model.channels_last, values,
-                            lambda name: once.get(name, lambda: probe.bound(self._side)
-                                                  .tensor(name, x)),
-                            self.model.nms_boxes)
-        return plan_targets(targets, foils, len(x), self.num_classes, self.class_names, predict,
-                            dense)
-
-    def _run(self, rows: np.ndarray, plan: TargetPlan | None, chosen: list[Layer],
-             outputs: CamOutputs, batch_size: int, consume):
-        """Run the rewritten model batch by batch; hand each batch's arrays to `consume`.
-        Returns the logits and, with a tie tolerance, each row's near-tie count."""
-        seeded = plan is not None
-        cam_model, session = self._session(tuple(layer.tensor for layer in chosen),
-                                           self.model.spatial_of(rows), seeded, outputs)
-        n = len(rows)
-        k = int(np.prod(self.model.score_shape_of(self.model.spatial_of(rows)), dtype=np.int64))
-        logits = np.empty((n, k), np.float32)
-        near_ties = None if cam_model.near_ties_name is None else np.empty(n, np.float32)
-        names = [cam_model.score_name, *cam_model.activation_names, *cam_model.gradient_names,
-                 *cam_model.hvp_names]
-        if near_ties is not None:
-            names.append(cam_model.near_ties_name)
-        m = len(chosen)
-        items = np.arange(n) if plan is None else plan.items
-        for start in range(0, n, batch_size):
-            xb = np.ascontiguousarray(rows[start:start + batch_size])
-            feeds = {cam_model.input_name: xb}
-            feeds.update(side_feeds(self.model, self._side_of(items[start:start + len(xb)]),
-                                    len(xb)))
-            if seeded:
-                feeds[cam_model.seed_name] = _seed(plan, start, len(xb), k)
-            results = run_session(session, names, feeds)
-            logits[start:start + len(xb)] = results[0]
-            if near_ties is not None:
-                near_ties[start:start + len(xb)] = results.pop()
-            seeds = feeds[cam_model.seed_name] if seeded else _one_hot(results[0])
-            grads = results[1 + m:1 + 2 * m] if outputs.gradients else [None] * m
-            hvps = results[1 + 2 * m:] if outputs.second_order else [None] * m
-            consume(start, xb, seeds, results[1:1 + m], grads, hvps)
-        return logits, near_ties
-
-    def _sess(self, method, layer: Layer, rows: np.ndarray, plan: TargetPlan | None,
-              logits: np.ndarray, score: str, batch_size: int) -> np.ndarray:
-        """SESS's fused maps of `rows` at `layer`: each patch explained by the base method
-        for its row's target (and foil), scored by this model."""
-        window = method.window or min(rows.shape[2:])
-        if any(d is not None and d != window for d in self.model.spatial_input_shape):
-            raise MethodError(f"sess runs the model on patches of {window} per axis; this "
-                              f"model takes inputs of {self.model.spatial_input_shape} only. "
-                              "Export it with dynamic spatial axes.")
-        targets = logits.argmax(1) if plan is None else plan.targets
-        foils = None if plan is None else plan.foils
-        seeds = _one_hot(logits) if plan is None else _seed(plan, 0, len(rows), logits.shape[1])
-
-        def explain(patches: np.ndarray, which: np.ndarray) -> np.ndarray:
-            res = self.explain(patches, targets=targets[which].tolist(), layers=layer.name,
-                               methods=method.base, score=score, batch_size=batch_size,
-                               foils=None if foils is None else foils[which].tolist())
-            return res.cam()
-
-        def scores(patches: np.ndarray, which: np.ndarray, softmax: bool) -> np.ndarray:
-            values = self._probe(patches.shape[2:], batch_size).logits(patches)
-            if softmax:
-                values = np.exp(values - values.max(axis=1, keepdims=True))
-                values /= values.sum(axis=1, keepdims=True)
-            return (values * seeds[which]).sum(axis=1)
-
-        return method.fused(rows, explain, scores)
-
-    def _rerun(self, layer: Layer, seeds: np.ndarray, score: str, items: np.ndarray):
-        """LayerBatch.rerun: one layer's activations and gradients for modified inputs of the
-        batch's shape (its `items`), explaining `seeds` (one seeded run, on a cached
-        session)."""
-        def rerun(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return self._layer_values(layer, np.asarray(x, np.float32), seeds, score,
-                                      self._side_of(items))
-        return rerun
-
-    def _layer_values(self, layer: Layer, x: np.ndarray, seeds: np.ndarray, score: str,
-                      side: SideInputs | None, batch: int | None = None):
-        """(activations, d score / d activations) at `layer` for inputs `x` (model layout,
-        channels first) seeded with `seeds`, `batch` rows per run (default: all at once)."""
-        cam_model, session = self._session((layer.tensor,), self.model.spatial_of(x), True,
-                                           CamOutputs(score))
-        names = [cam_model.activation_names[0], cam_model.gradient_names[0]]
-        batch = batch or len(x)
-        parts = [run_session(session, names, {
-            cam_model.input_name: np.ascontiguousarray(x[s:s + batch]),
-            cam_model.seed_name: seeds[s:s + batch],
-            **side_feeds(self.model, side, len(x), s, min(len(x), s + batch))})
-            for s in range(0, len(x), batch)]
-        return tuple(np.concatenate(p) for p in zip(*parts))
-
-    def _side_of(self, items: np.ndarray) -> SideInputs | None:
-        """The inputs fed as given of these items (None: a model with one input)."""
-        return None if self._side is None else self._side.take(items)
-
-    def _raw(self, method: CamMethod, batch: LayerBatch, eigen_smooth: bool,
-             items: np.ndarray) -> np.ndarray:
-        """method.raw; with several model inputs, a method that runs the model on perturbed
-        copies of its rows (passes()) sees one row at a time, so each copy is fed its item's
-        other inputs."""
-        if self._side is None or method.uses_gradients or not hasattr(method, "passes"):
-            return method.raw(batch, eigen_smooth)
-        return np.concatenate([method.raw(replace(
-            batch, activations=batch.activations[i:i + 1], inputs=batch.inputs[i:i + 1],
-            seeds=batch.seeds[i:i + 1], probe=batch.probe.bound(self._side_of(items[i:i + 1])),
-            gradients=None if batch.gradients is None else batch.gradients[i:i + 1],
-            hvp=None if batch.hvp is None else batch.hvp[i:i + 1]), eigen_smooth)
-            for i in range(len(items))])
-
     def _route(self, x, input: str | None, layers):
         """(the explained input, the Explainer to explain it with): for a model with several
         inputs, a copy of the one bound to the input the maps cover, holding this call's other
@@ -628,43 +312,7 @@ class Explainer:
     def explained_input(self, input: str | None = None, layers="auto") -> str:
         """The input the maps cover: input= if given, else the Explainer's, else the only
         spatial input the named layers are computed from."""
-        spatial = list(self.model.spatial_inputs)
-        names = [layers] if isinstance(layers, str) else list(layers or ["auto"])
-        if input is not None or self.model.input_chosen:
-            chosen = self.for_input(input or self.model.input_name)
-            for name in names:
-                if name != "auto" and not chosen._has_layer(name):
-                    found = [i for i in spatial if self.for_input(i)._has_layer(name)]
-                    if found:
-                        raise InputError(
-                            f"Layer {name!r} is computed from the input(s) {found}, not from "
-                            f"{chosen.model.input_name!r} whose spatial axes the maps cover; "
-                            f"pass input={found[0]!r} or name a layer of that input.")
-            return chosen.model.input_name
-        owners: set[str] = set()
-        for name in names:
-            if name == "auto":
-                raise InputError(
-                    f"The model has several spatial inputs {spatial}: pass input=... (one of "
-                    "them) to say which the maps cover, or name the layers to explain.")
-            found = [i for i in spatial if self.for_input(i)._has_layer(name)]
-            if len(found) > 1:
-                raise InputError(
-                    f"Layer {name!r} is computed from the inputs {found}: pass input=... (one "
-                    "of them) to say whose spatial axes the maps cover.")
-            owners.update(found)  # none: the LayerError of resolving it names the problem
-        if len(owners) > 1:
-            raise InputError(f"Layers {names} are computed from different inputs "
-                             f"{sorted(owners)}: explain each input's layers in a call of "
-                             "its own.")
-        return owners.pop() if owners else self.model.input_name
-
-    def _has_layer(self, name: str) -> bool:
-        try:
-            self.model.resolve_layer(name)
-        except LayerError:
-            return False
-        return True
+        return explained_input(self, input, layers)
 
     def _probe(self, spatial: tuple[int, ...], batch_size: int) -> Probe:
         """A Probe of its own for each call (its batch size is the call's); its sessions are
@@ -679,6 +327,13 @@ class Explainer:
                                         "input" if seeded else "prediction", outputs)
             return cam_model, make_session(cam_model.proto, self.runtime)
         return self._sessions.get((tensors, spatial, seeded, outputs), build)
+
+    def _footprint(self, tensors: tuple[str, ...], spatial: tuple[int, ...], seeded: bool,
+                   outputs: CamOutputs) -> tuple[CamModel, Footprint]:
+        """The rewritten model of _session and its memory footprint, each built once."""
+        cam_model, _ = self._session(tensors, spatial, seeded, outputs)
+        return cam_model, self._footprints.get((tensors, spatial, seeded, outputs),
+                                               lambda: run_footprint(cam_model.proto))
 
     def _resolve_layers(self, layers) -> list[Layer]:
         """The layers asked for, each named as the caller named it ("auto": the deepest)."""
@@ -696,77 +351,3 @@ class Explainer:
             if all(layer.name != other.name for other in chosen):
                 chosen.append(layer)
         return chosen
-
-    def _probs(self, logits: np.ndarray) -> np.ndarray:
-        """The model's head applied to the logits; a dense output without a head as it is."""
-        axis = self.model.head_axis if self.model.dense else 1
-        if self.model.dense and self.head is None:
-            return logits.copy()
-        with np.errstate(over="ignore", invalid="ignore"):  # non-finite rows are flagged
-            if self.head == "Sigmoid":
-                return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-            shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
-            return (shifted / shifted.sum(axis=axis, keepdims=True)).astype(np.float32)
-
-
-def _normalize_within(cam: np.ndarray, rng: np.ndarray, valid: np.ndarray):
-    """Maps scaled to [0, 1] over their valid positions only, 0 elsewhere; the score range
-    becomes that of the valid positions."""
-    per_row = (-1, *[1] * (cam.ndim - 1))
-    values = cam * (rng[:, 1] - rng[:, 0]).reshape(per_row) + rng[:, 0].reshape(per_row)
-    inside = np.where(valid, values, np.nan).reshape(len(cam), -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rows with no valid position
-        lo, hi = np.nan_to_num(np.nanmin(inside, axis=1)), np.nan_to_num(np.nanmax(inside, axis=1))
-    span = (hi - lo).reshape(per_row)
-    scaled = np.where(span > 0, (values - lo.reshape(per_row)) / np.where(span > 0, span, 1), 0)
-    return (np.where(valid, scaled, 0).astype(np.float32),
-            np.stack([lo, hi], axis=1).astype(np.float32))
-
-
-# pytorch-grad-cam's aug_smooth (ttach): a left-right flip or not, times a scale
-AUGMENTATIONS = [(flip, scale) for flip in (False, True) for scale in (0.9, 1.0, 1.1)]
-
-
-def _augmented_mean(method, batch: LayerBatch, eigen_smooth: bool, spatial) -> np.ndarray:
-    """The mean over AUGMENTATIONS of the method's cams of the augmented inputs, flipped
-    back: each a seeded run of the layer on the augmented batch."""
-    total = np.zeros((len(batch.inputs), *spatial), np.float32)
-    for flip, scale in AUGMENTATIONS:
-        x = np.float32(scale) * (batch.inputs[..., ::-1] if flip else batch.inputs)
-        acts, grads = batch.rerun(np.ascontiguousarray(x))
-        augmented = replace(batch, activations=acts, gradients=grads, inputs=x)
-        cam, _ = kernels.resize_normalize(method.raw(augmented, eigen_smooth), spatial)
-        total += cam[..., ::-1] if flip else cam
-    return total / len(AUGMENTATIONS)
-
-
-def _tie_tolerance(check_ties: bool | float, gradients: bool) -> float | None:
-    """The relative tolerance explain(check_ties=...) asks for; None when not checking."""
-    if check_ties is False or not gradients:
-        return None
-    tolerance = 1e-5 if check_ties is True else float(check_ties)
-    if not 0 < tolerance < 1:
-        raise InputError(f"check_ties must be True, False or a relative tolerance in (0, 1); "
-                         f"got {check_ties!r}.")
-    return tolerance
-
-
-def _seed(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:
-    """One row per map: +1 on the target class, -1 on the foil (contrastive) if any; the
-    plan's own seeds when its score is a function of several logits (Finer)."""
-    if plan.seeds is not None:
-        return plan.seeds[start:start + count]
-    seed = np.zeros((count, classes), np.float32)
-    rows = np.arange(count)
-    seed[rows, plan.targets[start:start + count]] += 1.0
-    if plan.foils is not None:
-        seed[rows, plan.foils[start:start + count]] -= 1.0
-    return seed
-
-
-def _one_hot(logits: np.ndarray) -> np.ndarray:
-    """The seed the graph used when explaining the predicted class."""
-    seed = np.zeros_like(logits)
-    seed[np.arange(len(logits)), logits.argmax(1)] = 1.0
-    return seed

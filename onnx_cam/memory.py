@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
-from .errors import InputError
+from .errors import InputError, MemoryBudgetError
 
 ENV_VAR = "ONNX_CAM_MAX_MEMORY"
 #: ONNX Runtime's arena and kernel workspaces on top of the live tensors: measured peaks
@@ -103,6 +104,43 @@ class Footprint:
     def plus(self, fixed: float = 0.0, per_item: float = 0.0) -> Footprint:
         """With `fixed + per_item * batch` more bytes alive throughout."""
         return Footprint(self.fixed + fixed, self.per_item + per_item, self.outputs)
+
+
+def explain_need(footprint: Footprint, activation_names: Sequence[str], channels: Sequence,
+                 item_bytes: float, spatial: tuple[int, ...], maps: int, rows: int,
+                 classes: int) -> tuple[Footprint, Footprint, float]:
+    """(everything, one run, the results' bytes) an explain call needs: the rewritten model's
+    live tensors (its `footprint`) times RUNTIME_OVERHEAD and the methods' numpy temporaries
+    per run (`item_bytes`: one item's inputs), plus the result arrays of `rows` rows (`maps`
+    methods kept per row at layers of `channels` channels; 0: activations and gradients)."""
+    acts = [footprint.outputs.get(name, 0.0) for name in activation_names]
+    cam = 4.0 * np.prod(spatial)
+    if maps:  # a raw map is the activations over the channels (all of them if unknown)
+        channels = [c if isinstance(c, int) and c > 0 else 1 for c in channels]
+        per_row = maps * sum(cam + a / c + 8 for a, c in zip(acts, channels))
+    else:  # activations_and_gradients: every output kept, then concatenated
+        per_row = 2.0 * sum(footprint.outputs.values())
+    results = rows * (per_row + 8.0 * classes + 32)
+    workspace = 6 * max(acts, default=0.0) + 2 * cam + 2 * item_bytes
+    run = footprint.scaled(RUNTIME_OVERHEAD).plus(per_item=workspace)
+    return run.plus(fixed=results), run, results
+
+
+def fit_batch(need: Footprint, run: Footprint, results: float, budget: int, batch_size: int,
+              rows: int, item_shape: tuple, layers: list[str]) -> int:
+    """The largest batch, up to `batch_size`, whose run fits `budget` beside the results of
+    `rows` rows (explain_need); a MemoryBudgetError when not even one item per run fits."""
+    fits = need.max_batch(budget)
+    if fits < 1:
+        fewer = "explain fewer items per call, " if results > budget / 2 else ""
+        raise MemoryBudgetError(
+            f"Explaining {rows} row(s) of inputs shaped {item_shape} at layer(s) "
+            f"{layers} needs about {gib(need.bytes(1))} (a run "
+            f"of one item {gib(run.bytes(1))}, the maps kept {gib(results)}), more than "
+            f"the memory budget of {gib(budget)}. Raise the budget (Explainer(..., "
+            f"max_memory='32GB') or ONNX_CAM_MAX_MEMORY), {fewer}choose a deeper layer, "
+            "or give smaller (cropped or downsampled) inputs.")
+    return min(batch_size, fits)
 
 
 def run_footprint(proto: onnx.ModelProto) -> Footprint:

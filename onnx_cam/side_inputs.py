@@ -44,6 +44,11 @@ class SideInputs:
             "one input per item, or any number from one item.")
 
 
+def side_of(side: SideInputs | None, items) -> SideInputs | None:
+    """The side inputs of `items` (None: a model with one input)."""
+    return None if side is None else side.take(items)
+
+
 def side_feeds(model, side: SideInputs | None, count: int, start: int = 0,
                stop: int | None = None) -> dict:
     """SideInputs.feeds, {} for a model with one input; refuses a step that runs a model with

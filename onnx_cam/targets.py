@@ -138,6 +138,26 @@ def plan_targets(targets, foils, n: int, classes: int, class_names: Sequence[str
                       None if foils is None else np.asarray(fl, np.int64))
 
 
+def seed_rows(plan: TargetPlan, start: int, count: int, classes: int) -> np.ndarray:
+    """One row per map: +1 on the target class, -1 on the foil (contrastive) if any; the
+    plan's own seeds when its score is a function of several logits (Finer)."""
+    if plan.seeds is not None:
+        return plan.seeds[start:start + count]
+    seed = np.zeros((count, classes), np.float32)
+    rows = np.arange(count)
+    seed[rows, plan.targets[start:start + count]] += 1.0
+    if plan.foils is not None:
+        seed[rows, plan.foils[start:start + count]] -= 1.0
+    return seed
+
+
+def one_hot(logits: np.ndarray) -> np.ndarray:
+    """The seed the graph used when explaining the predicted class."""
+    seed = np.zeros_like(logits)
+    seed[np.arange(len(logits)), logits.argmax(1)] = 1.0
+    return seed
+
+
 def _from_scores(spec, logits: np.ndarray, classes: int) -> list[list[int]]:
     if spec is None:
         return [[int(k)] for k in logits.argmax(1)]

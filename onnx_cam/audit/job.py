@@ -6,20 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import sys
-import uuid
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 
 import numpy as np
 import onnx
 import onnxruntime
 
 from .. import __version__
-from ..errors import InputError, StoreError, TargetError
+from ..errors import InputError, TargetError
 from ..explainer import Explainer
 from ..explanation import INPUT
 from ..inputs import preprocess_for
@@ -31,21 +26,23 @@ from ..runtime import RuntimeOptions
 from ..side_inputs import split_inputs
 from ..targets import plan_targets
 from . import stats
+from .chunks import Chunked, Counter, run_on_dask
 from .datasets import Dataset, open_dataset, open_inputs, read_labels
+from .models import keep_explainer, open_model, worker_explainer
 from .store import (
     MANIFEST_KEY,
     STORE_FORMAT,
     AuditStore,
     StoreLock,
     cam_chunk_items,
-    clear_store,
-    discard_root,
     done_chunks,
-    identity_differences,
+    job_arrays,
     map_path,
+    prepare_store,
     remove_partial_files,
     repair_group_metadata,
-    store_state,
+    update_manifest,
+    utc_now,
     writing,
 )
 
@@ -53,24 +50,6 @@ CAM_DTYPES = ("float16", "float32")
 # Rows whose maps are NaN: recorded as failed (left out of the statistics).
 NAN_MAPS = (RowFlag.SCORE_NONFINITE | RowFlag.ACTIVATION_NONFINITE | RowFlag.GRADIENT_NONFINITE
             | RowFlag.MAP_NONFINITE)
-# A worker process keeps its Explainer (and so its ONNX Runtime sessions) between chunks.
-_EXPLAINERS: dict[tuple, Explainer] = {}
-_ARRAYS: dict[tuple, dict] = {}
-
-
-class Chunked:
-    """A job over `dataset` in chunks of `chunk_items` items (the unit of resume and Dask)."""
-
-    dataset: Dataset
-    chunk_items: int
-
-    @property
-    def chunks(self) -> int:
-        return -(-len(self.dataset) // self.chunk_items)
-
-    def bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.chunk_items
-        return start, min(start + self.chunk_items, len(self.dataset))
 
 
 @dataclass(frozen=True)
@@ -140,7 +119,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     unknown = [m for m in metric_names if m not in METRICS]
     if unknown:
         raise InputError(f"Unknown metric(s) {unknown}; known: {list(METRICS)}.")
-    explainer, model_ref, sha = _open_model(model, class_names, runtime)
+    explainer, model_ref, sha = open_model(model, class_names, runtime)
     if explainer.model.dense:
         raise InputError("Audit jobs explain class scores of a (N, classes) output; this "
                          "model's output is dense (segmentation / detection): use "
@@ -167,9 +146,9 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
     if several:
         split_inputs(explainer_of_input.model, {input: first.x, **first.side})
     label_array = read_labels(labels, len(data), explainer.class_names)
-    _check_targets(target, label_array, explainer.num_classes)
-    target_class = None if target in ("pred", "label") else _class_index(explainer, target=target)
-    foil_class = None if foil is None else _class_index(explainer, foil=foil)
+    check_targets(target, label_array, explainer.num_classes)
+    target_class = None if target in ("pred", "label") else class_index(explainer, target=target)
+    foil_class = None if foil is None else class_index(explainer, foil=foil)
     method_names = list(dict.fromkeys(
         get_method(m).name for m in ([methods] if isinstance(methods, str) else methods)))
     layer_names = list(dict.fromkeys(
@@ -195,7 +174,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
         with writing(url, "Preparing the store"):
             run_id = _prepare_store(spec, identity, explainer_of_input, overwrite)
         spec = replace(spec, run_id=run_id)
-        _EXPLAINERS[(sha, spec.runtime)] = explainer
+        keep_explainer(spec, explainer)
         group = AuditStore(url, mode="r+").group
         todo = [c for c, done in enumerate(done_chunks(group)) if not done]
         if todo:
@@ -203,7 +182,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
             with progress_bar("audit", enabled=progress) as update:
                 done = Counter(len(data) - remaining, len(data), update)
                 if distributed:
-                    _run_on_dask(spec, todo, done, scheduler, workers)
+                    run_on_dask(spec, todo, done, scheduler, workers, process_chunk)
                 else:
                     for chunk in todo:
                         done.add(process_chunk(spec, chunk))
@@ -212,7 +191,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
                 stats.write_statistics(group, spec, explainer.num_classes)
                 stats.write_summary(url, group, spec)
                 repair_group_metadata(url)
-                _update_manifest(group, status="complete", finished_at=_now(),
+                update_manifest(group, status="complete", finished_at=utc_now(),
                                  failed_items=int(np.count_nonzero(group["failed"][:])),
                                  flagged_items=int(np.count_nonzero(group["flags"][:])))
         remove_partial_files(url)
@@ -221,7 +200,7 @@ def run(model, dataset, store, *, methods="gradcam", layers="auto", target="pred
 
 def process_chunk(spec: AuditSpec, chunk: int) -> int:
     """Explain one chunk and write it to the store, its done mark last. Returns its items."""
-    explainer = _explainer(spec)
+    explainer = worker_explainer(spec)
     start, stop = spec.bounds(chunk)
     read = spec.dataset.read_finite(start, stop)
     x, failures, side = read.x, read.failures, read.side or {}
@@ -250,7 +229,7 @@ def process_chunk(spec: AuditSpec, chunk: int) -> int:
                               input=spec.input)
             for name, value in scores.items():
                 values[map_path(f"metrics/{name}", method, layer)] = value.astype(np.float32)
-    arrays = _arrays(spec)
+    arrays = job_arrays(spec.store, spec.run_id)
     with writing(spec.store, f"Writing chunk {chunk} (items {start}-{stop - 1})"):
         for name, value in values.items():
             if failed.any() and name not in ("failed", "error", "label", "flags"):
@@ -276,7 +255,8 @@ def _chunk_targets(spec: AuditSpec, start: int, stop: int):
     return spec.target
 
 
-def _check_targets(target, labels, classes: int) -> None:
+def check_targets(target, labels, classes: int) -> None:
+    """A TargetError for target="label" without labels, or labels outside the classes."""
     if target == "label":
         if labels is None:
             raise TargetError("target='label' explains each item's true class: give labels= "
@@ -286,107 +266,7 @@ def _check_targets(target, labels, classes: int) -> None:
         raise TargetError(f"Labels {bad} are outside the model's {classes} classes.")
 
 
-def _explainer(spec: AuditSpec) -> Explainer:
-    key = (spec.model_sha256, spec.runtime)
-    if key not in _EXPLAINERS:
-        runtime = spec.runtime
-        worker_threads = _dask_worker_threads()
-        if worker_threads and runtime.intra_op_threads == 0:
-            runtime = replace(runtime, intra_op_threads=worker_threads)
-        if _sha256(spec.model) != spec.model_sha256:
-            raise StoreError(f"The model this worker reads ({spec.model!r}) is not the one the "
-                             "job started with (SHA-256 differs); give workers the same file.")
-        _EXPLAINERS[key] = Explainer(spec.model, runtime=runtime)
-    return _EXPLAINERS[key]
-
-
-def _arrays(spec: AuditSpec) -> dict:
-    """The store's arrays, opened once per process and job."""
-    key = (spec.store, spec.run_id)
-    if key not in _ARRAYS:
-        group = AuditStore(spec.store, mode="r+").group
-        _ARRAYS.clear()
-        _ARRAYS[key] = _LazyArrays(group)
-    return _ARRAYS[key]
-
-
-class _LazyArrays(dict):
-    def __init__(self, group):
-        super().__init__()
-        self.group = group
-
-    def __missing__(self, name):
-        self[name] = self.group[name]
-        return self[name]
-
-
-def _dask_worker_threads() -> int:
-    if "distributed" not in sys.modules:
-        return 0
-    from distributed import get_worker
-    try:
-        return get_worker().state.nthreads
-    except ValueError:  # not inside a worker
-        return 0
-
-
-class Counter:
-    """Items done so far, reported to a progress callback."""
-
-    def __init__(self, done: int, total: int, report):
-        self.done, self.total, self.report = done, total, report
-        report(done, total)
-
-    def add(self, items: int) -> None:
-        self.done += items
-        self.report(self.done, self.total)
-
-
-def _run_on_dask(spec, todo: list, done: Counter, scheduler, workers,
-                 task=process_chunk) -> None:
-    """Run task(spec, t) for every t of `todo` on a Dask cluster; each returns its items."""
-    from distributed import Client, LocalCluster, as_completed
-    if scheduler is not None:
-        client, cluster = Client(scheduler), None
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    try:
-        futures = client.map(task, [spec] * len(todo), todo, pure=False)
-        for future in as_completed(futures):
-            done.add(future.result())
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-def _open_model(model, class_names, runtime):
-    """The driver's Explainer, what workers load the model from, and the model's SHA-256."""
-    if isinstance(model, Explainer):
-        data = model.model.proto.SerializeToString()
-        return model, data, hashlib.sha256(data).hexdigest()
-    if isinstance(model, (str, os.PathLike)):
-        path = os.path.abspath(os.fspath(model))
-        explainer = Explainer(path, class_names=class_names, runtime=runtime)
-        return explainer, path, _sha256(path)
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else bytes(model)
-    explainer = Explainer(data, class_names=class_names, runtime=runtime)
-    return explainer, data, hashlib.sha256(data).hexdigest()
-
-
-def _sha256(model: str | bytes) -> str:
-    if isinstance(model, bytes):
-        return hashlib.sha256(model).hexdigest()
-    digest = hashlib.sha256()
-    with open(model, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _class_index(explainer: Explainer, *, target=None, foil=None) -> int:
+def class_index(explainer: Explainer, *, target=None, foil=None) -> int:
     """The class a target or foil (an index or a class name) means for this model."""
     plan = plan_targets(0 if target is None else target, foil, 1, explainer.num_classes,
                         explainer.class_names, predict=None)
@@ -435,47 +315,6 @@ def _prepare_store(spec: AuditSpec, identity: dict, explainer: Explainer,
         lambda group: _create_arrays(group, spec, explainer))
 
 
-def prepare_store(url: str, identity: dict, overwrite: bool, job: str,
-                  manifest_fields: Callable[[], dict],
-                  create_arrays: Callable[[object], None]) -> str:
-    """Create the store of a job (`job`: "an audit", "a comparison"), or check that an
-    existing one belongs to this job (same identity), and bring it to "running" in the order
-    store.py describes (every step safe to cut short by a kill). Returns its run id."""
-    import zarr
-    state = store_state(url)
-    manifest = None
-    if state == "audit":
-        manifest = AuditStore(url).manifest
-        diffs = identity_differences(manifest["identity"], identity)
-        if diffs and not overwrite:
-            raise StoreError(
-                f"{url!r} holds {job} of another model, dataset or arguments:\n  "
-                + "\n  ".join(diffs) + "\nUse the same command to resume it, another store "
-                "path, or overwrite=True (--overwrite) to replace it.")
-        manifest = None if diffs else manifest
-    elif state == "other" and not overwrite:
-        raise StoreError(f"{url!r} exists and is not {job} store; choose another "
-                         "path, or pass overwrite=True (--overwrite) to replace it.")
-    if manifest is None:  # a new store: its manifest first, so the folder is this job's
-        discard_root(url)
-        manifest = {"identity": identity, "run_id": uuid.uuid4().hex, "status": "creating",
-                    **manifest_fields(), "started_at": _now(), "finished_at": None,
-                    "sessions": [_session()]}
-        group = zarr.create_group(url, attributes={MANIFEST_KEY: manifest})
-    else:
-        group = zarr.open_group(url, mode="r+")
-        _update_manifest(group, sessions=[*manifest["sessions"], _session()])
-    if manifest["status"] == "creating":  # new, or its creation was cut short: (re)create
-        clear_store(url)
-        create_arrays(group)
-        repair_group_metadata(url)
-        _update_manifest(group, status="running")
-    else:
-        remove_partial_files(url)
-        repair_group_metadata(url)
-    return manifest["run_id"]
-
-
 def _create_arrays(group, spec: AuditSpec, explainer: Explainer) -> None:
     n, k, step = len(spec.dataset), explainer.num_classes, spec.chunk_items
     item = spec.dataset.shape[1:]
@@ -504,18 +343,3 @@ def _create_arrays(group, spec: AuditSpec, explainer: Explainer) -> None:
                                dtype="float32", chunks=(step,), fill_value=np.nan)
     group.create_array("chunk_done", shape=(spec.chunks,), dtype="uint8", chunks=(1,),
                        fill_value=0)
-
-
-def _update_manifest(group, **fields) -> None:
-    manifest = dict(group.attrs[MANIFEST_KEY])
-    manifest.update(fields)
-    group.attrs[MANIFEST_KEY] = manifest
-
-
-def _session() -> dict:
-    return {"started_at": _now(), "host": platform.node(), "pid": os.getpid(),
-            "command": sys.argv}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -4,9 +4,7 @@ mean / std CAMs, and the items whose maps differ most from their class mean."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from matplotlib.figure import Figure
 
 from ..errors import StoreError
 from ..files import write_atomic
+from . import html_page
 from .store import AuditStore, map_path
 
 MAX_CLASSES_SHOWN = 12  # the most frequent classes, for datasets with many classes
@@ -36,8 +35,7 @@ def write_report(store: str | os.PathLike | AuditStore, out: str | os.PathLike, 
     for method, layer in audit.maps:
         sections.append(_class_maps(audit, method, layer, names))
         sections.append(_outliers(audit, method, layer, names, outliers))
-    page = _PAGE.format(title=html.escape(f"onnx-cam audit: {audit.url}"),
-                        body="\n".join(sections))
+    page = html_page.page(f"onnx-cam audit: {audit.url}", sections)
     out = Path(out)
     write_atomic(out, lambda handle: handle.write(page.encode("utf-8")))
     return out
@@ -46,21 +44,6 @@ def write_report(store: str | os.PathLike | AuditStore, out: str | os.PathLike, 
 def _class_names(manifest: dict) -> list[str]:
     names = manifest.get("class_names")
     return list(names) if names else [str(k) for k in range(manifest["classes"])]
-
-
-def _png(fig: Figure) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="figure" src="data:image/png;base64,{data}">'
-
-
-def _table(header: list[str] | None, rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header or [])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                   for row in rows)
-    head = f"<thead><tr>{head}</tr></thead>" if head else ""
-    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def _overview(audit: AuditStore, manifest: dict) -> str:
@@ -75,8 +58,8 @@ def _overview(audit: AuditStore, manifest: dict) -> str:
             ["started / finished", f"{manifest['started_at']} / {manifest['finished_at']}"],
             ["versions", ", ".join(f"{k} {v}" for k, v in identity["versions"].items())]]
     errors = [[i, str(audit["error"][i])] for i in np.flatnonzero(failed)[:20]]
-    more = _table(["item", "why it failed"], errors) if errors else ""
-    return f"<h2>Run</h2>{_table(None, rows)}{more}"
+    more = html_page.table(["item", "why it failed"], errors) if errors else ""
+    return f"<h2>Run</h2>{html_page.table(None, rows)}{more}"
 
 
 def _predictions(audit: AuditStore, names: list[str]) -> str:
@@ -98,14 +81,14 @@ def _predictions(audit: AuditStore, names: list[str]) -> str:
     bars.tick_params(axis="x", labelrotation=45)
     hist.hist(confidence, bins=20, range=(0, 1), color="tab:green")
     hist.set(title="Confidence of the predicted class", xlabel="probability", ylabel="items")
-    parts = [f"<h2>Predictions</h2>{_png(fig)}"]
+    parts = [f"<h2>Predictions</h2>{html_page.figure(fig)}"]
     if "stats/confusion" in audit.group:
         confusion = np.asarray(audit["stats/confusion"][:])
         accuracy = np.trace(confusion) / max(confusion.sum(), 1)
         keep = shown[:MAX_CLASSES_SHOWN]
         rows = [[names[i], *confusion[i, keep].tolist()] for i in keep]
         parts.append(f"<p>Accuracy {accuracy:.1%}. Confusion (rows: true class, columns: "
-                     f"predicted):</p>{_table(['', *[names[k] for k in keep]], rows)}")
+                     f"predicted):</p>{html_page.table(['', *[names[k] for k in keep]], rows)}")
     return "\n".join(parts)
 
 
@@ -121,7 +104,7 @@ def _class_maps(audit: AuditStore, method: str, layer: str, names: list[str]) ->
                    f"{names[k]} (n={count[k]}): mean", "standard deviation", band=True)
     title = html.escape(f"{method} @ {layer}: mean and standard deviation of the CAM per "
                         f"{'true' if by == 'label' else 'predicted'} class")
-    return f"<h2>{title}</h2>{_png(fig)}"
+    return f"<h2>{title}</h2>{html_page.figure(fig)}"
 
 
 def _outliers(audit: AuditStore, method: str, layer: str, names: list[str], top: int) -> str:
@@ -136,17 +119,17 @@ def _outliers(audit: AuditStore, method: str, layer: str, names: list[str], top:
     cams = audit.cams(method, layer)
     probs = audit["probs"]
     predicted = np.asarray(audit["predicted"][:])
-    table = _table(["item", by, "predicted", "confidence", "distance"],
-                   [[int(i), names[classes_of[i]], names[predicted[i]],
-                     f"{float(probs[i][predicted[i]]):.3f}", f"{distance[i]:.4f}"]
-                    for i in order])
+    table = html_page.table(["item", by, "predicted", "confidence", "distance"],
+                            [[int(i), names[classes_of[i]], names[predicted[i]],
+                              f"{float(probs[i][predicted[i]]):.3f}", f"{distance[i]:.4f}"]
+                             for i in order])
     fig, rows = _grid(len(order), cams.ndim == 2)
     for row, i in zip(rows, order):
         _draw_pair(row, np.asarray(cams[i], np.float32), np.asarray(mean[classes_of[i]]),
                    f"item {i}", f"mean of class {names[classes_of[i]]}", band=False)
     heading = html.escape(f"{method} @ {layer}: the items whose maps differ most from their "
                           "class mean (RMS distance)")
-    return f"<h2>{heading}</h2>{table}{_png(fig)}"
+    return f"<h2>{heading}</h2>{table}{html_page.figure(fig)}"
 
 
 def _grid(rows: int, signals: bool):
@@ -181,18 +164,3 @@ def _draw_pair(row, first: np.ndarray, second: np.ndarray, first_title: str,
         ax.figure.colorbar(image, ax=ax, fraction=0.04)
         ax.set(xticks=[], yticks=[])
         ax.set_title(title, fontsize=9)
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 2em; }}
-table {{ border-collapse: collapse; margin: .5em 0; font-size: .9em; }}
-td, th {{ border: 1px solid #ccc; padding: .2em .6em; text-align: left; }}
-img {{ max-width: 100%; }}
-</style></head>
-<body><h1>{title}</h1>
-{body}
-</body></html>
-"""

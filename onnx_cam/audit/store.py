@@ -34,9 +34,14 @@ import errno
 import fcntl
 import json
 import os
+import platform
 import re
 import socket
+import sys
+import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -340,3 +345,87 @@ def writing(url: str, what: str):
         raise StoreError(f"{what} in the audit store {url!r} failed: {cause}; nothing done is "
                          "lost (the chunks marked done are kept, only the rest is redone).") \
             from exc
+
+
+def prepare_store(url: str, identity: dict, overwrite: bool, job: str,
+                  manifest_fields: Callable[[], dict],
+                  create_arrays: Callable[[object], None]) -> str:
+    """Create the store of a job (`job`: "an audit", "a comparison"), or check that an
+    existing one belongs to this job (same identity), and bring it to "running" in the order
+    the module's docstring describes (every step safe to cut short by a kill). Returns its
+    run id."""
+    import zarr
+    state = store_state(url)
+    manifest = None
+    if state == "audit":
+        manifest = AuditStore(url).manifest
+        diffs = identity_differences(manifest["identity"], identity)
+        if diffs and not overwrite:
+            raise StoreError(
+                f"{url!r} holds {job} of another model, dataset or arguments:\n  "
+                + "\n  ".join(diffs) + "\nUse the same command to resume it, another store "
+                "path, or overwrite=True (--overwrite) to replace it.")
+        manifest = None if diffs else manifest
+    elif state == "other" and not overwrite:
+        raise StoreError(f"{url!r} exists and is not {job} store; choose another "
+                         "path, or pass overwrite=True (--overwrite) to replace it.")
+    if manifest is None:  # a new store: its manifest first, so the folder is this job's
+        discard_root(url)
+        manifest = {"identity": identity, "run_id": uuid.uuid4().hex, "status": "creating",
+                    **manifest_fields(), "started_at": utc_now(), "finished_at": None,
+                    "sessions": [_session()]}
+        group = zarr.create_group(url, attributes={MANIFEST_KEY: manifest})
+    else:
+        group = zarr.open_group(url, mode="r+")
+        update_manifest(group, sessions=[*manifest["sessions"], _session()])
+    if manifest["status"] == "creating":  # new, or its creation was cut short: (re)create
+        clear_store(url)
+        create_arrays(group)
+        repair_group_metadata(url)
+        update_manifest(group, status="running")
+    else:
+        remove_partial_files(url)
+        repair_group_metadata(url)
+    return manifest["run_id"]
+
+
+def update_manifest(group, **fields) -> None:
+    """Set `fields` of the manifest (the root's attributes, written whole)."""
+    manifest = dict(group.attrs[MANIFEST_KEY])
+    manifest.update(fields)
+    group.attrs[MANIFEST_KEY] = manifest
+
+
+def _session() -> dict:
+    """This process's entry in the manifest's sessions: when, where and how it took the store."""
+    return {"started_at": utc_now(), "host": platform.node(), "pid": os.getpid(),
+            "command": sys.argv}
+
+
+def utc_now() -> str:
+    """The time now, as the manifest records it (ISO 8601, UTC, to the second)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# A worker process keeps the arrays of the job it writes open between chunks.
+_ARRAYS: dict[tuple, dict] = {}
+
+
+def job_arrays(url: str, run_id: str) -> dict:
+    """The arrays of the store at `url`, opened once per process and job (`run_id`)."""
+    key = (url, run_id)
+    if key not in _ARRAYS:
+        group = AuditStore(url, mode="r+").group
+        _ARRAYS.clear()
+        _ARRAYS[key] = _LazyArrays(group)
+    return _ARRAYS[key]
+
+
+class _LazyArrays(dict):
+    def __init__(self, group):
+        super().__init__()
+        self.group = group
+
+    def __missing__(self, name):
+        self[name] = self.group[name]
+        return self[name]

@@ -41,16 +41,22 @@ import onnxruntime
 
 from .. import __version__
 from ..audit import job as audit_job
+from ..audit.chunks import Chunked, Counter, run_on_dask
 from ..audit.datasets import Dataset, open_dataset, read_labels
+from ..audit.models import keep_explainer, open_model, worker_explainer
 from ..audit.store import (
     MANIFEST_KEY,
     STORE_FORMAT,
     AuditStore,
     StoreLock,
     done_chunks,
+    job_arrays,
     node_name,
+    prepare_store,
     remove_partial_files,
     repair_group_metadata,
+    update_manifest,
+    utc_now,
     writing,
 )
 from ..errors import InputError, MethodError
@@ -80,7 +86,7 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
-class CompareSpec(audit_job.Chunked):
+class CompareSpec(Chunked):
     """What a worker needs to process one (model, chunk) task; picklable."""
 
     models: tuple[ModelRef, ...]
@@ -170,11 +176,11 @@ def compare(models, dataset, out, *, methods=("gradcam",), metrics=("deletion",)
     refs, explainers = [], {}
     for name, (explainer, model_ref, sha) in opened.items():
         explainer.check_input(sample)  # every model takes the dataset's items
-        audit_job._check_targets(target, label_array, explainer.num_classes)
+        audit_job.check_targets(target, label_array, explainer.num_classes)
         chosen = _layer_for(name, layer, explainer)
         explainer.model.resolve_layer(chosen)
         resolved = (target if target in ("pred", "label")
-                    else audit_job._class_index(explainer, target=target))
+                    else audit_job.class_index(explainer, target=target))
         refs.append(ModelRef(name, model_ref, sha, explainer.runtime, chosen, resolved))
         explainers[name] = explainer
     distributed = scheduler is not None or workers is not None
@@ -195,7 +201,7 @@ def compare(models, dataset, out, *, methods=("gradcam",), metrics=("deletion",)
             run_id = _prepare_store(spec, identity, overwrite)
         spec = replace(spec, run_id=run_id)
         for ref in refs:
-            audit_job._EXPLAINERS[(ref.model_sha256, ref.runtime)] = explainers[ref.name]
+            keep_explainer(ref, explainers[ref.name])
         group = AuditStore(url, mode="r+").group
         marks = done_chunks(group)
         todo = [(m, c) for m in range(len(refs)) for c in range(spec.chunks) if not marks[m, c]]
@@ -203,10 +209,9 @@ def compare(models, dataset, out, *, methods=("gradcam",), metrics=("deletion",)
             remaining = sum(stop - start for start, stop in (spec.bounds(c) for _, c in todo))
             total = len(data) * len(refs)
             with progress_bar("compare", enabled=progress) as update:
-                done = audit_job.Counter(total - remaining, total, update)
+                done = Counter(total - remaining, total, update)
                 if distributed:
-                    audit_job._run_on_dask(spec, todo, done, scheduler, workers,
-                                           task=process_task)
+                    run_on_dask(spec, todo, done, scheduler, workers, process_task)
                 else:
                     for task in todo:
                         done.add(process_task(spec, task))
@@ -219,8 +224,7 @@ def compare(models, dataset, out, *, methods=("gradcam",), metrics=("deletion",)
                 table = write_tables(group, spec, paths[0], paths[1])
                 write_page(paths[2], table, group, spec, explainers, disagreements)
                 repair_group_metadata(url)
-                audit_job._update_manifest(group, status="complete",
-                                           finished_at=audit_job._now())
+                update_manifest(group, status="complete", finished_at=utc_now())
         remove_partial_files(url)
     return Comparison(url, *paths)
 
@@ -230,7 +234,7 @@ def process_task(spec: CompareSpec, task: tuple[int, int]) -> int:
     store, its mark last. Returns its items."""
     index, chunk = task
     ref = spec.models[index]
-    explainer = audit_job._explainer(ref)
+    explainer = worker_explainer(ref)
     start, stop = spec.bounds(chunk)
     read = spec.dataset.read_finite(start, stop)
     x, failures = read.x, read.failures
@@ -278,7 +282,7 @@ def process_task(spec: CompareSpec, task: tuple[int, int]) -> int:
     values[f"{prefix}/disagreement"] = disagreement(maps)
     if spec.labels is not None:
         values["label"] = spec.labels[start:stop]
-    group = audit_job._arrays(spec)
+    group = job_arrays(spec.store, spec.run_id)
     with writing(spec.store, f"Writing model {ref.name!r}, chunk {chunk} (items "
                              f"{start}-{stop - 1})"):
         for name, value in values.items():
@@ -342,7 +346,7 @@ def _open_models(models, runtime) -> dict:
             named[stem] = model
     if not named:
         raise InputError("Give at least one model.")
-    return {name: audit_job._open_model(m, None, runtime) for name, m in named.items()}
+    return {name: open_model(m, None, runtime) for name, m in named.items()}
 
 
 def _layer_for(name: str, layer, explainer) -> str:
@@ -380,7 +384,7 @@ def _identity(spec: CompareSpec, explainers: dict, target) -> dict:
 
 def _prepare_store(spec: CompareSpec, identity: dict, overwrite: bool) -> str:
     """The comparison's store, created or checked to be this job's, as an audit's."""
-    return audit_job.prepare_store(
+    return prepare_store(
         spec.store, identity, overwrite, "a comparison",
         lambda: {"maps": [], "items": len(spec.dataset), "chunks": spec.chunks},
         lambda group: _create_arrays(group, spec))

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from ..audit.report import _PAGE, _png, _table
+from ..audit import html_page
 from ..audit.store import node_name
 from ..files import write_atomic
 from ..metrics.directions import BETTER
@@ -32,8 +32,7 @@ def write_page(path: Path, table, group, spec, explainers: dict, disagreements: 
                 _per_class(columns, group, spec, explainers)]
     sections += [_disagreement(group, spec, ref, explainers[ref.name], disagreements)
                  for ref in spec.models]
-    page = _PAGE.format(title=html.escape("onnx-cam: comparison of explanation methods"),
-                        body="\n".join(sections))
+    page = html_page.page("onnx-cam: comparison of explanation methods", sections)
     write_atomic(path, lambda handle: handle.write(page.encode("utf-8")))
 
 
@@ -81,7 +80,7 @@ def _overview(group, spec) -> str:
                                   for m in spec.metrics)],
             ["target", identity["arguments"]["target"]], ["score explained", spec.score],
             ["versions", ", ".join(f"{k} {v}" for k, v in identity["versions"].items())]]
-    return f"<h2>Run</h2>{_table(None, rows)}"
+    return f"<h2>Run</h2>{html_page.table(None, rows)}"
 
 
 def normalised(means: dict, spec, spread: dict | None = None) -> tuple[list[str], dict]:
@@ -155,7 +154,7 @@ def _radar(means: dict, spec, spread: dict) -> str:
             "percentiles over every model and method shown: methods whose means differ by much "
             "less than the items' spread lie close together. With fewer than three such "
             "metrics, bars show the same scaled means." + note)
-    return f"<h2>Radar: methods per model</h2><p>{html.escape(text)}</p>{_png(fig)}"
+    return f"<h2>Radar: methods per model</h2><p>{html.escape(text)}</p>{html_page.figure(fig)}"
 
 
 def _mean_table(means: dict, spec) -> str:
@@ -164,7 +163,7 @@ def _mean_table(means: dict, spec) -> str:
                                  for metric in spec.metrics]]
             for ref in spec.models for method in spec.methods]
     return ("<h2>Means</h2><p>Mean +- standard error over the items (in brackets: which way is "
-            f"better).</p>{_table(header, rows)}")
+            f"better).</p>{html_page.table(header, rows)}")
 
 
 def _mean_text(entry) -> str:
@@ -190,7 +189,7 @@ def _distributions(columns: dict, spec) -> str:
         ax.set_title(f"{metric} ({BETTER.get(metric, 'no direction')}"
                      f"{' is better' if metric in BETTER else ''})", fontsize=10)
     return ("<h2>Distributions per method</h2><p>Box: quartiles; whiskers: 1.5 x the "
-            f"interquartile range; triangle: mean.</p>{_png(fig)}")
+            f"interquartile range; triangle: mean.</p>{html_page.figure(fig)}")
 
 
 def _cost(columns: dict, means: dict, spec) -> str:
@@ -224,8 +223,8 @@ def _cost(columns: dict, means: dict, spec) -> str:
     text = ("Seconds are wall-clock per item (a chunk's time over its items, sessions built "
             "beforehand); inputs are the rows given to ONNX Runtime (a forward, a forward + "
             "gradient, or a head-only run each count one).")
-    return f"<h2>Metric against cost</h2><p>{html.escape(text)}</p>{_png(fig)}" \
-           f"{_table(header, rows)}"
+    return (f"<h2>Metric against cost</h2><p>{html.escape(text)}</p>{html_page.figure(fig)}"
+            f"{html_page.table(header, rows)}")
 
 
 def _class_names(explainer) -> list[str]:
@@ -254,7 +253,7 @@ def _per_class(columns: dict, group, spec, explainers: dict) -> str:
                     sel &= columns[by] == k
                     row.append(f"{_nanmean(columns['value'][sel].astype(np.float64)):.4g}")
             rows.append(row)
-        parts.append(f"<h3>{html.escape(ref.name)}</h3>{_table(header, rows)}")
+        parts.append(f"<h3>{html.escape(ref.name)}</h3>{html_page.table(header, rows)}")
     return "\n".join(parts)
 
 
@@ -288,7 +287,8 @@ def _disagreement(group, spec, ref, explainer, top: int) -> str:
     text = ("Disagreement: 1 - the mean Spearman rank correlation between every two methods' "
             "maps of the item. Each map is scaled to [0, 1]; the first column is the input "
             "(the mean over channels).")
-    return f"{title}<p>{html.escape(text)}</p>{_table(header, rows)}{_png(fig)}"
+    return (f"{title}<p>{html.escape(text)}</p>{html_page.table(header, rows)}"
+            f"{html_page.figure(fig)}")
 
 
 def _side_by_side(inputs, maps: list[np.ndarray], methods: list[str], items: list[int]):
