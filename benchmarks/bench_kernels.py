@@ -24,6 +24,7 @@ CASES = [
     ("2D bilinear", (16, 7, 7), (224, 224)),
     ("1D linear", (16, 40), (5000,)),
     ("3D trilinear", (4, 4, 14, 14), (16, 112, 112)),
+    ("3D trilinear", (8, 4, 8, 8), (32, 64, 64)),  # bench_core's 3D CNN at stage4
 ]
 MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 

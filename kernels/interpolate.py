@@ -1,9 +1,9 @@
 """Linear / bilinear / trilinear resizing with PyTorch's ``align_corners=False`` convention.
 
-One kernel serves 1D, 2D and 3D: spatial shapes are left-padded with size-1 axes to
+One code path serves 1D, 2D and 3D: spatial shapes are left-padded with size-1 axes to
 ``(D, H, W)``. Per-axis source-index and weight tables are computed once per call (small
-arrays), then a single parallel loop over output rows ``(n, d, h)`` writes the output and
-records each row's min and max (used by :func:`resize_normalize`).
+arrays); the output is written by parallel loops over rows, which also record each output
+row's min and max (used by :func:`resize_normalize`).
 
 Arithmetic follows ``torch.nn.functional.interpolate`` on CPU in float32: ``scale = in / out``,
 ``src = max(scale * (dst + 0.5) - 0.5, 0)`` (multiply-subtract rounded once, like PyTorch's
@@ -14,9 +14,10 @@ free) or redirected to the other tap's element (along W), so a NaN neighbour tha
 0 does not leak into the output, unlike in PyTorch.
 
 The W taps of a source row are the same for every output row that reads it, so they are
-applied first, once per source row (a small array when enlarging); the loop over output rows
-then combines whole contiguous rows, which the compiler vectorises. The arithmetic, and so
-every bit of a finite result, is that of applying all eight taps per output element.
+applied first, once per source row (a small array when enlarging; the whole work in 1D); the
+loop over output rows ``(n, d, h)`` then combines whole contiguous rows, which the compiler
+vectorises. The arithmetic, and so every bit of a finite result, is that of applying all
+eight taps per output element (2-3.5x faster on 2D / 3D maps than doing that).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._common import as_f32, check_spatial, normalize_out_shape, pad3, threads_for
-from .normalize import finalize_inplace, min_max
+from .normalize import finalize_inplace, min_max, row_stats
 
 
 @numba.njit(cache=True)
@@ -133,13 +134,15 @@ def _resize_padded(
     row_min = np.empty(n_rows, dtype=np.float32)
     row_max = np.empty(n_rows, dtype=np.float32)
     with threads_for(out.size):
-        if in3[2] == out3[2]:
-            xw = x3
+        if in3[:2] == out3[:2]:  # along W only (1D): the rows need no second pass
+            _resize_w(x3.reshape(-1, in3[2]), *idx[2], *wts[2], out.reshape(-1, out3[2]))
+            row_stats(out.reshape(-1, out3[2]), row_min, row_max)
         else:
-            xw = np.empty((*x3.shape[:3], out3[2]), dtype=np.float32)
-            _resize_w(x3.reshape(-1, in3[2]), idx[2, 0], idx[2, 1], wts[2, 0], wts[2, 1],
-                      xw.reshape(-1, out3[2]))
-        _resize_dh(xw, idx, wts, out, row_min, row_max)
+            xw = x3
+            if in3[2] != out3[2]:
+                xw = np.empty((*x3.shape[:3], out3[2]), dtype=np.float32)
+                _resize_w(x3.reshape(-1, in3[2]), *idx[2], *wts[2], xw.reshape(-1, out3[2]))
+            _resize_dh(xw, idx, wts, out, row_min, row_max)
     return out, row_min, row_max, shape
 
 

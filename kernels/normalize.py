@@ -35,7 +35,7 @@ def min_max(row):
 
 
 @numba.njit(cache=True, parallel=True)
-def _row_stats(rows, row_min, row_max):
+def row_stats(rows, row_min, row_max):
     """Per-row min and max; a row containing NaN gets NaN for both."""
     for r in numba.prange(rows.shape[0]):
         row_min[r], row_max[r] = min_max(rows[r])
@@ -102,6 +102,6 @@ def normalize_minmax(maps: ArrayLike) -> tuple[NDArray[np.float32], NDArray[np.f
     row_max = np.empty(rows.shape[0], dtype=np.float32)
     ranges = np.empty((n_items, 2), dtype=np.float32)
     with threads_for(rows.size):
-        _row_stats(rows, row_min, row_max)
+        row_stats(rows, row_min, row_max)
         finalize_inplace(rows, rows_per_item, row_min, row_max, ranges)
     return out, ranges
