@@ -45,7 +45,8 @@ import numba
 import numpy as np
 
 COARSEST_UNKNOWNS = 16       # a level with at most this many unknowns is the coarsest
-SMOOTHING_SWEEPS = 2         # Jacobi sweeps before and after each coarse correction
+SMOOTHING_SWEEPS = 2         # Jacobi sweeps before and after each coarse correction ...
+COARSE_SMOOTHING_SWEEPS = 1  # ... on the first level, and on the coarse ones
 COARSEST_SWEEPS = 8          # Jacobi sweeps from zero on the coarsest level
 SAFE_DIAGONAL = 1.05         # a coarse level's Jacobi divisor: >= this x half the row's |sum|
 RELATIVE_RESIDUAL = 1e-8     # per channel, of the right-hand side's norm: errors ~1e-8
@@ -142,7 +143,7 @@ def _step(x, r, rhs, direction, product, alpha):
 @numba.njit(cache=True)
 def _v_cycle(e, rhs, work, filtered, tmp, unknown, diagonal, inverse, stencils, start,
              strides, offsets, reach, coarse, fine, pairs, weight, centre, transfer, smoothing,
-             coarsest):
+             coarse_smoothing, coarsest):
     """e = one V-cycle applied to rhs, both on the first level (the other levels' parts of
     e and rhs are work space); one channel. stencils: the coarse levels' (3**n, positions)
     blocks one after another, flat."""
@@ -161,7 +162,8 @@ def _v_cycle(e, rhs, work, filtered, tmp, unknown, diagonal, inverse, stencils, 
         here = (e[lo:hi], rhs[lo:hi], filtered[lo:hi], tmp[lo:hi])
         for i in range(hi - lo):
             here[0][i] = inv[i] * here[1][i]
-        for _ in range((coarsest if lv == levels - 1 else smoothing) - 1):
+        sweeps = coarsest if lv == levels - 1 else smoothing if lv == 0 else coarse_smoothing
+        for _ in range(sweeps - 1):
             _smooth(lv, *here, inv, block, strides[lv], offsets[lv], reach[lv], weight, centre)
         if lv == levels - 1:
             break
@@ -186,42 +188,26 @@ def _v_cycle(e, rhs, work, filtered, tmp, unknown, diagonal, inverse, stencils, 
         _binomial(here[2], here[3], placed, strides[lv])
         for i in range(hi - lo):
             here[0][i] += mask[i] * transfer * here[2][i]
-        for _ in range(smoothing):
+        for _ in range(smoothing if lv == 0 else coarse_smoothing):
             _smooth(lv, *here, inverse[lo:hi], block, strides[lv], offsets[lv], reach[lv],
                     weight, centre)
 
 
 @numba.njit(cache=True)
-def _first_stencil(out, unknown, diagonal, neighbour, offsets, reach):
-    """out (3**n, positions) = the first level's operator as a stencil: diagonal (0 off the
-    unknowns) at the centre, -neighbour weight between unknowns."""
-    size, count = out.shape
-    for k in range(size):
-        row, offset, weight = out[k], offsets[k], np.float32(-neighbour[k])
-        row[:reach] = 0.0
-        row[count - reach:] = 0.0
-        if k == (size - 1) // 2:
-            row[reach:count - reach] = diagonal[reach:count - reach]
-            continue
-        n = count - 2 * reach       # slices, not offset indices, so that the loop vectorises
-        into, here, there = row[reach:reach + n], unknown[reach:reach + n], \
-            unknown[reach + offset:reach + offset + n]
-        for i in range(n):
-            into[i] = weight * here[i] * there[i]
-
-
-@numba.njit(cache=True)
-def _coarsen_axis(out, src, coarse_inner, fine_inner, step):
+def _coarsen_axis(out, src, outer, length, coarse_length, inner, coarse_inner, fine_inner, step,
+                  first, unknown, diagonal, neighbour, offsets):
     """out = P_a^T A P_a, P_a multilinear interpolation along one axis alone (identity along
-    the others), its entries up to the centre (the others follow by symmetry): out (3**n,
-    outer, coarse length, inner) and src (3**n, outer, length, inner) are stencils viewed
-    around that axis, coarse_inner / fine_inner its positions inside the padding, step the
-    stride of its offset in the 3**n entries."""
-    size, outer, _, inner = out.shape
-    centre = (size - 1) // 2
+    the others), its entries up to the centre (the others follow by symmetry). out (3**n,
+    outer x coarse_length x inner) and src (3**n, outer x length x inner) are stencils on
+    padded grids that differ along that axis alone, coarse_inner / fine_inner its positions
+    inside the padding, step the stride of its offset in the 3**n entries. With `first`, src
+    is the first level's operator, read in place from unknown (0 / 1), diagonal (0 off the
+    unknowns), the neighbour weights and their flat offsets."""
+    size = out.shape[0]
+    centre, total = (size - 1) // 2, outer * length * inner
     out[:centre + 1] = 0.0
     for k in range(centre + 1):
-        o = (k // step) % 3 - 1
+        o, to = (k // step) % 3 - 1, out[k]
         for s in range(-1, 2):
             # the coarse positions whose fine position 2q - 1 + s is inside the padding
             q_lo, q_hi = (2 if s < 0 else 1), min(coarse_inner, (fine_inner + 1 - s) // 2)
@@ -229,18 +215,33 @@ def _coarsen_axis(out, src, coarse_inner, fine_inner, step):
                 t = s + d - 2 * o
                 if t < -1 or t > 1:
                     continue
-                w = np.float32((1.0 if s == 0 else 0.5) * (1.0 if t == 0 else 0.5))
                 kk = k + (d - o) * step
+                w = np.float32((1.0 if s == 0 else 0.5) * (1.0 if t == 0 else 0.5)
+                               * (-neighbour[kk] if first and kk != centre else 1.0))
+                row = src[kk]
                 for p in range(outer):
-                    if inner == 1:
-                        row, into = src[kk, p, :, 0], out[k, p, :, 0]
-                        for q in range(q_lo, q_hi + 1):
-                            into[q] += w * row[2 * q - 1 + s]
-                        continue
                     for q in range(q_lo, q_hi + 1):
-                        row, into = src[kk, p, 2 * q - 1 + s], out[k, p, q]
-                        for i in range(inner):
-                            into[i] += w * row[i]
+                        at = (p * coarse_length + q) * inner
+                        fine = (p * length + 2 * q - 1 + s) * inner
+                        if not first and inner == 1:
+                            to[at] += w * row[fine]
+                            continue
+                        # slices, not offset indices, so that the loops vectorise
+                        if not first:
+                            into, here = to[at:at + inner], row[fine:fine + inner]
+                            for i in range(inner):
+                                into[i] += w * here[i]
+                        elif kk == centre:
+                            into, here = to[at:at + inner], diagonal[fine:fine + inner]
+                            for i in range(inner):
+                                into[i] += w * here[i]
+                        else:   # positions whose neighbour lies off the level are padding
+                            there = fine + offsets[kk]
+                            lo, hi = max(0, -there), min(inner, total - there)
+                            into, here = to[at + lo:at + hi], unknown[fine + lo:fine + hi]
+                            moved = unknown[there + lo:there + hi]
+                            for i in range(hi - lo):
+                                into[i] += w * here[i] * moved[i]
 
 
 @numba.njit(cache=True)
@@ -271,15 +272,10 @@ def _galerkin(stencils, ping, pong, unknown, inverse, diagonal, neighbour, start
     their Jacobi divisors' inverses (into `inverse`), axis by axis through the work arrays
     ping and pong (3**n x the first level's positions each); shapes and inners (levels,
     ndim): padded and inner shapes; diagonal: the first level's, 0 off its unknowns."""
-    size, ndim, m = offsets.shape[1], shapes.shape[1], start[1]
+    size, ndim = offsets.shape[1], shapes.shape[1]
     for lv in range(start.shape[0] - 2):
-        if lv == 0:
-            src = pong[:size * m]
-            _first_stencil(src.reshape(size, m), unknown[:m], diagonal, neighbour, offsets[0],
-                           reach[0])
-        else:
-            at = size * (start[lv] - start[1])
-            src = stencils[at:at + size * (start[lv + 1] - start[lv])]
+        at = size * max(start[lv] - start[1], 0)
+        src = stencils[at:at + size * (start[lv + 1] - start[lv]) * (lv > 0)]
         shape = shapes[lv].copy()
         for a in range(ndim):
             outer, inner = 1, 1
@@ -293,9 +289,10 @@ def _galerkin(stencils, ping, pong, unknown, inverse, diagonal, neighbour, start
                 out = stencils[at:at + size * count]
             else:
                 out = (ping if a % 2 == 0 else pong)[:size * count]
-            _coarsen_axis(out.reshape(size, outer, shapes[lv + 1][a], inner),
-                          src.reshape(size, outer, shape[a], inner), inners[lv + 1][a],
-                          inners[lv][a], 3 ** (ndim - 1 - a))
+            _coarsen_axis(out.reshape(size, count), src.reshape(size, -1), outer, shape[a],
+                          shapes[lv + 1][a], inner, inners[lv + 1][a], inners[lv][a],
+                          3 ** (ndim - 1 - a), lv == 0 and a == 0, unknown, diagonal, neighbour,
+                          offsets[0])
             src = out
             shape[a] = shapes[lv + 1][a]
             _mirror(out.reshape(size, count), shape)
@@ -319,7 +316,7 @@ def _galerkin(stencils, ping, pong, unknown, inverse, diagonal, neighbour, start
 def _conjugate_gradients(filled, first_diagonal, unknown, diagonal, inverse, stencils, singles,
                          doubles, start, strides, offsets, reach, coarse, fine, pairs, weight,
                          centre, transfer, relative_residual, max_iterations, smoothing,
-                         coarsest):
+                         coarse_smoothing, coarsest):
     """Whether all channels converged; `filled` (C, first level's padded positions), the kept
     values and 0 elsewhere, gets the solution added on the unknowns, channel by channel. The
     iteration runs in float64; the V-cycle, which only needs to be a fixed symmetric positive
@@ -332,7 +329,8 @@ def _conjugate_gradients(filled, first_diagonal, unknown, diagonal, inverse, ste
     rhs[:] = 0.0                 # the coarse levels' right-hand sides are 0 off their unknowns
     single = np.float32
     cycle = (unknown, diagonal, inverse, stencils, start, strides, offsets, reach, coarse,
-             fine, pairs, single(weight), single(centre), single(transfer), smoothing, coarsest)
+             fine, pairs, single(weight), single(centre), single(transfer), smoothing,
+             coarse_smoothing, coarsest)
     m = start[1]
     first = (unknown[:m], first_diagonal, strides[0])
     for c in range(filled.shape[0]):
@@ -548,6 +546,7 @@ def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None
         coarse=chosen[0, :pairs[levels - 1]], fine=chosen[1, :pairs[levels - 1]],
         pairs=pairs[:levels], weight=1.0 / (4.0 ** ndim - 2.0 ** ndim), centre=2.0 ** ndim,
         transfer=1.0 / 2.0 ** ndim, relative_residual=RELATIVE_RESIDUAL,
-        max_iterations=MAX_ITERATIONS, smoothing=SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS,
+        max_iterations=MAX_ITERATIONS, smoothing=SMOOTHING_SWEEPS,
+        coarse_smoothing=COARSE_SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS,
         **per_level)
     return filled.reshape(channels, *first.padded)[inner] if converged else None
