@@ -265,7 +265,7 @@ def _mirror(stencil, shape):
         into[reach:reach + n] = mirrored
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _galerkin(stencils, ping, pong, unknown, inverse, diagonal, neighbour, start, shapes,
               inners, offsets, reach, safe):
     """The coarse levels' stencils P^T A P (into `stencils`, flat, level after level) and
@@ -312,7 +312,7 @@ def _galerkin(stencils, ping, pong, unknown, inverse, diagonal, neighbour, start
                 inv[r + i] = 1.0 / max(centre[i], 0.5 * safe * absolute[i])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _conjugate_gradients(filled, first_diagonal, unknown, diagonal, inverse, stencils, singles,
                          doubles, start, strides, offsets, reach, coarse, fine, pairs, weight,
                          centre, transfer, relative_residual, max_iterations, smoothing,
@@ -449,7 +449,7 @@ def _chain(shape: tuple[int, ...]) -> _Chain:
     return chain
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _levels(unknown, removed, inside, coarse, fine, rule, bounds, coarsest, chosen, pairs):
     """How many levels the mask `removed` (flat, C order) takes: unknown (packed, 0 / 1) of
     each; chosen (2, ...) the coarse unknowns' packed positions and their finer positions,
