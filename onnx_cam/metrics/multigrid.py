@@ -313,8 +313,8 @@ def _galerkin(stencils, ping, pong, unknown, inverse, diagonal, neighbour, start
 
 
 @numba.njit(cache=True, nogil=True)
-def _conjugate_gradients(filled, first_diagonal, unknown, diagonal, inverse, stencils, singles,
-                         doubles, start, strides, offsets, reach, coarse, fine, pairs, weight,
+def _conjugate_gradients(filled, first_diagonal, singles, doubles, start, strides, offsets,
+                         reach, unknown, diagonal, inverse, stencils, coarse, fine, pairs, weight,
                          centre, transfer, relative_residual, max_iterations, smoothing,
                          coarse_smoothing, coarsest):
     """Whether all channels converged; `filled` (C, first level's padded positions), the kept
@@ -514,11 +514,29 @@ class _Workspace(threading.local):
 _workspace = _Workspace()
 
 
-def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
-    """(C, *spatial) float64: `item` (C, *spatial), any float type, with its removed positions
-    imputed (`neighbour_stencil`'s weights, perturb.py), or None if conjugate gradients did
-    not converge. Some position must be kept."""
-    ndim, channels = removed.ndim, item.shape[0]
+class _Hierarchy(NamedTuple):
+    """One mask's levels (views of the calling thread's work arrays): how they lie (start,
+    strides, offsets, reach: per level), unknown (0 / 1), the first level's diagonal and
+    every level's Jacobi divisor's inverse (float32, packed), the coarse levels' stencils
+    (flat, level after level, (3**n, positions) each), and the coarse unknowns' packed
+    positions and finer positions (level l + 1's between pairs[l] and pairs[l + 1])."""
+    start: np.ndarray
+    strides: np.ndarray
+    offsets: np.ndarray
+    reach: np.ndarray
+    unknown: np.ndarray
+    diagonal: np.ndarray
+    inverse: np.ndarray
+    stencils: np.ndarray
+    coarse: np.ndarray
+    fine: np.ndarray
+    pairs: np.ndarray
+
+
+def _hierarchy(removed: np.ndarray) -> tuple[_Hierarchy, np.ndarray, np.ndarray]:
+    """The mask's levels, and the thread's float32 work rows (5, packed positions) and
+    float64 ones (5, first level's positions)."""
+    ndim = removed.ndim
     chain, first = _chain(removed.shape), _grid(removed.shape)
     size, m = 3 ** ndim, chain.start[1]
     rows, doubles, spare = _workspace.take(chain.start[-1], m,
@@ -529,24 +547,33 @@ def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None
     levels = _levels(unknown, removed.ravel(), chain.inside, chain.coarse, chain.fine,
                      chain.rule, chain.bounds, COARSEST_UNKNOWNS, chosen, pairs)
     start = chain.start[:levels + 1]
-    stencils = spare[:size * (start[-1] - m)]
     ping, pong = spare[size * (chain.start[-1] - m):].reshape(2, -1)
     np.multiply(unknown[:m], first.single_diagonal, out=diagonal[:m])
     np.multiply(unknown[:m], first.single_inverse, out=inverse[:m])
-    per_level = dict(start=start, strides=chain.strides[:levels],
-                     offsets=chain.offsets[:levels], reach=chain.reach[:levels])
-    _galerkin(stencils, ping, pong, unknown, inverse, diagonal[:m], _neighbour_weights(ndim),
-              start, chain.shapes[:levels], chain.inners[:levels], per_level["offsets"],
-              per_level["reach"], SAFE_DIAGONAL)
-    filled = np.zeros((channels, m))
+    hierarchy = _Hierarchy(start, chain.strides[:levels], chain.offsets[:levels],
+                           chain.reach[:levels], unknown, diagonal, inverse,
+                           spare[:size * (start[-1] - m)], chosen[0, :pairs[levels - 1]],
+                           chosen[1, :pairs[levels - 1]], pairs[:levels])
+    _galerkin(hierarchy.stencils, ping, pong, unknown, inverse, diagonal[:m],
+              _neighbour_weights(ndim), start, chain.shapes[:levels], chain.inners[:levels],
+              hierarchy.offsets, hierarchy.reach, SAFE_DIAGONAL)
+    return hierarchy, rows[:5], doubles
+
+
+def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
+    """(C, *spatial) float64: `item` (C, *spatial), any float type, with its removed positions
+    imputed (`neighbour_stencil`'s weights, perturb.py), or None if conjugate gradients did
+    not converge. Some position must be kept."""
+    ndim, channels = removed.ndim, item.shape[0]
+    hierarchy, singles, doubles = _hierarchy(removed)
+    first = _grid(removed.shape)
+    filled = np.zeros((channels, hierarchy.start[1]))
     inner = (slice(None),) + tuple(slice(1, n + 1) for n in removed.shape)
     np.copyto(filled.reshape(channels, *first.padded)[inner], item, where=~removed)
     converged = _conjugate_gradients(
-        filled, first.diagonal, unknown, diagonal, inverse, stencils, rows[:5], doubles,
-        coarse=chosen[0, :pairs[levels - 1]], fine=chosen[1, :pairs[levels - 1]],
-        pairs=pairs[:levels], weight=1.0 / (4.0 ** ndim - 2.0 ** ndim), centre=2.0 ** ndim,
+        filled, first.diagonal, singles, doubles, *hierarchy,
+        weight=1.0 / (4.0 ** ndim - 2.0 ** ndim), centre=2.0 ** ndim,
         transfer=1.0 / 2.0 ** ndim, relative_residual=RELATIVE_RESIDUAL,
         max_iterations=MAX_ITERATIONS, smoothing=SMOOTHING_SWEEPS,
-        coarse_smoothing=COARSE_SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS,
-        **per_level)
+        coarse_smoothing=COARSE_SMOOTHING_SWEEPS, coarsest=COARSEST_SWEEPS)
     return filled.reshape(channels, *first.padded)[inner] if converged else None
