@@ -274,7 +274,7 @@ def _galerkin(stencils, ping, pong, unknown, inverse, diagonal, neighbour, start
     ndim): padded and inner shapes; diagonal: the first level's, 0 off its unknowns."""
     size, ndim = offsets.shape[1], shapes.shape[1]
     for lv in range(start.shape[0] - 2):
-        at = size * max(start[lv] - start[1], 0)
+        at = size * max(start[lv] - start[1], 0)     # (the first level's: read in place)
         src = stencils[at:at + size * (start[lv + 1] - start[lv]) * (lv > 0)]
         shape = shapes[lv].copy()
         for a in range(ndim):
@@ -298,7 +298,7 @@ def _galerkin(stencils, ping, pong, unknown, inverse, diagonal, neighbour, start
             _mirror(out.reshape(size, count), shape)
         lo, hi, r = start[lv + 1], start[lv + 2], reach[lv + 1]
         n, block = hi - lo - 2 * r, src.reshape(size, hi - lo)
-        state, inv, absolute = unknown[lo + r:lo + r + n], inverse[lo:hi], ping[:n]
+        state, inv, absolute = unknown[lo + r:lo + r + n], inverse[lo:hi], ping[:n]  # ping: unused
         absolute[:] = 0.0
         for k in range(size):       # rows and columns of the kept positions are 0
             into, there = block[k, r:r + n], unknown[lo + r + offsets[lv + 1, k]:]
@@ -499,10 +499,10 @@ class _Workspace(threading.local):
     singles = np.zeros(0, np.float32)
     doubles = np.zeros(0)
 
-    def take(self, size: int, m: int, stencil: int) -> tuple[np.ndarray, ...]:
-        """(8, size) float32 rows, (5, m) float64 rows, and float32 stencils (`stencil`) and
-        two work arrays (`stencil` * m / ... each at most 3**n * m), of undefined content."""
-        singles = 8 * size + stencil
+    def take(self, size: int, m: int, spare: int) -> tuple[np.ndarray, ...]:
+        """(8, size) float32 rows, (5, m) float64 rows and `spare` more float32 (the coarse
+        stencils and the Galerkin product's work arrays), of undefined content."""
+        singles = 8 * size + spare
         if self.singles.size < singles:
             self.singles = np.zeros(singles, np.float32)
         if self.doubles.size < 5 * m:

@@ -74,13 +74,14 @@ def linear_impute_all(item: np.ndarray, masks: np.ndarray, noise: float = 0.0,
     def impute(k):
         return _noisy(item, masks[k], _interpolated(item, masks[k]), noise, draws[k])
 
-    copies = _pool().map(impute, range(len(masks))) if len(masks) > 1 else map(impute, [0])
-    return np.stack(list(copies))
+    run = _pool().map if len(masks) > 1 else map
+    return np.stack(list(run(impute, range(len(masks)))))
 
 
 @cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="impute")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return ThreadPoolExecutor(max_workers=cores or 1, thread_name_prefix="impute")
 
 
 def _interpolated(item: np.ndarray, removed: np.ndarray) -> np.ndarray:
