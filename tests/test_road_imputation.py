@@ -24,7 +24,11 @@ def masks(shape, rng) -> dict[str, np.ndarray]:
     all_but_corner[(-1,) * len(shape)] = False
     kept_islands = rng.random(shape) > 0.03            # a sea removed, a few kept islands
     removed_islands = ndimage.binary_erosion(rng.random(shape) < 0.35)  # small holes
-    return {"lone unknowns on the far faces": far_faces(shape),
+    near, far = np.zeros(shape, bool), np.zeros(shape, bool)   # solved in a box of the grid
+    near[(slice(1, 4),) * len(shape)] = True
+    far[(slice(-3, None),) * len(shape)] = True
+    return {"lone unknowns on the far faces": far_faces(shape), "a blob near a corner": near,
+            "a blob in the far corner": far,
             "scattered": rng.random(shape) < 0.5, "morf 90%": smooth > np.quantile(smooth, 0.1),
             "lerf 10%": smooth < np.quantile(smooth, 0.1), "all but centre": all_but_centre,
             "all but a corner": all_but_corner, "kept islands": kept_islands,

@@ -38,7 +38,7 @@ The V-cycle runs in float32, the conjugate gradients in float64.
 from __future__ import annotations
 
 import threading
-from functools import cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 import numba
@@ -51,6 +51,7 @@ COARSEST_SWEEPS = 8          # Jacobi sweeps from zero on the coarsest level
 SAFE_DIAGONAL = 1.05         # a coarse level's Jacobi divisor: >= this x half the row's |sum|
 RELATIVE_RESIDUAL = 1e-8     # per channel, of the right-hand side's norm: errors ~1e-8
 MAX_ITERATIONS = 100         # beyond (never seen; ROAD needs 4 to 8): solve directly
+CROP_STEPS = 8               # the solved box's sides: multiples of 1 / this of the grid's
 
 
 @numba.njit(cache=True)
@@ -379,7 +380,7 @@ class _Grid(NamedTuple):
     offsets: np.ndarray     # flat offsets of the 3**n stencil entries, (-1,..,-1) first
 
 
-@cache
+@lru_cache(maxsize=256)
 def _grid(shape: tuple[int, ...]) -> _Grid:
     """B of the in-bounds indicator is the product over axes of 4 (3 at an edge, 2 on an axis
     of length 1); the diagonal on the padding is left to the unknown indicator."""
@@ -420,7 +421,7 @@ class _Chain(NamedTuple):
     bounds: np.ndarray
 
 
-@cache
+@lru_cache(maxsize=64)
 def _chain(shape: tuple[int, ...]) -> _Chain:
     shapes = [shape]
     while _coarse_shape(shapes[-1]) != shapes[-1]:
@@ -560,10 +561,39 @@ def _hierarchy(removed: np.ndarray) -> tuple[_Hierarchy, np.ndarray, np.ndarray]
     return hierarchy, rows[:5], doubles
 
 
+def _crop(removed: np.ndarray) -> tuple[slice, ...]:
+    """The box of the removed positions and their neighbours, its sides rounded up to a
+    multiple of 1 / CROP_STEPS of the grid's (so that few shapes are cached): the system of
+    the whole grid restricted to it is the same (every unknown's neighbours lie inside;
+    where the box meets the grid's edge, so does the grid's)."""
+    box = []
+    for axis, n in enumerate(removed.shape):
+        others = tuple(b for b in range(removed.ndim) if b != axis)
+        present = np.flatnonzero(removed.any(axis=others))
+        lo, hi, step = max(present[0] - 1, 0), min(present[-1] + 2, n), -(-n // CROP_STEPS)
+        size = min(n, -(-(hi - lo) // step) * step)
+        lo = min(lo, n - size)
+        box.append(slice(lo, lo + size))
+    return tuple(box)
+
+
 def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
     """(C, *spatial) float64: `item` (C, *spatial), any float type, with its removed positions
     imputed (`neighbour_stencil`'s weights, perturb.py), or None if conjugate gradients did
     not converge. Some position must be kept."""
+    box = _crop(removed)
+    if all(side.stop - side.start == n for side, n in zip(box, removed.shape)):
+        return _solve(item, removed)
+    solved = _solve(item[(slice(None),) + box], removed[box])
+    if solved is None:
+        return None
+    out = item.astype(np.float64)
+    out[(slice(None),) + box] = solved
+    return out
+
+
+def _solve(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
+    """solve_imputation on the whole grid."""
     ndim, channels = removed.ndim, item.shape[0]
     hierarchy, singles, doubles = _hierarchy(removed)
     first = _grid(removed.shape)
