@@ -11,6 +11,7 @@ every axis in turn, 3n additions per position instead of 3**n - 1 gathers; on th
 padded by at least one zero position per side and flattened, so each pass of B is one loop
 over a flat range that the compiler vectorises, the same code for any number of axes. The
 levels lie one after another in flat arrays; a vector is zero outside its level's unknowns.
+Only the box of the removed positions and their neighbours is solved (`_crop`).
 
 A coarse level takes every second position per axis and covers the whole finer grid: an axis
 of n positions has n // 2 + 1 coarse ones, the last one outside the grid when n is even (in
