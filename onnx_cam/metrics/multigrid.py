@@ -51,7 +51,7 @@ COARSE_SMOOTHING_SWEEPS = 1  # ... on the first level, and on the coarse ones
 COARSEST_SWEEPS = 8          # Jacobi sweeps from zero on the coarsest level
 SAFE_DIAGONAL = 1.05         # a coarse level's Jacobi divisor: >= this x half the row's |sum|
 RELATIVE_RESIDUAL = 1e-8     # per channel, of the right-hand side's norm: errors ~1e-8
-MAX_ITERATIONS = 100         # beyond (never seen; ROAD needs 4 to 8): solve directly
+MAX_ITERATIONS = 100         # beyond (never seen; ROAD needs 5 to 8): solve directly
 CROP_STEPS = 8               # the solved box's sides: multiples of 1 / this of the grid's
 
 
