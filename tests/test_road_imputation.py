@@ -163,3 +163,17 @@ def test_a_solve_does_not_depend_on_the_solves_before_it(rng):
         for other in masks(shape, rng).values():
             multigrid.solve_imputation(rng.normal(size=(3, *shape)) * 1e3, other)
     np.testing.assert_array_equal(multigrid.solve_imputation(item, removed), first)
+
+
+def test_a_forked_child_imputes_with_threads_of_its_own(rng):
+    """After the parent has used its thread pool, a forked child's row of imputations runs
+    (on its own pool) and gives the parent's numbers."""
+    multiprocessing = pytest.importorskip("multiprocessing", reason="no multiprocessing")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    item = rng.normal(size=(2, 24, 20)).astype(np.float32)
+    stacked = rng.random((6, 24, 20)) < 0.5
+    expected = linear_impute_all(item, stacked)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(linear_impute_all, (item, stacked)).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)

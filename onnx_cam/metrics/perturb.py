@@ -74,12 +74,14 @@ def linear_impute_all(item: np.ndarray, masks: np.ndarray, noise: float = 0.0,
     def impute(k):
         return _noisy(item, masks[k], _interpolated(item, masks[k]), noise, draws[k])
 
-    run = _pool().map if len(masks) > 1 else map
+    run = _pool(os.getpid()).map if len(masks) > 1 else map
     return np.stack(list(run(impute, range(len(masks)))))
 
 
 @cache
-def _pool() -> ThreadPoolExecutor:
+def _pool(process: int) -> ThreadPoolExecutor:
+    """A thread per core, one pool per process: a forked child has none of its parent's
+    threads, and would wait on the parent's pool forever."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return ThreadPoolExecutor(max_workers=cores or 1, thread_name_prefix="impute")
 
