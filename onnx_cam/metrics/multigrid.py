@@ -581,7 +581,7 @@ def _crop(removed: np.ndarray) -> tuple[slice, ...]:
 def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
     """(C, *spatial) float64: `item` (C, *spatial), any float type, with its removed positions
     imputed (`neighbour_stencil`'s weights, perturb.py), or None if conjugate gradients did
-    not converge. Some position must be kept."""
+    not converge. Some position must be kept, and some removed."""
     box = _crop(removed)
     if all(side.stop - side.start == n for side, n in zip(box, removed.shape)):
         return _solve(item, removed)
