@@ -12,8 +12,9 @@ or for a random label); their floor is one `explain` per item.
 Prints one markdown table per model (1D signal, 2D image, 3D volume; random weights), and
 deletion with --batch-size copies per run against one run per copy. The ratio column is
 what to read: the milliseconds move with the load of a shared machine. ROAD's 2D / 3D
-solves (multigrid-preconditioned conjugate gradients, Numba) use no BLAS; to compare with
-versions that solved through scipy, set OPENBLAS_NUM_THREADS=1 on a loaded machine.
+solves (multigrid-preconditioned conjugate gradients, Numba; a row's copies on a thread per
+core, as ONNX Runtime runs the forward passes) use no BLAS; to compare with versions that
+solved through scipy, set OPENBLAS_NUM_THREADS=1 on a loaded machine.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ the flattened spatial axes, so signals, images and volumes share one code path.
 from __future__ import annotations
 
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
@@ -57,12 +59,41 @@ def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
     samples (constant beyond the first / last one). With every position removed nothing is
     left to interpolate from: each channel is filled with its mean.
     """
+    return _noisy(item, removed, _interpolated(item, removed), noise,
+                  _draws(item, removed, noise, rng))
+
+
+def linear_impute_all(item: np.ndarray, masks: np.ndarray, noise: float = 0.0,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """(K, C, *spatial): `linear_impute` of the item under each of the K masks, the same
+    numbers as K calls in turn: the noise is drawn first, mask by mask, then the solves run
+    on a thread per core (the compiled solver releases the GIL)."""
+    rng = rng if rng is not None or noise <= 0 else np.random.default_rng()
+    draws = [_draws(item, mask, noise, rng) for mask in masks]
+
+    def impute(k):
+        return _noisy(item, masks[k], _interpolated(item, masks[k]), noise, draws[k])
+
+    run = _pool(os.getpid()).map if len(masks) > 1 else map
+    return np.stack(list(run(impute, range(len(masks)))))
+
+
+@cache
+def _pool(process: int) -> ThreadPoolExecutor:
+    """A thread per core, one pool per process: a forked child has none of its parent's
+    threads, and would wait on the parent's pool forever."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return ThreadPoolExecutor(max_workers=cores or 1, thread_name_prefix="impute")
+
+
+def _interpolated(item: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """(C, positions) float64: the item with its removed positions imputed, no noise."""
     shape, channels = removed.shape, item.shape[0]
     flat_removed = removed.ravel()
     unknown = np.flatnonzero(flat_removed)
     m = len(unknown)
     if m == 0:
-        return item.copy()
+        return item.reshape(channels, -1).astype(np.float64)
     filled = multigrid.solve_imputation(item, removed) \
         if len(shape) > 1 and m < flat_removed.size else None
     if filled is None:
@@ -72,10 +103,26 @@ def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
             filled[:] = flat_item.mean(axis=1, keepdims=True)
         else:
             filled[:, unknown] = _solve_directly(flat_item, flat_removed, unknown, shape).T
-    filled = np.ascontiguousarray(filled).reshape(channels, -1)
-    if noise > 0:   # by flat index: a boolean mask over several axes is several times slower
-        rng = rng if rng is not None else np.random.default_rng()
-        filled[:, unknown] += noise * rng.standard_normal((channels, m))
+    return np.ascontiguousarray(filled).reshape(channels, -1)
+
+
+def _draws(item: np.ndarray, removed: np.ndarray, noise: float,
+           rng: np.random.Generator | None) -> np.ndarray | None:
+    """The standard normal draws (C, removed positions) of one imputation's noise."""
+    if noise <= 0 or not removed.any():
+        return None
+    rng = rng if rng is not None else np.random.default_rng()
+    return rng.standard_normal((item.shape[0], int(removed.sum())))
+
+
+def _noisy(item: np.ndarray, removed: np.ndarray, filled: np.ndarray, noise: float,
+           draws: np.ndarray | None) -> np.ndarray:
+    """`filled` (C, positions, float64, overwritten) plus noise x `draws` on the removed
+    positions, as the item's shape and type."""
+    if draws is not None:   # by flat index: 2D or boolean indexing is several times slower
+        positions = filled.shape[1]
+        flat = (np.flatnonzero(removed.ravel()) + positions * np.arange(len(filled))[:, None])
+        filled.reshape(-1)[flat.ravel()] += noise * draws.ravel()
     return filled.reshape(item.shape).astype(item.dtype)
 
 
@@ -141,5 +188,5 @@ class Perturbation:
               rng: np.random.Generator | None = None) -> np.ndarray:
         """(K, C, *spatial): the item with the positions of each of the K masks replaced."""
         if self.imputes:
-            return np.stack([linear_impute(item, mask, self.noise, rng) for mask in masks])
+            return linear_impute_all(item, masks, self.noise, rng)
         return np.where(masks[:, None], self.fill(item)[None], item[None])
