@@ -2,9 +2,10 @@
 
 prepare turns a call's arguments into what runs: the checked input, the layers, the target
 plan, the rows and the batch size the memory budget allows (onnx_cam.memory). run feeds the
-rows to the CAM session batch by batch; layer_values runs one layer's seeded session on
-other inputs (aug_smooth's and Smooth Grad-CAM++'s reruns, input attributions' layer
-gradients). Each takes the Explainer whose cached sessions it runs.
+rows to the CAM session batch by batch; seeded_values runs a seeded session of some tensors
+on other inputs (attention rollouts), layer_values of one layer (aug_smooth's and Smooth
+Grad-CAM++'s reruns, input attributions' layer gradients). Each takes the Explainer whose
+cached sessions it runs.
 """
 
 from __future__ import annotations
@@ -137,14 +138,25 @@ def layer_values(explainer: Explainer, layer: Layer, x: np.ndarray, seeds: np.nd
                  score: str, side: SideInputs | None, batch: int | None = None):
     """(activations, d score / d activations) at `layer` for inputs `x` (model layout,
     channels first) seeded with `seeds`, `batch` rows per run (default: all at once)."""
+    acts, grads = seeded_values(explainer, (layer.tensor,), CamOutputs(score), x, seeds, side,
+                                batch)
+    return acts[0], grads[0]
+
+
+def seeded_values(explainer: Explainer, tensors: tuple[str, ...], outputs: CamOutputs,
+                  x: np.ndarray, seeds: np.ndarray, side: SideInputs | None,
+                  batch: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The activations of `tensors` and (when `outputs` asks for them) their gradients, lists
+    over the tensors, for inputs `x` seeded with `seeds`, `batch` rows per run of the cached
+    seeded session (default: all at once)."""
     model = explainer.model
-    cam_model, session = explainer._session((layer.tensor,), model.spatial_of(x), True,
-                                            CamOutputs(score))
-    names = [cam_model.activation_names[0], cam_model.gradient_names[0]]
+    cam_model, session = explainer._session(tensors, model.spatial_of(x), True, outputs)
+    names = [*cam_model.activation_names, *cam_model.gradient_names]
     batch = batch or len(x)
     parts = [run_session(session, names, {
         cam_model.input_name: np.ascontiguousarray(x[s:s + batch]),
         cam_model.seed_name: seeds[s:s + batch],
         **side_feeds(model, side, len(x), s, min(len(x), s + batch))})
         for s in range(0, len(x), batch)]
-    return tuple(np.concatenate(p) for p in zip(*parts))
+    arrays = [np.concatenate(p) for p in zip(*parts)]
+    return arrays[:len(tensors)], arrays[len(tensors):]

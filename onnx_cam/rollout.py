@@ -15,10 +15,9 @@ from math import prod
 
 import numpy as np
 
+from .cam_runs import seeded_values
 from .errors import UnsupportedModelError
 from .graph.cam_model import CamOutputs
-from .runtime import run as run_session
-from .side_inputs import side_feeds
 
 FUSED_ATTENTION = frozenset({"Attention", "MultiHeadAttention", "GroupQueryAttention",
                              "PackedAttention", "PackedMultiHeadAttention"})
@@ -81,19 +80,12 @@ def attention_runner(explainer, score: str, batch: int, side=None):
     def attention(x: np.ndarray, seeds: np.ndarray, gradients: bool):
         spatial = explainer.model.spatial_of(x)
         found = find_attention(explainer.model, spatial)
-        cam_model, session = explainer._session(found.tensors, spatial, True,
-                                                CamOutputs(score, gradients))
-        names = [*cam_model.activation_names, *cam_model.gradient_names]
-        parts = [run_session(session, names, {
-            cam_model.input_name: x[s:s + batch], cam_model.seed_name: seeds[s:s + batch],
-            **side_feeds(explainer.model, side, len(x), s, min(len(x), s + batch))})
-            for s in range(0, len(x), batch)]
-        arrays = [np.concatenate(p) for p in zip(*parts)]
-        if any(a.shape[0] != len(x) for a in arrays):  # heads over windows of the batch
+        acts, grads = seeded_values(explainer, found.tensors, CamOutputs(score, gradients),
+                                    x, seeds, side, batch)
+        if any(a.shape[0] != len(x) for a in (*acts, *grads)):  # heads over windows
             raise UnsupportedModelError(
                 "Attention rollout needs one global attention over all tokens; this model's "
                 "Softmax nodes run over windows of each item (windowed attention, as Swin's). "
                 "Use a CAM method on a layer from Explainer.layers instead.")
-        m = len(found.tensors)
-        return found, arrays[:m], (arrays[m:] if gradients else None)
+        return found, acts, (grads if gradients else None)
     return attention
