@@ -3,14 +3,15 @@ geometric multigrid V-cycle with Galerkin coarse operators, channel by channel, 
 compiled call.
 
 The system (perturb.linear_impute): each removed position equals the weighted mean of its
-in-bounds neighbours, the kept positions fixed, with `neighbour_stencil` weights: the product
-over axes of (1, 2, 1), the centre left out, normalised. That stencil is separable: the sum of
-a grid's weighted neighbours is (B(e) - 2**n e) / (4**n - 2**n), B the (1, 2, 1) filter along
-every axis in turn, 3n additions per position instead of 3**n - 1 gathers; on the first
-(finest) level the operator is applied that way, matrix-free. Every grid level is held dense,
-padded by at least one zero position per side and flattened, so each pass of B is one loop
-over a flat range that the compiler vectorises, the same code for any number of axes. The
-levels lie one after another in flat arrays; a vector is zero outside its level's unknowns.
+in-bounds neighbours, the kept positions fixed, with `neighbour_stencil` weights (below): the
+product over axes of (1, 2, 1), the centre left out, normalised. That stencil is separable:
+the sum of a grid's weighted neighbours is (B(e) - 2**n e) / (4**n - 2**n), B the (1, 2, 1)
+filter along every axis in turn, 3n additions per position instead of 3**n - 1 gathers; on
+the first (finest) level the operator is applied that way, matrix-free. Every grid level is
+held dense, padded by at least one zero position per side and flattened, so each pass of B is
+one loop over a flat range that the compiler vectorises, the same code for any number of
+axes. The levels lie one after another in flat arrays; a vector is zero outside its level's
+unknowns.
 Only the box of the removed positions and their neighbours is solved (`_crop`).
 
 A coarse level takes every second position per axis and covers the whole finer grid: an axis
@@ -38,6 +39,7 @@ The V-cycle runs in float32, the conjugate gradients in float64.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from functools import cache, lru_cache
 from typing import NamedTuple
@@ -486,11 +488,23 @@ def _levels(unknown, removed, inside, coarse, fine, rule, bounds, coarsest, chos
 
 
 @cache
+def neighbour_stencil(ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (K, ndim) of the 3**ndim - 1 neighbours and their weights (K,), summing to 1.
+
+    A neighbour's weight is the product over axes of the binomial kernel (1, 2, 1) at its
+    offset, the centre left out: in 2D the 1/6 (edge) and 1/12 (corner) weights of ROAD's
+    imputation (Rong et al. 2022); in 1D 1/2 each (linear interpolation); in 3D 1/14 (face),
+    1/28 (edge), 1/56 (corner).
+    """
+    offsets = np.array([o for o in itertools.product((-1, 0, 1), repeat=ndim) if any(o)])
+    weights = np.prod(np.where(offsets == 0, 2.0, 1.0), axis=1)
+    return offsets, weights / weights.sum()
+
+
+@cache
 def _neighbour_weights(ndim: int) -> np.ndarray:
-    """The first level's weight of each of the 3**n stencil entries (the centre's is 0)."""
-    zeros = (np.indices((3,) * ndim).reshape(ndim, -1) == 1).sum(axis=0)
-    weights = 2.0 ** zeros / (4.0 ** ndim - 2.0 ** ndim)
-    weights[zeros == ndim] = 0.0
+    """neighbour_stencil's weights over all 3**n stencil entries, the centre's 0."""
+    weights = np.insert(neighbour_stencil(ndim)[1], 3 ** ndim // 2, 0.0)
     weights.flags.writeable = False
     return weights
 
@@ -580,7 +594,7 @@ def _crop(removed: np.ndarray) -> tuple[slice, ...]:
 
 def solve_imputation(item: np.ndarray, removed: np.ndarray) -> np.ndarray | None:
     """(C, *spatial) float64: `item` (C, *spatial), any float type, with its removed positions
-    imputed (`neighbour_stencil`'s weights, perturb.py), or None if conjugate gradients did
+    imputed (`neighbour_stencil`'s weights), or None if conjugate gradients did
     not converge. Some position must be kept, and some removed."""
     box = _crop(removed)
     if all(side.stop - side.start == n for side, n in zip(box, removed.shape)):

@@ -6,7 +6,6 @@ the flattened spatial axes, so signals, images and volumes share one code path.
 
 from __future__ import annotations
 
-import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -16,6 +15,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
 from . import multigrid
+from .multigrid import neighbour_stencil
 
 
 def ranked_masks(cam: np.ndarray, counts: np.ndarray, most_first: bool) -> np.ndarray:
@@ -32,20 +32,6 @@ def ranked_masks(cam: np.ndarray, counts: np.ndarray, most_first: bool) -> np.nd
 def removal_counts(positions: int, fractions) -> np.ndarray:
     """How many of `positions` a removed fraction means (rounded to the nearest)."""
     return np.rint(np.asarray(fractions, float) * positions).astype(np.int64)
-
-
-@cache
-def neighbour_stencil(ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (K, ndim) of the 3**ndim - 1 neighbours and their weights (K,), summing to 1.
-
-    A neighbour's weight is the product over axes of the binomial kernel (1, 2, 1) at its
-    offset, the centre left out: in 2D the 1/6 (edge) and 1/12 (corner) weights of ROAD's
-    imputation (Rong et al. 2022); in 1D 1/2 each (linear interpolation); in 3D 1/14 (face),
-    1/28 (edge), 1/56 (corner).
-    """
-    offsets = np.array([o for o in itertools.product((-1, 0, 1), repeat=ndim) if any(o)])
-    weights = np.prod(np.where(offsets == 0, 2.0, 1.0), axis=1)
-    return offsets, weights / weights.sum()
 
 
 def linear_impute(item: np.ndarray, removed: np.ndarray, noise: float = 0.0,
