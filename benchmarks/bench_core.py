@@ -374,6 +374,20 @@ def peers(model, module_name: str, x: torch.Tensor, classes: list[int]) -> dict:
 PAUSE = 0.2
 
 
+def interleaved(sides: dict, repeats: int, rotate: bool = False) -> dict[str, float]:
+    """The median seconds of each side's call over `repeats` interleaved rounds (drifting load
+    hits every side alike), PAUSE apart; `rotate`: each round starts one side later."""
+    names, samples = list(sides), defaultdict(list)
+    for r in range(repeats):
+        shift = r % len(names) if rotate else 0
+        for tag in names[shift:] + names[:shift]:
+            time.sleep(PAUSE)
+            t0 = time.perf_counter()
+            sides[tag]()
+            samples[tag].append(time.perf_counter() - t0)
+    return {tag: statistics.median(samples[tag]) for tag in names}
+
+
 def bench_layer(model, x, exp, name, module_name, plain, ours, args):
     """One table row: the median time of every side, and onnx-cam's CAM vs the torch recipe."""
     x_np = x.numpy().copy()
@@ -391,14 +405,7 @@ def bench_layer(model, x, exp, name, module_name, plain, ours, args):
     sides["onnx-cam"]()  # rewrites the graph, builds and caches the session
     for fn in sides.values():  # warm-up
         fn()
-    samples = defaultdict(list)
-    for _ in range(args.repeats):  # interleaved rounds: drifting load hits every side alike
-        for tag, fn in sides.items():
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            fn()
-            samples[tag].append(time.perf_counter() - t0)
-    med = {tag: statistics.median(v) for tag, v in samples.items()}
+    med = interleaved(sides, args.repeats)
 
     res = sides["onnx-cam"]()
     hook = HookGradCAM(model, model.get_submodule(module_name))

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import warnings
+from functools import partial
 
 import numpy as np
 import onnxruntime as ort
@@ -34,14 +33,20 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
-from bench_core import CNN3d, ECGResNet1d, ResNet18, load, prepare  # noqa: E402
+from bench_core import (  # noqa: E402
+    CNN3d,
+    ECGResNet1d,
+    ResNet18,
+    interleaved,
+    load,
+    prepare,
+)
 
 import onnx_cam  # noqa: E402
 from onnx_cam.methods import IntegratedGradients  # noqa: E402
 
 warnings.filterwarnings("ignore")
 SETTINGS = ("never", "during runs", "always")
-PAUSE = 0.2
 MODELS = {  # key: (title, model, input shape)
     "resnet18": ("ResNet-18", ResNet18, (16, 3, 224, 224)),
     "ecg1d": ("ECG ResNet 1D", ECGResNet1d, (16, 12, 5000)),
@@ -99,14 +104,8 @@ def spinning(calls, args):
         for _, label, call in (c for c in calls if c[0] == key):
             for e in explainers.values():  # warm-up: builds and caches the sessions
                 call(e, x)
-            samples = {s: [] for s in SETTINGS}
-            for r in range(args.repeats):
-                for s in SETTINGS[r % 3:] + SETTINGS[:r % 3]:  # rotate who goes first
-                    time.sleep(PAUSE)
-                    t0 = time.perf_counter()
-                    call(explainers[s], x)
-                    samples[s].append(time.perf_counter() - t0)
-            med = {s: statistics.median(v) for s, v in samples.items()}
+            med = interleaved({s: partial(call, explainers[s], x) for s in SETTINGS},
+                              args.repeats, rotate=True)
             print(f"| {title} {'x'.join(map(str, shape))} | {label} | "
                   + " | ".join(f"{med[s]:.3f}" for s in SETTINGS) + " | "
                   + " | ".join(f"{med[s] / med['never']:.2f}" for s in SETTINGS[1:]) + " |",
@@ -154,15 +153,7 @@ def session_row(exp, x, layer, args):
              "no arena": lambda: no_arena.run(names, feeds)}
     for side in sides.values():
         side()
-    samples = {k: [] for k in sides}
-    for _ in range(args.repeats):
-        for k, side in sides.items():
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            side()
-            samples[k].append(time.perf_counter() - t0)
-    return ({k: statistics.median(v) for k, v in samples.items()},
-            sum(o.nbytes for o in outputs) / 1e6)
+    return interleaved(sides, args.repeats), sum(o.nbytes for o in outputs) / 1e6
 
 
 if __name__ == "__main__":
